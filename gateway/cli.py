@@ -1,0 +1,111 @@
+"""The `modelgate` command: parses flags into settings and hands over, nothing else.
+
+modelgate demo                       train, register and serve a small model
+modelgate serve --store DIR          serve every production model of a registry
+modelgate registry --store DIR ...   register and list model versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import BatchSettings, RuntimeSettings, ServerSettings, build_settings
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for every `ServerSettings` field; unset flags fall back to MODELGATE_* vars."""
+    d = ServerSettings()
+    b = BatchSettings()
+    r = RuntimeSettings()
+    add = parser.add_argument
+    add("--store", type=str, help=f"embedded registry directory (default {d.store})")
+    add("--host", help=f"address to bind (default {d.host})")
+    add("--http-port", type=int, help=f"HTTP port, 0 picks one (default {d.http_port})")
+    add("--grpc-port", type=int, help=f"gRPC port, 0 picks one (default {d.grpc_port})")
+    add("--metrics-port", type=int, help=f"Prometheus port (default {d.metrics_port})")
+    add("--max-body-bytes", type=int, help=f"request size limit (default {d.max_body_bytes})")
+    add(
+        "--grpc-workers",
+        choices=("shared", "thread"),
+        help="gRPC on the HTTP server's loop, or on its own loop in a thread "
+        f"(default {d.grpc_workers})",
+    )
+    add("--drain-seconds", type=float, help=f"graceful drain limit (default {d.drain_seconds})")
+    add("--log-level", help=f"logging level (default {d.log_level})")
+    add("--max-batch-size", type=int, help=f"rows per batch, 1 = off (default {b.max_batch_size})")
+    add("--max-delay-us", type=int, help=f"max wait for a fuller batch (default {b.max_delay_us})")
+    add("--max-queue", type=int, help=f"rows that may wait (default {b.max_queue})")
+    add("--intra-op-threads", type=int, help=f"ORT threads per run (default {r.intra_op_threads})")
+    add(
+        "--graph-optimization",
+        choices=("disable", "basic", "extended", "all"),
+        help=f"ORT graph optimisation (default {r.graph_optimization})",
+    )
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    overrides: dict[str, Any] = dict(vars(args))
+    if overrides.get("store") is not None:
+        overrides["store"] = Path(overrides["store"])
+    return build_settings(overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway import server
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    server.run(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    demo.run(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelgate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the production models of a registry")
+    _add_server_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="train a small model, register it and serve it")
+    _add_server_flags(demo)
+    demo.set_defaults(handler=_demo)
+
+    from registry import cli as registry_cli
+
+    registry_cli.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    del args.handler, args.command
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

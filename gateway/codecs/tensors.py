@@ -1,0 +1,154 @@
+"""Turning decoded wire values (JSON lists, raw bytes) into typed NumPy arrays, strictly.
+
+Shared by the HTTP codecs; a value that does not fit the declared datatype is a client error,
+never a silent cast (strings are not parsed as numbers, floats are not truncated to ints).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from gateway.core.datatypes import element_size, numpy_dtype
+from gateway.core.errors import invalid
+
+# Which inferred NumPy kinds may become which target kinds without losing meaning.
+_ALLOWED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A tensor's declared shape, as non-negative ints."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise invalid(f"input {name!r}: shape must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """The array for JSON `data` (nested or flat) of the given datatype and shape."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_from_json(name, shape, count, data)
+    if datatype == "FP16":
+        raise invalid(f"input {name!r}: FP16 is accepted only as binary data")
+    dtype = numpy_dtype(datatype)
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError):
+        raise invalid(f"input {name!r}: data is not a regular array of numbers") from None
+    allowed = _ALLOWED_KINDS[dtype.kind]
+    if values.dtype.kind not in allowed:
+        if values.size == 0 and count == 0:
+            return np.empty(shape, dtype=dtype)
+        raise invalid(f"input {name!r}: data does not hold {datatype} values")
+    if values.size != count:
+        raise invalid(
+            f"input {name!r}: shape {list(shape)} needs {count} values, data has {values.size}"
+        )
+    try:
+        if values.dtype.kind in "iu" and dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if values.size and (values.min() < info.min or values.max() > info.max):
+                raise invalid(f"input {name!r}: value out of range for {datatype}")
+        return values.astype(dtype, copy=False).reshape(shape)
+    except OverflowError:
+        raise invalid(f"input {name!r}: value out of range for {datatype}") from None
+
+
+def _bytes_from_json(name: str, shape: tuple[int, ...], count: int, data: Any) -> np.ndarray:
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise invalid(
+            f"input {name!r}: shape {list(shape)} needs {count} values, data has {len(flat)}"
+        )
+    out = np.empty(count, dtype=object)
+    for i, item in enumerate(flat):
+        if not isinstance(item, str):
+            raise invalid(f"input {name!r}: BYTES data must be strings")
+        out[i] = item.encode("utf-8")
+    return out.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    return [item for sub in data for item in _flatten(sub)]
+
+
+def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+    """The array for a binary (raw) tensor; BYTES elements are 4-byte-length-prefixed."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return bytes_from_raw(name, shape, count, raw)
+    size = element_size(datatype) if datatype in _FIXED else 0
+    if size == 0:
+        numpy_dtype(datatype)  # raises for an unknown datatype
+    if len(raw) != count * size:
+        raise invalid(
+            f"input {name!r}: shape {list(shape)} of {datatype} needs {count * size} bytes, "
+            f"got {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=numpy_dtype(datatype).newbyteorder("<"))
+    return array.reshape(shape)
+
+
+_FIXED = frozenset(
+    ("BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16",
+     "FP32", "FP64")
+)  # fmt: skip
+
+
+def bytes_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> np.ndarray:
+    """Parse `count` length-prefixed elements; the lengths must add up to the buffer exactly."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise invalid(f"input {name!r}: BYTES data ends before element {i}")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise invalid(f"input {name!r}: BYTES element {i} runs past the data")
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise invalid(f"input {name!r}: {len(view) - offset} bytes left after {count} elements")
+    return out.reshape(shape)
+
+
+def bytes_to_raw(array: np.ndarray) -> bytes:
+    """Serialise a BYTES (object/str) array as 4-byte-length-prefixed elements."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def array_to_raw(array: np.ndarray, datatype: str) -> bytes:
+    """Little-endian, C-ordered bytes of an output tensor."""
+    if datatype == "BYTES":
+        return bytes_to_raw(array)
+    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype).newbyteorder("<")).tobytes()
+
+
+def array_from_nested(name: str, datatype: str, data: Any) -> np.ndarray:
+    """Like `array_from_json`, with the shape taken from the nesting of `data` itself."""
+    if datatype == "BYTES":
+        values = np.asarray(data, dtype=object)
+        if values.dtype != object or any(not isinstance(v, str) for v in values.reshape(-1)):
+            raise invalid(f"input {name!r}: expected strings")
+        return array_from_json(name, datatype, values.shape, values.reshape(-1).tolist())
+    try:
+        shape = np.shape(data)
+    except ValueError:
+        raise invalid(f"input {name!r}: data is not a regular array") from None
+    return array_from_json(name, datatype, tuple(shape), data)

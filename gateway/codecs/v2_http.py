@@ -1,0 +1,233 @@
+"""The V2 HTTP/REST wire format: JSON bodies and the binary tensor data extension.
+
+Binary extension: the `Inference-Header-Content-Length` header gives the size of the JSON
+part; the tensors whose parameters carry `binary_data_size` follow it back to back, in
+input order. Outputs go back binary when the client asks (`binary_data` per output, or
+`binary_data_output` for all); then the answer has the same layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.codecs.tensors import array_from_json, array_from_raw, array_to_raw, check_shape
+from gateway.core.errors import invalid
+from gateway.core.types import InferRequest, InferResponse, ModelConfig, ModelMetadata, Tensor
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class OutputEncoding:
+    """How the client asked for outputs: binary for all, or for the names listed."""
+
+    binary_all: bool = False
+    binary: frozenset[str] = frozenset()
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary_all or name in self.binary
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise invalid(f"{where}: parameters must be an object")
+    return params
+
+
+def decode_infer_request(
+    body: bytes, header_length: int | None, model: str, version: str | None
+) -> tuple[InferRequest, OutputEncoding]:
+    """Decode a V2 infer body (JSON, or JSON + binary tensors) into an `InferRequest`."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if not 0 <= header_length <= len(body):
+            raise invalid(
+                f"Inference-Header-Content-Length {header_length} exceeds the body "
+                f"({len(body)} bytes)"
+            )
+        json_part, binary = body[:header_length], body[header_length:]
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise invalid("request needs a non-empty 'inputs' list")
+    params = _parameters(doc, "request")
+
+    inputs = []
+    offset = 0
+    for item in raw_inputs:
+        tensor, used = _decode_input(item, binary, offset)
+        offset += used
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise invalid(f"{len(binary) - offset} bytes of binary data belong to no input")
+
+    encoding = OutputEncoding(binary_all=params.get("binary_data_output") is True)
+    outputs = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise invalid("'outputs' must be a list")
+        outputs, binary_names = [], set()
+        for out in raw_outputs:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise invalid("each requested output needs a 'name'")
+            outputs.append(out["name"])
+            if _parameters(out, f"output {out['name']!r}").get("binary_data") is True:
+                binary_names.add(out["name"])
+        encoding.binary = frozenset(binary_names)
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid("'id' must be a string")
+    request = InferRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        id=request_id,
+        outputs=outputs,
+        timeout=timeout_from_parameters(params),
+        protocol="http",
+        parameters=params,
+    )
+    return request, encoding
+
+
+def timeout_from_parameters(params: dict[str, Any]) -> float | None:
+    """The V2 `timeout` parameter is in microseconds (as Triton defines it)."""
+    timeout = params.get("timeout")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+        raise invalid("parameter 'timeout' must be a positive integer (microseconds)")
+    return timeout / 1e6
+
+
+def _decode_input(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(item, dict):
+        raise invalid("each input must be an object")
+    name = item.get("name")
+    datatype = item.get("datatype")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise invalid("each input needs a 'name' and a 'datatype'")
+    shape = check_shape(name, item.get("shape"))
+    size = _parameters(item, f"input {name!r}").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise invalid(f"input {name!r}: binary_data_size {size} exceeds the binary data")
+        data = array_from_raw(name, datatype, shape, binary[offset : offset + size])
+        return Tensor(name, datatype, data), size
+    if "data" not in item:
+        raise invalid(f"input {name!r} has no 'data'")
+    return Tensor(name, datatype, array_from_json(name, datatype, shape, item["data"])), 0
+
+
+def encode_infer_response(
+    response: InferResponse, encoding: OutputEncoding
+) -> tuple[bytes, int | None]:
+    """The body of a V2 infer answer and, when it carries binary tensors, the JSON size."""
+    outputs = []
+    chunks = []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.data.shape,
+        }
+        if encoding.is_binary(tensor.name):
+            raw = array_to_raw(tensor.data, tensor.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = json_data(tensor.data)
+        outputs.append(entry)
+    doc: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": outputs,
+    }
+    if response.id is not None:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=_DUMPS_OPTIONS)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def json_data(array: np.ndarray) -> Any:
+    """Flat, row-major values that orjson serialises (natively for numeric arrays)."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            for x in array.reshape(-1)
+        ]
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+def encode_json(doc: Any) -> bytes:
+    return orjson.dumps(doc, option=_DUMPS_OPTIONS)
+
+
+def metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": [_spec_json(s.name, s.datatype, s.shape) for s in meta.inputs],
+        "outputs": [_spec_json(s.name, s.datatype, s.shape) for s in meta.outputs],
+    }
+
+
+def _spec_json(name: str, datatype: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def config_json(config: ModelConfig) -> dict[str, Any]:
+    """Triton's model configuration JSON (as `GET /v2/models/{m}/config` returns it)."""
+
+    def io(specs: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "data_type": _TRITON_TYPES[s.datatype], "dims": list(s.shape)}
+            for s in specs
+        ]
+
+    return {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": config.max_batch_size,
+        "input": io(config.inputs),
+        "output": io(config.outputs),
+    }
+
+
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}

@@ -1,0 +1,271 @@
+"""The micro-batcher: many concurrent small requests become few ONNX Runtime runs.
+
+`BatchPolicy` makes the pure decisions (when the next batch goes, which requests form it);
+`MicroBatcher` owns the queue and one worker thread that waits, runs and hands results back.
+Requests may come from any asyncio loop: each carries its loop, and a batch's results are
+delivered with one `call_soon_threadsafe` per loop.
+
+Batches grow with load without idle waiting: while a batch computes (ORT releases the GIL),
+new requests gather in the queue and all go together when the worker is free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.core.errors import ErrorCode, InferenceError
+from gateway.metrics import VersionMetrics
+from gateway.settings import BatchSettings
+
+log = logging.getLogger(__name__)
+
+Outputs = list[np.ndarray]
+RunFn = Callable[[dict[str, np.ndarray]], Outputs]
+
+
+@dataclass(slots=True, eq=False)
+class PendingRequest:
+    """One request waiting for (or in) a batch. `abandoned` is set by its loop on timeout."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    deadline: float | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.monotonic)
+    abandoned: bool = False
+
+
+# A request with either its outputs or the error to answer it with.
+Result = tuple[PendingRequest, Outputs | None, InferenceError | None]
+
+
+class BatchPolicy:
+    """Pure batching decisions, separate from the thread that acts on them."""
+
+    def __init__(self, settings: BatchSettings, batchable: bool) -> None:
+        self.max_rows = settings.max_batch_size if batchable else 1
+        self.max_delay = settings.max_delay_us / 1e6
+        self.batchable = batchable
+
+    def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
+        """Seconds to wait for more company before the next batch goes; <= 0 means now."""
+        if not self.batchable or queued_rows >= self.max_rows or self.max_delay <= 0:
+            return 0.0
+        return oldest_enqueued + self.max_delay - now
+
+    def take(self, queue: deque[PendingRequest]) -> list[PendingRequest]:
+        """Pop the next batch from the front of `queue`, in arrival order.
+
+        Whole requests are taken while their rows fit in `max_rows`; the first is always
+        taken, so a request larger than `max_rows` runs alone rather than never.
+        """
+        batch = [queue.popleft()]
+        rows = batch[0].rows
+        if not self.batchable:
+            return batch
+        while queue and rows + queue[0].rows <= self.max_rows:
+            request = queue.popleft()
+            rows += request.rows
+            batch.append(request)
+        return batch
+
+
+def split_outputs(outputs: Outputs, sizes: Sequence[int]) -> list[Outputs]:
+    """Cut each batched output along its first dimension back into per-request pieces."""
+    total = sum(sizes)
+    for out in outputs:
+        if out.ndim == 0 or out.shape[0] != total:
+            raise InferenceError(
+                ErrorCode.INTERNAL,
+                f"model returned {out.shape[0] if out.ndim else 'a scalar'} rows for a batch "
+                f"of {total}",
+            )
+    if len(sizes) == 1:
+        return [outputs]
+    bounds = list(itertools.accumulate(sizes))[:-1]
+    per_output = [np.split(out, bounds) for out in outputs]
+    return [list(pieces) for pieces in zip(*per_output, strict=True)]
+
+
+class MicroBatcher:
+    """Queues requests for one model version and runs them in batches on a worker thread."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        input_names: Sequence[str],
+        settings: BatchSettings,
+        batchable: bool,
+        metrics: VersionMetrics,
+        name: str = "batcher",
+    ) -> None:
+        self._run = run
+        self._input_names = list(input_names)
+        self._policy = BatchPolicy(settings, batchable)
+        self._max_queue = settings.max_queue
+        self._metrics = metrics
+        self._queue: deque[PendingRequest] = deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._worker_waiting = False
+        self._accepting = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def submit(
+        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+    ) -> asyncio.Future[Outputs]:
+        """Queue validated `feeds` of `rows` rows; the future resolves to all model outputs.
+
+        Must be called from a running event loop. Raises at once (never queues) when the
+        batcher is stopping (UNAVAILABLE) or the queue is full (RESOURCE_EXHAUSTED).
+        """
+        loop = asyncio.get_running_loop()
+        request = PendingRequest(feeds, rows, deadline, loop, loop.create_future())
+        with self._cond:
+            if not self._accepting:
+                raise InferenceError(ErrorCode.UNAVAILABLE, "model version is shutting down")
+            if self._queued_rows + rows > self._max_queue and self._queue:
+                raise InferenceError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"queue full ({self._queued_rows} rows waiting, limit {self._max_queue})",
+                )
+            self._queue.append(request)
+            self._queued_rows += rows
+            if self._worker_waiting:
+                self._cond.notify()
+        if deadline is not None:
+            handle = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, request)
+            request.future.add_done_callback(lambda _: handle.cancel())
+        return request.future
+
+    def stop(self) -> None:
+        """Refuse new work (UNAVAILABLE); queued requests still run, then the worker ends."""
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to finish the queue; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._queue:
+                        now = time.monotonic()
+                        wait = self._policy.wait_time(
+                            self._queued_rows, self._queue[0].enqueued, now
+                        )
+                        if wait <= 0 or self._stopping:
+                            break
+                    elif self._stopping:
+                        return
+                    else:
+                        wait = None
+                    self._worker_waiting = True
+                    self._cond.wait(wait)
+                    self._worker_waiting = False
+                batch = self._policy.take(self._queue)
+                self._queued_rows -= sum(r.rows for r in batch)
+                self._metrics.queue_depth.set(self._queued_rows)
+            try:
+                self._execute(batch)
+            except Exception:  # never let the worker die: every request must be answered
+                log.exception("batch worker failed")
+                _deliver_all(
+                    [(r, None, InferenceError(ErrorCode.INTERNAL, "batch failed")) for r in batch]
+                )
+
+    def _execute(self, batch: list[PendingRequest]) -> None:
+        now = time.monotonic()
+        live: list[PendingRequest] = []
+        results: list[Result] = []
+        for request in batch:
+            if request.abandoned:
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                results.append((request, None, _deadline_error()))
+            else:
+                live.append(request)
+        if live:
+            for request in live:
+                self._metrics.queue_wait.observe(now - request.enqueued)
+            results.extend(self._run_batch(live))
+        _deliver_all(results)
+
+    def _run_batch(self, live: list[PendingRequest]) -> list[Result]:
+        sizes = [r.rows for r in live]
+        if len(live) == 1:
+            feeds = live[0].feeds
+        else:
+            feeds = {n: np.concatenate([r.feeds[n] for r in live]) for n in self._input_names}
+        started = time.monotonic()
+        try:
+            pieces = split_outputs(self._run(feeds), sizes)
+        except InferenceError as exc:
+            if len(live) > 1 and exc.code is ErrorCode.INVALID_ARGUMENT:
+                # One request's values broke the run: answer each alone so that only the
+                # culprit fails and the others of the batch are unaffected.
+                return [result for r in live for result in self._run_batch([r])]
+            return [(r, None, exc) for r in live]
+        except Exception as exc:
+            log.exception("model run failed")
+            error = InferenceError(ErrorCode.INTERNAL, f"model run failed: {exc}")
+            return [(r, None, error) for r in live]
+        finally:
+            self._metrics.compute.observe(time.monotonic() - started)
+            self._metrics.batch_rows.observe(sum(sizes))
+        return [(r, outputs, None) for r, outputs in zip(live, pieces, strict=True)]
+
+
+def _deadline_error() -> InferenceError:
+    return InferenceError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded while queued")
+
+
+def _expire(request: PendingRequest) -> None:
+    """Runs on the request's loop when its deadline passes before its batch ran."""
+    request.abandoned = True
+    if not request.future.done():
+        request.future.set_exception(_deadline_error())
+
+
+def _deliver_all(results: list[Result]) -> None:
+    """Hand results to their loops: one thread-safe callback per loop, not per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
+    for item in results:
+        by_loop.setdefault(item[0].loop, []).append(item)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(items: list[Result]) -> None:
+    for request, outputs, error in items:
+        if request.future.done():
+            continue
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            request.future.set_result(outputs)  # type: ignore[arg-type]

@@ -1,0 +1,134 @@
+"""The inference service: the one interface both front ends call."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from gateway.core.deployments import Deployment, Deployments
+from gateway.core.errors import ErrorCode, InferenceError, invalid
+from gateway.core.types import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    Tensor,
+    TensorSpec,
+)
+from gateway.core.validation import model_feeds
+
+PLATFORM = "onnxruntime_onnx"
+# Protocol extensions both front ends advertise in server metadata.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "v1_predict")
+
+
+def _server_version() -> str:
+    try:
+        return package_version("modelgate")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+class InferenceService:
+    """Readiness, metadata and inference for every served model, protocol-neutral."""
+
+    def __init__(self, deployments: Deployments, name: str = "modelgate") -> None:
+        self._deployments = deployments
+        self.name = name
+        self.version = _server_version()
+        self.extensions = EXTENSIONS
+        self._accepting = True
+
+    # --- health -------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready to take traffic: not draining, and every model's serving version loaded."""
+        return self._accepting and self._deployments.ready()
+
+    def begin_drain(self) -> None:
+        """Report not-ready so load balancers stop sending; requests still get served."""
+        self._accepting = False
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        return self._deployments.get(name, version).ready
+
+    # --- metadata -----------------------------------------------------------------------------
+
+    def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+        deployment = self._loaded(name, version)
+        assert deployment.model is not None
+        return ModelMetadata(
+            name=name,
+            versions=tuple(d.version for d in self._deployments.versions_of(name)),
+            platform=PLATFORM,
+            inputs=deployment.model.inputs,
+            outputs=deployment.model.outputs,
+        )
+
+    def model_config(self, name: str, version: str | None) -> ModelConfig:
+        """Triton's model configuration; with batching, dims leave out the batch dimension."""
+        deployment = self._loaded(name, version)
+        model = deployment.model
+        assert model is not None
+        if not model.batchable:
+            return ModelConfig(name, PLATFORM, 0, model.inputs, model.outputs)
+        max_batch = self._deployments.batch_settings(name).max_batch_size
+        return ModelConfig(
+            name, PLATFORM, max_batch, _without_batch(model.inputs), _without_batch(model.outputs)
+        )
+
+    def _loaded(self, name: str, version: str | None) -> Deployment:
+        deployment = self._deployments.get(name, version)
+        if deployment.model is None:
+            raise InferenceError(
+                ErrorCode.UNAVAILABLE,
+                f"model {name!r} version {deployment.version} is {deployment.state.value.lower()}",
+            )
+        return deployment
+
+    # --- inference ----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, queue into the version's micro-batcher and answer `request`.
+
+        Raises `InferenceError`; the front end maps its code to the wire status.
+        """
+        started = time.monotonic()
+        deployment = self._deployments.resolve(request.model, request.version)
+        outcome = "OK"
+        try:
+            model = deployment.model
+            batcher = deployment.batcher
+            assert model is not None and batcher is not None
+            feeds, rows = model_feeds(request.inputs, model)
+            wanted = _output_indices(request.outputs, model.output_names)
+            deadline = None if request.timeout is None else started + request.timeout
+            results = await batcher.submit(feeds, rows, deadline)
+            specs = model.outputs
+            outputs = [Tensor(specs[i].name, specs[i].datatype, results[i]) for i in wanted]
+            return InferResponse(request.model, deployment.version, outputs, request.id)
+        except InferenceError as exc:
+            outcome = exc.code.value
+            raise
+        finally:
+            deployment.metrics.request_done(request.protocol, outcome, time.monotonic() - started)
+
+
+def _without_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs)
+
+
+def _output_indices(requested: list[str] | None, names: list[str]) -> range | list[int]:
+    if not requested:
+        return range(len(names))
+    indices = []
+    for name in requested:
+        try:
+            indices.append(names.index(name))
+        except ValueError:
+            raise invalid(f"unknown output {name!r} (model outputs: {', '.join(names)})") from None
+    return indices

@@ -1,0 +1,72 @@
+"""Checking decoded inputs against a model's signature, once for both protocols."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.core.errors import invalid
+from gateway.core.runtime import OnnxModel
+from gateway.core.types import Tensor
+
+
+def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.ndarray], int]:
+    """The ONNX Runtime feeds for `inputs` and the number of rows they carry.
+
+    Every model input must be given once, with the model's datatype (no silent casts) and a
+    shape the model accepts; all inputs must agree on the batch (first) dimension.
+    """
+    specs = model.input_by_name
+    feeds: dict[str, np.ndarray] = {}
+    rows = -1
+    for tensor in inputs:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            known = ", ".join(specs)
+            raise invalid(f"unknown input {tensor.name!r} (model inputs: {known})")
+        if tensor.name in feeds:
+            raise invalid(f"input {tensor.name!r} given twice")
+        if tensor.datatype != spec.datatype:
+            raise invalid(
+                f"input {tensor.name!r}: datatype {tensor.datatype} does not match the "
+                f"model's {spec.datatype}"
+            )
+        data = tensor.data
+        shape = data.shape
+        if len(shape) != len(spec.shape) or any(
+            want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
+        ):
+            raise invalid(
+                f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
+                f"{list(spec.shape)} (-1: any size)"
+            )
+        if spec.shape:
+            if shape[0] == 0:
+                raise invalid(f"input {tensor.name!r}: empty batch (first dimension is 0)")
+            if rows == -1:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise invalid(
+                    f"input {tensor.name!r}: {shape[0]} rows, but other inputs have {rows}"
+                )
+        if spec.datatype == "BYTES":
+            data = _as_strings(tensor.name, data)
+        feeds[tensor.name] = data
+    missing = [name for name in specs if name not in feeds]
+    if missing:
+        raise invalid(f"missing input(s): {', '.join(missing)}")
+    return feeds, max(rows, 1)
+
+
+def _as_strings(name: str, data: np.ndarray) -> np.ndarray:
+    """ONNX Runtime takes string tensors as object arrays of `str`."""
+    out = np.empty(data.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(data.reshape(-1)):
+        if isinstance(item, bytes | bytearray):
+            try:
+                flat[i] = bytes(item).decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid(f"input {name!r}: element {i} is not valid UTF-8") from None
+        else:
+            flat[i] = str(item)
+    return out

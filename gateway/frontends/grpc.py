@@ -1,0 +1,203 @@
+"""The gRPC front end: `inference.GRPCInferenceService` on grpc.aio, plus the standard
+health service and server reflection.
+
+A thin adapter like the HTTP one: decode with the codec, call the `InferenceService`, encode;
+`InferenceError` codes map to gRPC status codes in one table, applied by one wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.codecs import grpc as codec
+from gateway.core.errors import ErrorCode, InferenceError
+from gateway.core.service import InferenceService
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+STATUS_BY_CODE = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Answer an `InferenceError` with its gRPC status; anything else is INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except InferenceError as exc:
+            await context.abort(STATUS_BY_CODE[exc.code], exc.message)
+        except Exception:
+            log.exception("unhandled error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def _version(value: str) -> str | None:
+    return value or None
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The V2 gRPC service over the shared `InferenceService`."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    @_mapped
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self._service.live())
+
+    @_mapped
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._service.ready())
+
+    @_mapped
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ready = self._service.model_ready(request.name, _version(request.version))
+        return pb.ModelReadyResponse(ready=ready)
+
+    @_mapped
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        s = self._service
+        return pb.ServerMetadataResponse(name=s.name, version=s.version, extensions=s.extensions)
+
+    @_mapped
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self._service.model_metadata(request.name, _version(request.version))
+        return codec.encode_model_metadata(meta)
+
+    @_mapped
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        config = self._service.model_config(request.name, _version(request.version))
+        return codec.encode_model_config(config)
+
+    @_mapped
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        infer_request, raw = codec.decode_infer_request(request)
+        remaining = context.time_remaining()
+        if remaining is not None and (
+            infer_request.timeout is None or remaining < infer_request.timeout
+        ):
+            infer_request.timeout = remaining
+        response = await self._service.infer(infer_request)
+        return codec.encode_infer_response(response, raw)
+
+
+class GrpcFrontend:
+    """Owns the grpc.aio server; runs it on the caller's loop or on its own thread's loop."""
+
+    def __init__(self, service: InferenceService, settings: ServerSettings) -> None:
+        self._service = service
+        self._settings = settings
+        self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Start serving on host:port (0 picks a free port); returns the bound port."""
+        if self._settings.grpc_workers != "thread":
+            return await self._start_here(host, port)
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run_thread, args=(host, port, started), name="grpc", daemon=True
+        )
+        self._thread.start()
+        return await asyncio.wrap_future(started)
+
+    def _run_thread(self, host: str, port: int, started: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            bound = loop.run_until_complete(self._start_here(host, port))
+        except BaseException as exc:
+            started.set_exception(exc)
+            loop.close()
+            return
+        started.set_result(bound)
+        loop.run_until_complete(self._serve_until_stopped())
+        loop.close()
+
+    async def _serve_until_stopped(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def _start_here(self, host: str, port: int) -> int:
+        limit = self._settings.max_body_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        self._health_task = asyncio.create_task(self._track_readiness())
+        return bound
+
+    async def _track_readiness(self) -> None:
+        """Keep the standard health service in step with the gateway's readiness."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        last = None
+        while True:
+            status = serving if self._service.ready() else not_serving
+            if status != last:
+                await self._health.set("", status)
+                await self._health.set(SERVICE_NAME, status)
+                last = status
+            await asyncio.sleep(0.2)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking new calls; in-flight calls get up to `grace` seconds to finish."""
+        if self._loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self._stop_here(grace), self._loop)
+            await asyncio.wrap_future(future)
+            if self._thread is not None:
+                await asyncio.to_thread(self._thread.join)
+        else:
+            await self._stop_here(grace)
+
+    async def _stop_here(self, grace: float) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace)

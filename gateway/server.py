@@ -1,0 +1,159 @@
+"""Process lifecycle: build the core, start the servers, report addresses, drain, stop.
+
+One asyncio loop (uvloop) runs the HTTP server, the gRPC server (or gRPC gets its own loop
+in a thread: `grpc_workers="thread"`), the model loading and later the registry watcher;
+ONNX Runtime runs in the batchers' worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from gateway.core.deployments import Deployments, RegistryClient
+from gateway.core.service import InferenceService
+from gateway.frontends.grpc import GrpcFrontend
+from gateway.frontends.http import HttpFrontend
+from gateway.metrics import Metrics
+from gateway.settings import ServerSettings
+from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    http: str
+    grpc: str
+    metrics: str
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals are the gateway's to handle, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Gateway:
+    """One serving process: HTTP, gRPC and metrics endpoints over one `InferenceService`."""
+
+    def __init__(self, settings: ServerSettings, registry: RegistryClient | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = registry if registry is not None else RegistryStore(settings.store)
+        self.deployments = Deployments(self.registry, settings, self.metrics)
+        self.service = InferenceService(self.deployments)
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc = GrpcFrontend(self.service, settings)
+        self._metrics_server: WSGIServer | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self.addresses: Addresses | None = None
+
+    async def start(self) -> Addresses:
+        """Bind and start every endpoint, then load models in the background."""
+        s = self.settings
+        sock = _bind(s.host, s.http_port)
+        config = uvicorn.Config(
+            HttpFrontend(self.service, s.max_body_bytes),
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=s.drain_seconds,
+        )
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        http_port = sock.getsockname()[1]
+        grpc_port = await self._grpc.start(s.host, s.grpc_port)
+        self._metrics_server, _ = start_http_server(
+            s.metrics_port, addr=s.host, registry=self.metrics.registry
+        )
+        metrics_port = self._metrics_server.server_port
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # re-raise uvicorn's startup error
+            await asyncio.sleep(0.005)
+        self.addresses = Addresses(
+            _address(s.host, http_port), _address(s.host, grpc_port), _address(s.host, metrics_port)
+        )
+        log.info(
+            "modelgate listening http=%s grpc=%s metrics=%s",
+            self.addresses.http,
+            self.addresses.grpc,
+            self.addresses.metrics,
+        )
+        self._load_task = asyncio.create_task(self.deployments.load_from_registry())
+        return self.addresses
+
+    async def wait_loaded(self) -> None:
+        if self._load_task is not None:
+            await self._load_task
+
+    async def stop(self) -> None:
+        """Drain: report not-ready, let in-flight requests finish, then unload models."""
+        log.info("modelgate draining")
+        self.service.begin_drain()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self._http is not None:
+            self._http.should_exit = True
+        await self._grpc.stop(self.settings.drain_seconds)
+        if self._http_task is not None:
+            await self._http_task
+        await self.deployments.stop(self.settings.drain_seconds)
+        if self._metrics_server is not None:
+            server = self._metrics_server
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+        log.info("modelgate stopped")
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run a gateway until SIGINT or SIGTERM, then drain and stop."""
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def run(settings: ServerSettings) -> None:
+    """Entry point for `modelgate serve`: the uvloop event loop, then `serve`."""
+    import uvloop
+
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("modelgate serve must run in the main thread (signal handling)")
+    uvloop.run(serve(settings))

@@ -1,0 +1,137 @@
+"""Typed settings, built once at the entry point and passed down by constructors.
+
+The CLI flags and the `MODELGATE_*` environment variables map onto the same fields: a flag
+wins over the variable, the variable over the default. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MODELGATE_"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """How one model version's micro-batcher forms batches.
+
+    max_batch_size: rows per ONNX Runtime run (1 turns batching off).
+    max_delay_us: how long the oldest queued request may wait for company once the runner is
+        free; 0 means a batch goes as soon as the runner can take it, and batches still grow
+        with load because requests gather while the previous batch computes.
+    max_queue: rows that may wait; beyond it a request is refused at once (RESOURCE_EXHAUSTED).
+    """
+
+    max_batch_size: int = 64
+    max_delay_us: int = 0
+    max_queue: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_delay_us < 0:
+            raise ValueError("max_delay_us must not be negative")
+        if self.max_queue < self.max_batch_size:
+            raise ValueError("max_queue must be at least max_batch_size")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """ONNX Runtime session options for each loaded model version."""
+
+    intra_op_threads: int = 1
+    graph_optimization: str = "all"  # disable | basic | extended | all
+    warmup_runs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise ValueError(f"unknown graph optimisation level {self.graph_optimization!r}")
+        if self.intra_op_threads < 0:
+            raise ValueError("intra_op_threads must not be negative (0 lets ORT choose)")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelServingSettings:
+    """Per-model serving options; `ServerSettings.model_overrides` holds exceptions by name."""
+
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything `modelgate serve` needs to run one serving process."""
+
+    store: Path = Path("modelstore")
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_body_bytes: int = 64 * 1024 * 1024
+    grpc_workers: str = "shared"  # shared: the HTTP loop; thread: own asyncio loop in a thread
+    drain_seconds: float = 10.0
+    log_level: str = "info"
+    models: ModelServingSettings = field(default_factory=ModelServingSettings)
+    model_overrides: dict[str, ModelServingSettings] = field(default_factory=dict)
+
+    def for_model(self, name: str) -> ModelServingSettings:
+        return self.model_overrides.get(name, self.models)
+
+
+def _coerce(value: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    if isinstance(like, Path):
+        return Path(value)
+    return value
+
+
+def _flat_fields() -> dict[str, tuple[str, ...]]:
+    """Setting names (as flags and env variables use them) -> attribute path."""
+    flat: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(ServerSettings):
+        if f.name in ("models", "model_overrides"):
+            continue
+        flat[f.name] = (f.name,)
+    for group, cls in (("batch", BatchSettings), ("runtime", RuntimeSettings)):
+        for f in dataclasses.fields(cls):
+            flat[f.name] = ("models", group, f.name)
+    return flat
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(_flat_fields())
+
+
+def build_settings(
+    overrides: dict[str, Any], environ: dict[str, str] | None = None
+) -> ServerSettings:
+    """Settings from defaults, then `MODELGATE_<NAME>` variables, then explicit overrides.
+
+    `overrides` uses the flat names of `SETTING_NAMES` (e.g. `http_port`, `max_batch_size`);
+    None values are ignored so that unset CLI flags fall through to the environment.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    defaults = ServerSettings()
+    values: dict[tuple[str, ...], Any] = {}
+    for name, path in _flat_fields().items():
+        current: Any = defaults
+        for part in path:
+            current = getattr(current, part)
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[path] = _coerce(raw, current)
+        if overrides.get(name) is not None:
+            values[path] = overrides[name]
+    top = {p[0]: v for p, v in values.items() if len(p) == 1}
+    batch = {p[2]: v for p, v in values.items() if p[:2] == ("models", "batch")}
+    runtime = {p[2]: v for p, v in values.items() if p[:2] == ("models", "runtime")}
+    models = ModelServingSettings(BatchSettings(**batch), RuntimeSettings(**runtime))
+    return ServerSettings(**top, models=models)

@@ -1,0 +1,105 @@
+"""Fixtures, layered like the system: models -> registry -> settings -> gateway -> clients."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import modelzoo
+from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.server import Gateway
+from gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
+from registry.store import RegistryStore
+from registry.types import Stage
+
+DATATYPES = tuple(modelzoo.ONNX_TYPES)
+
+
+@pytest.fixture(scope="session")
+def model_files() -> dict[str, bytes]:
+    """Every test model by the name it is registered under."""
+    files = {
+        "classifier": modelzoo.classifier(),
+        "lookup": modelzoo.lookup(),
+        "pair": modelzoo.two_inputs(),
+        "fixed": modelzoo.echo("FP32", width=4, batch=1),
+    }
+    for datatype in DATATYPES:
+        files[f"echo_{datatype.lower()}"] = modelzoo.echo(datatype)
+    return files
+
+
+@pytest.fixture(scope="session")
+def reference() -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
+    """In-process ONNX Runtime on the same model bytes: what the gateway must answer."""
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(model: bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        key = model if isinstance(model, str) else str(hash(model))
+        if key not in sessions:
+            sessions[key] = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return sessions[key].run(None, feeds)  # type: ignore[no-any-return]
+
+    return run  # type: ignore[return-value]
+
+
+@pytest.fixture
+def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """An embedded registry with every test model in production."""
+    registry = RegistryStore(tmp_path / "store")
+    for name, data in model_files.items():
+        registry.register(name, data, stage=Stage.PRODUCTION)
+    return registry
+
+
+@pytest.fixture
+def settings(store: RegistryStore) -> ServerSettings:
+    """Loopback, free ports, default batching."""
+    return ServerSettings(
+        store=store.root, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
+        drain_seconds=5.0,
+    )  # fmt: skip
+
+
+def with_batching(settings: ServerSettings, **batch: int) -> ServerSettings:
+    """`settings` with other batching options for every model."""
+    models = ModelServingSettings(BatchSettings(**batch), settings.models.runtime)
+    return dataclasses.replace(settings, models=models)
+
+
+@pytest.fixture
+async def gateway(settings: ServerSettings, store: RegistryStore) -> AsyncIterator[Gateway]:
+    """A running gateway with every model loaded; always stopped afterwards."""
+    gw = Gateway(settings, store)
+    await gw.start()
+    try:
+        await gw.wait_loaded()
+        yield gw
+    finally:
+        await gw.stop()
+
+
+@pytest.fixture
+async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    assert gateway.addresses is not None
+    async with httpx.AsyncClient(base_url=f"http://{gateway.addresses.http}") as client:
+        yield client
+
+
+@pytest.fixture
+async def grpc_stub(gateway: Gateway) -> AsyncIterator[pb_grpc.GRPCInferenceServiceStub]:
+    assert gateway.addresses is not None
+    async with grpc.aio.insecure_channel(gateway.addresses.grpc) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng()

@@ -1,0 +1,168 @@
+"""The micro-batcher: pure policy decisions and the worker's contract, with a real thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+from gateway.core.batcher import BatchPolicy, MicroBatcher, PendingRequest, split_outputs
+from gateway.core.errors import ErrorCode, InferenceError
+from gateway.metrics import Metrics
+from gateway.settings import BatchSettings
+
+
+def _pending(rows: int, enqueued: float = 0.0) -> PendingRequest:
+    loop = asyncio.new_event_loop()
+    try:
+        return PendingRequest({}, rows, None, loop, loop.create_future(), enqueued)
+    finally:
+        loop.close()
+
+
+def test_policy_goes_at_once_without_delay() -> None:
+    policy = BatchPolicy(BatchSettings(max_batch_size=8, max_delay_us=0), batchable=True)
+    assert policy.wait_time(queued_rows=1, oldest_enqueued=10.0, now=10.0) <= 0
+
+
+def test_policy_waits_for_company_until_the_delay_or_a_full_batch() -> None:
+    policy = BatchPolicy(BatchSettings(max_batch_size=8, max_delay_us=2000), batchable=True)
+    assert policy.wait_time(1, oldest_enqueued=10.0, now=10.0005) == pytest.approx(0.0015)
+    assert policy.wait_time(8, oldest_enqueued=10.0, now=10.0) <= 0
+    assert policy.wait_time(1, oldest_enqueued=10.0, now=10.003) <= 0
+
+
+def test_policy_takes_whole_requests_in_order_up_to_the_row_limit() -> None:
+    policy = BatchPolicy(BatchSettings(max_batch_size=8), batchable=True)
+    queue = deque(_pending(rows) for rows in (3, 4, 2, 1))
+    batch = policy.take(queue)
+    assert [r.rows for r in batch] == [3, 4]
+    assert [r.rows for r in queue] == [2, 1]
+
+
+def test_policy_runs_an_oversized_request_alone() -> None:
+    policy = BatchPolicy(BatchSettings(max_batch_size=4), batchable=True)
+    queue = deque(_pending(rows) for rows in (9, 1))
+    assert [r.rows for r in policy.take(queue)] == [9]
+
+
+def test_policy_never_batches_a_fixed_batch_model() -> None:
+    policy = BatchPolicy(BatchSettings(max_batch_size=64), batchable=False)
+    queue = deque(_pending(1) for _ in range(3))
+    assert len(policy.take(queue)) == 1
+
+
+def test_split_outputs_rejects_a_wrong_row_count() -> None:
+    with pytest.raises(InferenceError) as err:
+        split_outputs([np.zeros((5, 2))], [2, 2])
+    assert err.value.code is ErrorCode.INTERNAL
+
+
+class Recorder:
+    """A model stand-in that doubles its input and records each batch's row count."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        x = feeds["x"]
+        self.batches.append(len(x))
+        time.sleep(self.delay)
+        return [x * 2, x.sum(axis=1)]
+
+
+def _batcher(run: object, **settings: int) -> MicroBatcher:
+    metrics = Metrics().for_version("m", "1")
+    return MicroBatcher(run, ["x"], BatchSettings(**settings), True, metrics)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_are_batched_and_split_back_in_order(
+    rng: np.random.Generator,
+) -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = _batcher(run, max_batch_size=64)
+    inputs = [rng.normal(size=(int(rng.integers(1, 5)), 3)) for _ in range(40)]
+    futures = [batcher.submit({"x": x}, len(x), None) for x in inputs]
+    gate.set()
+    results = await asyncio.gather(*futures)
+    for x, (doubled, sums) in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(sums, x.sum(axis=1))
+    assert sum(run.batches) == sum(len(x) for x in inputs)
+    assert len(run.batches) < len(inputs)  # requests queued behind the gate went together
+    assert max(run.batches) <= 64
+    batcher.stop()
+    assert batcher.join(5)
+
+
+async def test_a_failing_run_fails_every_request_of_its_batch() -> None:
+    def broken(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise RuntimeError("boom")
+
+    batcher = _batcher(broken)
+    futures = [batcher.submit({"x": np.ones((1, 3))}, 1, None) for _ in range(3)]
+    for outcome in await asyncio.gather(*futures, return_exceptions=True):
+        assert isinstance(outcome, InferenceError)
+        assert outcome.code is ErrorCode.INTERNAL
+    batcher.stop()
+
+
+async def test_a_wrong_output_count_fails_the_batch() -> None:
+    batcher = _batcher(lambda feeds: [np.zeros(1)])
+    futures = [batcher.submit({"x": np.ones((2, 3))}, 2, None) for _ in range(2)]
+    for outcome in await asyncio.gather(*futures, return_exceptions=True):
+        assert isinstance(outcome, InferenceError)
+        assert outcome.code is ErrorCode.INTERNAL
+    batcher.stop()
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    gate = threading.Event()
+    batcher = _batcher(Recorder(gate=gate), max_batch_size=4, max_queue=4)
+    first = batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    await asyncio.sleep(0.05)  # the worker holds the first request at the gate
+    queued = [batcher.submit({"x": np.ones((2, 3))}, 2, None) for _ in range(2)]
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    gate.set()
+    await asyncio.gather(first, *queued)
+    batcher.stop()
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = _batcher(run, max_batch_size=1)
+    blocker = batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    await asyncio.sleep(0.05)
+    late = batcher.submit({"x": np.full((1, 3), 7.0)}, 1, time.monotonic() + 0.05)
+    with pytest.raises(InferenceError) as err:
+        await late
+    assert err.value.code is ErrorCode.DEADLINE_EXCEEDED
+    gate.set()
+    await blocker
+    batcher.stop()
+    assert batcher.join(5)
+    assert run.batches == [1]
+
+
+async def test_stop_refuses_new_work_and_drains_the_queue() -> None:
+    batcher = _batcher(Recorder(delay=0.01), max_batch_size=1)
+    queued = [batcher.submit({"x": np.full((1, 3), i)}, 1, None) for i in range(5)]
+    batcher.stop()
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.UNAVAILABLE
+    results = await asyncio.gather(*queued)
+    assert [float(r[0][0, 0]) for r in results] == [0, 2, 4, 6, 8]
+    assert batcher.join(5)

@@ -1,0 +1,83 @@
+"""Small ONNX models the tests build: trained with scikit-learn or written with onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+FEATURES = 8
+
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def classifier() -> bytes:
+    """StandardScaler + LogisticRegression over FEATURES FP32 features, 3 classes."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(600, FEATURES)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    pipeline.fit(x, y)
+    model = to_onnx(
+        pipeline,
+        initial_types=[("input", FloatTensorType([None, FEATURES]))],
+        options={id(pipeline): {"zipmap": False}},
+        target_opset=17,
+    )
+    return model.SerializeToString()
+
+
+def echo(datatype: str, width: int = 3, batch: int | str = "N") -> bytes:
+    """Identity over an input of `datatype`: output `y` equals input `x` ([batch, width])."""
+    elem = ONNX_TYPES[datatype]
+    x = helper.make_tensor_value_info("x", elem, [batch, width])
+    y = helper.make_tensor_value_info("y", elem, [batch, width])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "echo", [x], [y])
+    return _serialise(graph)
+
+
+def lookup(rows: int = 10) -> bytes:
+    """`out = table[idx]`: ONNX Runtime fails the run when an index is out of range."""
+    table = helper.make_tensor(
+        "table", TensorProto.FLOAT, [rows], np.arange(rows, dtype=np.float32) * 10
+    )
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N"])
+    node = helper.make_node("Gather", ["table", "idx"], ["out"])
+    graph = helper.make_graph([node], "lookup", [idx], [out], initializer=[table])
+    return _serialise(graph)
+
+
+def two_inputs() -> bytes:
+    """`sum = a + b` over two FP32 inputs [N, 2]: requests must give both."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2])
+    out = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "add", [a, b], [out])
+    return _serialise(graph)
+
+
+def _serialise(graph: onnx.GraphProto) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
