@@ -35,6 +35,12 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="gRPC on the HTTP server's loop, or on its own loop in a thread "
         f"(default {d.grpc_workers})",
     )
+    add(
+        "--drain-delay",
+        type=float,
+        help="seconds a stopping server reports not-ready but still serves, so load "
+        f"balancers can take it out of rotation (default {d.drain_delay})",
+    )
     add("--drain-seconds", type=float, help=f"graceful drain limit (default {d.drain_seconds})")
     add("--log-level", help=f"logging level (default {d.log_level})")
     add("--max-batch-size", type=int, help=f"rows per batch, 1 = off (default {b.max_batch_size})")

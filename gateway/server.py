@@ -87,7 +87,7 @@ class Gateway:
             lifespan="off",
             access_log=False,
             log_level="warning",
-            timeout_graceful_shutdown=s.drain_seconds,
+            timeout_graceful_shutdown=max(1, round(s.drain_seconds)),
         )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -121,6 +121,10 @@ class Gateway:
         """Drain: report not-ready, let in-flight requests finish, then unload models."""
         log.info("modelgate draining")
         self.service.begin_drain()
+        # Connections the kernel accepted but uvicorn has not read from yet would be reset
+        # if the listener closed now: keep serving while load balancers see "not ready".
+        if self.settings.drain_delay > 0:
+            await asyncio.sleep(self.settings.drain_delay)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         if self._http is not None:

@@ -73,6 +73,7 @@ class ServerSettings:
     metrics_port: int = 8002
     max_body_bytes: int = 64 * 1024 * 1024
     grpc_workers: str = "shared"  # shared: the HTTP loop; thread: own asyncio loop in a thread
+    drain_delay: float = 1.0  # seconds a draining server still takes new requests
     drain_seconds: float = 10.0
     log_level: str = "info"
     models: ModelServingSettings = field(default_factory=ModelServingSettings)

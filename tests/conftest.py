@@ -8,11 +8,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+import modelzoo
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-import modelzoo
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.server import Gateway
 from gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
@@ -64,7 +64,7 @@ def settings(store: RegistryStore) -> ServerSettings:
     """Loopback, free ports, default batching."""
     return ServerSettings(
         store=store.root, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
-        drain_seconds=5.0,
+        drain_delay=0.0, drain_seconds=5.0,
     )  # fmt: skip
 
 

@@ -41,6 +41,10 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
     except (ValueError, TypeError):
         raise invalid(f"input {name!r}: data is not a regular array of numbers") from None
     allowed = _ALLOWED_KINDS[dtype.kind]
+    if dtype.kind in "iu" and values.dtype.kind in "fO" and values.size == count:
+        # NumPy infers float64 for integers beyond int64 (large UINT64 values): take
+        # them exactly, or refuse what is not an integer at all.
+        values = _exact_integers(name, datatype, values, data)
     if values.dtype.kind not in allowed:
         if values.size == 0 and count == 0:
             return np.empty(shape, dtype=dtype)
@@ -55,6 +59,17 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
             if values.size and (values.min() < info.min or values.max() > info.max):
                 raise invalid(f"input {name!r}: value out of range for {datatype}")
         return values.astype(dtype, copy=False).reshape(shape)
+    except OverflowError:
+        raise invalid(f"input {name!r}: value out of range for {datatype}") from None
+
+
+def _exact_integers(name: str, datatype: str, values: np.ndarray, data: Any) -> np.ndarray:
+    """`data` as exact integers of `datatype`, when every element is a JSON integer."""
+    items = np.asarray(data, dtype=object).reshape(-1).tolist()
+    if not all(type(item) is int for item in items):
+        return values  # floats or other values: the caller's kind check refuses them
+    try:
+        return np.array(items, dtype=numpy_dtype(datatype))
     except OverflowError:
         raise invalid(f"input {name!r}: value out of range for {datatype}") from None
 

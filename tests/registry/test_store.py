@@ -26,7 +26,9 @@ def test_versions_are_numbered_per_model(tmp_path: Path, model_files: dict[str, 
     assert [v.version for v in store.list_versions("a")] == [1, 2]
 
 
-def test_signature_is_read_from_the_onnx_graph(tmp_path: Path, model_files: dict[str, bytes]) -> None:
+def test_signature_is_read_from_the_onnx_graph(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
     version = RegistryStore(tmp_path).register("c", model_files["classifier"])
     assert [(s.name, s.datatype, s.shape) for s in version.inputs] == [("input", "FP32", (-1, 8))]
     assert [s.name for s in version.outputs] == ["label", "probabilities"]

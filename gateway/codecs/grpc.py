@@ -1,0 +1,226 @@
+"""The V2 gRPC wire format: protobuf messages <-> domain types, vectorised with NumPy.
+
+Tensors arrive either all in `raw_input_contents` (little-endian bytes, one entry per input)
+or each in the typed `contents` field matching its datatype. Answers use the form the
+request used; FP16 has no typed field, so a response holding FP16 is always raw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gateway.codecs.tensors import bytes_from_raw, bytes_to_raw
+from gateway.codecs.v2_http import timeout_from_parameters
+from gateway.core.datatypes import V2_TO_NUMPY
+from gateway.core.errors import invalid
+from gateway.core.types import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    Tensor,
+    TensorSpec,
+)
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import model_config_pb2 as mc
+
+# Fixed-size datatypes as they travel: little-endian whatever the host's byte order.
+_WIRE_DTYPES: dict[str, np.dtype] = {
+    name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"
+}
+
+# The typed contents field of each datatype and the NumPy dtype of that field's elements.
+_CONTENTS: dict[str, tuple[str, np.dtype]] = {
+    "BOOL": ("bool_contents", np.dtype(np.bool_)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "BYTES": ("bytes_contents", np.dtype(object)),
+}
+
+# Datatypes carried in a wider field, with the range a value must fit into.
+_NARROW: dict[str, np.iinfo] = {
+    name: np.iinfo(V2_TO_NUMPY[name]) for name in ("INT8", "INT16", "UINT8", "UINT16")
+}
+
+# Triton's model-config enum for each V2 datatype (V2 BYTES is Triton's TYPE_STRING).
+_CONFIG_TYPES: dict[str, str] = {
+    name: "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}" for name in V2_TO_NUMPY
+}
+
+_BACKEND_BY_PLATFORM = {"onnxruntime_onnx": "onnxruntime"}
+
+
+def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]:
+    """The `InferRequest` a ModelInfer message carries, and whether its inputs came raw.
+
+    Every malformed input is an INVALID_ARGUMENT `InferenceError` naming the input.
+    """
+    raw_contents = msg.raw_input_contents
+    tensors = msg.inputs
+    raw = len(raw_contents) > 0
+    if not raw:
+        inputs = [_decode_input(tensor, None) for tensor in tensors]
+    elif len(raw_contents) == len(tensors):
+        inputs = [_decode_input(t, c) for t, c in zip(tensors, raw_contents, strict=True)]
+    else:
+        names = ", ".join(repr(tensor.name) for tensor in tensors)
+        raise invalid(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(tensors)} "
+            f"inputs ({names}): give one per input, in input order"
+        )
+    params = _parameters(msg.parameters) if msg.parameters else {}
+    request = InferRequest(
+        model=msg.model_name,
+        inputs=inputs,
+        version=msg.model_version or None,
+        id=msg.id or None,
+        outputs=[out.name for out in msg.outputs] if msg.outputs else None,
+        timeout=timeout_from_parameters(params) if params else None,
+        protocol="grpc",
+        parameters=params,
+    )
+    return request, raw
+
+
+def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """A protobuf parameter map as plain Python values (None for a parameter with no value)."""
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        out[key] = None if choice is None else getattr(param, choice)
+    return out
+
+
+def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+    name = tensor.name
+    datatype = tensor.datatype
+    if datatype not in V2_TO_NUMPY:
+        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
+    shape = tuple(tensor.shape[:])  # slicing first: faster than iterating the container
+    if shape and min(shape) < 0:
+        raise invalid(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    count = math.prod(shape)
+    if raw is None:
+        data = _from_contents(tensor, shape, count)
+    elif tensor.HasField("contents"):
+        raise invalid(f"input {name!r}: contents given although the request uses raw contents")
+    elif datatype == "BYTES":
+        data = bytes_from_raw(name, shape, count, raw)
+    else:
+        dtype = _WIRE_DTYPES[datatype]
+        if len(raw) != count * dtype.itemsize:
+            raise invalid(
+                f"input {name!r}: shape {list(shape)} of {datatype} needs "
+                f"{count * dtype.itemsize} bytes, raw contents have {len(raw)}"
+            )
+        data = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return Tensor(name, datatype, data)
+
+
+def _from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...], count: int
+) -> np.ndarray:
+    name = tensor.name
+    datatype = tensor.datatype
+    if datatype not in _CONTENTS:
+        raise invalid(f"input {name!r}: {datatype} data must be sent in raw_input_contents")
+    field, field_dtype = _CONTENTS[datatype]
+    present = tensor.contents.ListFields()
+    if len(present) > 1 or (present and present[0][0].name != field):
+        used = ", ".join(descriptor.name for descriptor, _ in present)
+        raise invalid(f"input {name!r}: {datatype} data belongs in {field}, got {used}")
+    values = present[0][1] if present else ()
+    if len(values) != count:
+        raise invalid(
+            f"input {name!r}: shape {list(shape)} needs {count} values, {field} has {len(values)}"
+        )
+    if datatype == "BYTES":
+        data = np.empty(count, dtype=object)
+        data[:] = list(values)
+        return data.reshape(shape)
+    array = np.asarray(values, dtype=field_dtype)
+    limits = _NARROW.get(datatype)
+    if limits is not None:
+        if count and (array.min() < limits.min or array.max() > limits.max):
+            raise invalid(f"input {name!r}: value out of range for {datatype}")
+        array = array.astype(V2_TO_NUMPY[datatype])
+    return array.reshape(shape)
+
+
+def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferResponse:
+    """The ModelInfer answer: outputs in raw_output_contents when `raw`, else typed contents.
+
+    A response with an FP16 output is raw whatever `raw` says: FP16 has no typed field.
+    """
+    msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id or "")
+    outputs = resp.outputs
+    if not raw:
+        raw = any(tensor.datatype == "FP16" for tensor in outputs)
+    chunks = []
+    for tensor in outputs:
+        data = tensor.data
+        datatype = tensor.datatype
+        out = msg.outputs.add(name=tensor.name, datatype=datatype, shape=data.shape)
+        if raw:
+            if datatype == "BYTES":
+                chunks.append(bytes_to_raw(data))
+            else:
+                chunks.append(np.ascontiguousarray(data, dtype=_WIRE_DTYPES[datatype]).tobytes())
+        elif datatype == "BYTES":
+            out.contents.bytes_contents.extend(_as_bytes(data))
+        else:
+            getattr(out.contents, _CONTENTS[datatype][0]).extend(data.ravel().tolist())
+    if raw:
+        msg.raw_output_contents.extend(chunks)
+    return msg
+
+
+def _as_bytes(data: np.ndarray) -> list[bytes]:
+    """BYTES elements for the wire; ONNX Runtime gives string outputs as `str`."""
+    return [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in data.ravel()]
+
+
+def encode_model_metadata(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    """The ModelMetadata answer for a model."""
+    tensor = pb.ModelMetadataResponse.TensorMetadata
+    return pb.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
+        outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs],
+    )
+
+
+def encode_model_config(cfg: ModelConfig) -> pb.ModelConfigResponse:
+    """Triton's ModelConfig answer; dims are the specs' shapes as given (no batch dim when
+    `max_batch_size` > 0, which the core has already stripped)."""
+    config = mc.ModelConfig(
+        name=cfg.name,
+        platform=cfg.platform,
+        backend=_BACKEND_BY_PLATFORM.get(cfg.platform, ""),
+        max_batch_size=cfg.max_batch_size,
+        input=[_config_input(spec) for spec in cfg.inputs],
+        output=[_config_output(spec) for spec in cfg.outputs],
+    )
+    return pb.ModelConfigResponse(config=config)
+
+
+def _config_input(spec: TensorSpec) -> mc.ModelInput:
+    return mc.ModelInput(name=spec.name, data_type=_CONFIG_TYPES[spec.datatype], dims=spec.shape)
+
+
+def _config_output(spec: TensorSpec) -> mc.ModelOutput:
+    return mc.ModelOutput(name=spec.name, data_type=_CONFIG_TYPES[spec.datatype], dims=spec.shape)

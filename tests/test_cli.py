@@ -1,0 +1,185 @@
+"""The `modelgate` command in real subprocesses: registry, serve with drain, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+MODELGATE = [sys.executable, "-m", "gateway.cli"]
+LISTENING = re.compile(r"modelgate listening http=(\S+) grpc=(\S+) metrics=(\S+)")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def modelgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MODELGATE, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=_env()
+    )
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path, model_files: dict[str, bytes]) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model_files["classifier"])
+    return path
+
+
+def test_registry_register_and_list(tmp_path: Path, onnx_file: Path) -> None:
+    store = str(tmp_path / "store")
+    first = modelgate("registry", "--store", store, "register", "clf", str(onnx_file))
+    assert first.returncode == 0, first.stderr
+    second = modelgate(
+        "registry", "--store", store, "register", "clf", str(onnx_file), "--stage", "production"
+    )
+    assert re.match(r"clf\s+2\s+production\s+[0-9a-f]{64}", second.stdout)
+    listing = modelgate("registry", "--store", store, "list", "clf")
+    lines = listing.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["MODEL", "VERSION", "STAGE", "SHA256"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["clf", "1", "none"],
+        ["clf", "2", "production"],
+    ]
+
+
+def test_registry_errors_are_clear(tmp_path: Path, onnx_file: Path) -> None:
+    store = str(tmp_path / "store")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nonsense")
+    result = modelgate("registry", "--store", store, "register", "m", str(bad))
+    assert result.returncode == 2
+    assert "not an ONNX model" in result.stderr
+    result = modelgate(
+        "registry", "--store", store, "register", "m", str(onnx_file), "--stage", "live"
+    )
+    assert result.returncode == 2
+    assert "unknown stage" in result.stderr
+    assert modelgate("registry", "--store", store, "list", "ghost").returncode == 2
+
+
+class Process:
+    """A modelgate subprocess whose stderr is read for its listening line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [*MODELGATE, *args], cwd=cwd, env=_env(), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.output: list[str] = []
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+        raise AssertionError("pattern not seen; output:\n" + "".join(self.output))
+
+    def rest(self) -> str:
+        assert self.proc.stdout is not None
+        return "".join(self.output) + self.proc.stdout.read()
+
+    def close(self) -> None:
+        """Kill the process if it still runs, and release its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path, onnx_file: Path) -> Iterator[tuple[Process, str]]:
+    store = tmp_path / "store"
+    assert modelgate("registry", "--store", str(store), "register", "clf", str(onnx_file),
+                     "--stage", "production").returncode == 0  # fmt: skip
+    process = Process(
+        ["serve", "--store", str(store), "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0"], tmp_path,
+    )  # fmt: skip
+    try:
+        http = process.wait_for(LISTENING).group(1)
+        yield process, http
+    finally:
+        process.close()
+
+
+async def _wait_ready(client: httpx.AsyncClient) -> None:
+    for _ in range(300):
+        if (await client.get("/v2/health/ready")).status_code == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+async def test_serve_finishes_in_flight_requests_on_sigterm(served: tuple[Process, str]) -> None:
+    process, address = served
+    x = np.random.default_rng().normal(size=(1, 8)).astype(np.float32)
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]}
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=f"http://{address}", limits=limits) as client:
+        await _wait_ready(client)
+        assert (await client.post("/v2/models/clf/infer", json=body)).status_code == 200
+
+        async def one() -> int:
+            return (await client.post("/v2/models/clf/infer", json=body)).status_code
+
+        in_flight = [asyncio.create_task(one()) for _ in range(64)]
+        await asyncio.sleep(0.01)
+        process.proc.send_signal(signal.SIGTERM)
+        statuses = await asyncio.gather(*in_flight, return_exceptions=True)
+    # Requests already accepted finish; ones that came after the listener closed could not
+    # connect at all (a refused connection, never a failed or half-answered request).
+    answered = [s for s in statuses if isinstance(s, int)]
+    assert answered and all(s == 200 for s in answered), statuses
+    refused = [s for s in statuses if not isinstance(s, int)]
+    assert all(isinstance(s, httpx.ConnectError) for s in refused), refused
+    assert process.proc.wait(30) == 0
+    assert "modelgate stopped" in process.rest()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed")
+def test_demo_prints_commands_that_work_as_printed(tmp_path: Path) -> None:
+    process = Process(
+        ["demo", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], tmp_path
+    )
+    try:
+        process.wait_for(re.compile(r"^curl -s -X POST"))
+        curl = process.output[-1].strip()
+        process.wait_for(re.compile(r"^python - <<'EOF'"))
+        snippet = [process.output[-1]]
+        while not snippet[-1].startswith("EOF"):
+            snippet.append(process.wait_for(re.compile(".*")).string)
+        reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert '"model_name":"iris"' in reply.stdout, reply
+        assert '"data":[0,2]' in reply.stdout
+        grpc_reply = subprocess.run(
+            ["bash", "-c", "".join(snippet)], capture_output=True, text=True, timeout=60,
+            env=_env(), cwd=tmp_path,
+        )  # fmt: skip
+        assert "version 1 labels [0 2]" in grpc_reply.stdout, grpc_reply.stderr
+        assert (tmp_path / "modelstore" / "registry.db").exists()
+        process.proc.send_signal(signal.SIGINT)
+        assert process.proc.wait(30) == 0
+    finally:
+        process.close()
