@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import httpx
-import modelzoo
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+import modelzoo
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.server import Gateway
 from gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
@@ -74,9 +76,9 @@ def with_batching(settings: ServerSettings, **batch: int) -> ServerSettings:
     return dataclasses.replace(settings, models=models)
 
 
-@pytest.fixture
-async def gateway(settings: ServerSettings, store: RegistryStore) -> AsyncIterator[Gateway]:
-    """A running gateway with every model loaded; always stopped afterwards."""
+@contextlib.asynccontextmanager
+async def running(settings: ServerSettings, store: RegistryStore) -> AsyncIterator[Gateway]:
+    """A started gateway whose models have finished loading; always stopped afterwards."""
     gw = Gateway(settings, store)
     await gw.start()
     try:
@@ -84,6 +86,13 @@ async def gateway(settings: ServerSettings, store: RegistryStore) -> AsyncIterat
         yield gw
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def gateway(settings: ServerSettings, store: RegistryStore) -> AsyncIterator[Gateway]:
+    """A running gateway with every test model loaded."""
+    async with running(settings, store) as gw:
+        yield gw
 
 
 @pytest.fixture
@@ -103,3 +112,22 @@ async def grpc_stub(gateway: Gateway) -> AsyncIterator[pb_grpc.GRPCInferenceServ
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng()
+
+
+async def scrape(gateway: Gateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample the metrics endpoint exports: (name, labels) -> value."""
+    assert gateway.addresses is not None
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://{gateway.addresses.metrics}/metrics")).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """One sample's value (0 when absent, as a counter that never moved)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

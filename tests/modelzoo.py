@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
@@ -73,6 +73,42 @@ def two_inputs() -> bytes:
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2])
     out = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 2])
     graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "add", [a, b], [out])
+    return _serialise(graph)
+
+
+def slow(iterations: int = 200_000, width: int = 4) -> bytes:
+    """Identity that takes a while: a Loop of `iterations` MatMuls by the identity matrix.
+
+    ONNX has no sleep; each loop turn costs about a microsecond in ONNX Runtime whatever the
+    batch size, so the default runs for roughly 0.2 s per batch and outputs `y == x`.
+    """
+    weight = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    trips = numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips")
+    keep_going = numpy_helper.from_array(np.array(True), "keep_going")
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["y_in", "w"], ["y_out"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "turn",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("y_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("y_out", TensorProto.FLOAT, None),
+        ],
+    )
+    loop = helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)
+    graph = helper.make_graph(
+        [loop],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        initializer=[weight, trips, keep_going],
+    )
     return _serialise(graph)
 
 

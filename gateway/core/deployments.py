@@ -71,6 +71,7 @@ class Deployments:
         # name -> version -> deployment; `_primary` name -> the version unaddressed requests use
         self._versions: dict[str, dict[str, Deployment]] = {}
         self._primary: dict[str, str] = {}
+        self._synced = False  # until the registry has been read once, no name is unknown
 
     # --- reads on the request path --------------------------------------------------------
 
@@ -78,7 +79,7 @@ class Deployments:
         """The deployment a request for (`name`, `version`) goes to, or the error to answer."""
         versions = self._versions.get(name)
         if versions is None:
-            raise InferenceError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
+            raise self._unknown(name)
         if version is None:
             primary = self._primary.get(name)
             deployment = versions.get(primary) if primary is not None else None
@@ -99,7 +100,7 @@ class Deployments:
         """Like `resolve` but returns deployments in any state (for metadata and readiness)."""
         versions = self._versions.get(name)
         if versions is None:
-            raise InferenceError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
+            raise self._unknown(name)
         key = self._primary.get(name) if version is None else version
         deployment = versions.get(key) if key is not None else None
         if deployment is None:
@@ -107,6 +108,13 @@ class Deployments:
                 ErrorCode.NOT_FOUND, f"unknown version {version!r} of model {name!r}"
             )
         return deployment
+
+    def _unknown(self, name: str) -> InferenceError:
+        if not self._synced:
+            return InferenceError(
+                ErrorCode.UNAVAILABLE, "server is starting: the model registry is not read yet"
+            )
+        return InferenceError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
 
     def batch_settings(self, name: str) -> BatchSettings:
         return self._settings.for_model(name).batch
@@ -119,8 +127,8 @@ class Deployments:
             yield from versions.values()
 
     def ready(self) -> bool:
-        """True when every model has a READY primary version."""
-        return all(
+        """True once the registry was read and every model has a READY primary version."""
+        return self._synced and all(
             name in self._primary and self._versions[name][self._primary[name]].ready
             for name in self._versions
         )
@@ -133,6 +141,7 @@ class Deployments:
         production = [r for r in records if r.stage is Stage.PRODUCTION]
         for record in production:
             self._add(record, primary=True)
+        self._synced = True
         await asyncio.gather(*(self._load(self.get(r.name, str(r.version))) for r in production))
 
     def _add(self, record: ModelVersion, *, primary: bool) -> Deployment:

@@ -16,14 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway.codecs import grpc as codec
-from gateway.core.errors import ErrorCode, InferenceError
+from gateway.core.errors import ErrorCode, InferenceError, invalid
 from gateway.core.service import InferenceService
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.protocol import model_config_pb2 as mc
 from gateway.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,34 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
+class MalformedMessage:
+    """Stands in for a request whose bytes did not parse, so the handler can answer it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: grpcio would answer INTERNAL, but a
+    malformed message is the client's mistake (INVALID_ARGUMENT)."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything it raises instead
+            return MalformedMessage(exc)
+
+    return deserialize
+
+
 def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Answer an `InferenceError` with its gRPC status; anything else is INTERNAL."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if isinstance(request, MalformedMessage):
+                raise invalid(f"malformed protobuf message: {request.error}")
             return await handler(self, request, context)
         except InferenceError as exc:
             await context.abort(STATUS_BY_CODE[exc.code], exc.message)
@@ -111,6 +135,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return codec.encode_infer_response(response, raw)
 
 
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the V2 service like the generated helper does, with lenient parsing."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class ReadinessHealth(health.aio.HealthServicer):
+    """The standard health service; Check answers from the gateway's readiness at the time
+    of the call, Watch streams the changes `GrpcFrontend` tracks."""
+
+    def __init__(self, service: InferenceService) -> None:
+        super().__init__()
+        self._service = service
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.service not in ("", SERVICE_NAME):
+            return await super().Check(request, context)
+        serving = self._service.ready()
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """One pool with every served service: ours live in a private pool (see
+    proto/generate.py), health and reflection in protobuf's default one."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (mc, pb, health_pb2, reflection_pb2):
+        file_proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(file_proto)
+        pool.Add(file_proto)
+    return pool
+
+
 class GrpcFrontend:
     """Owns the grpc.aio server; runs it on the caller's loop or on its own thread's loop."""
 
@@ -120,7 +190,7 @@ class GrpcFrontend:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = ReadinessHealth(service)
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -160,10 +230,12 @@ class GrpcFrontend:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._service), server)
+        add_inference_service(InferenceServicer(self._service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            pool=_reflection_pool(),
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         bound = server.add_insecure_port(address)

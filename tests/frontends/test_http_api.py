@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+
 from conftest import DATATYPES
 
 pytestmark = pytest.mark.usefixtures("gateway")

@@ -1,0 +1,184 @@
+"""Deadlines, a full queue and models that are not ready, over both protocols.
+
+The `slow` model takes about 0.2 s per batch, so a second request reliably waits in the
+queue while the first one computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+import modelzoo
+from conftest import running, sample, scrape, with_batching
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.server import Gateway
+from gateway.settings import ServerSettings
+from registry.store import RegistryStore
+from registry.types import Stage
+
+
+@pytest.fixture(scope="module")
+def slow_model() -> bytes:
+    return modelzoo.slow()
+
+
+@pytest.fixture
+def slow_store(tmp_path: Path, slow_model: bytes, model_files: dict[str, bytes]) -> RegistryStore:
+    store = RegistryStore(tmp_path / "slow-store")
+    store.register("slow", slow_model, stage=Stage.PRODUCTION)
+    store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
+    return store
+
+
+def _settings(settings: ServerSettings, store: RegistryStore, **batch: int) -> ServerSettings:
+    return with_batching(dataclasses.replace(settings, store=store.root), **batch)
+
+
+@contextlib.asynccontextmanager
+async def _clients(
+    gateway: Gateway,
+) -> AsyncIterator[tuple[httpx.AsyncClient, pb_grpc.GRPCInferenceServiceStub]]:
+    assert gateway.addresses is not None
+    async with (
+        httpx.AsyncClient(base_url=f"http://{gateway.addresses.http}", timeout=30) as http,
+        grpc.aio.insecure_channel(gateway.addresses.grpc) as channel,
+    ):
+        yield http, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _body(x: np.ndarray, **parameters: Any) -> dict[str, Any]:
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
+    return {"inputs": [tensor], "parameters": parameters}
+
+
+def _grpc_request(x: np.ndarray) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+async def _batches(gateway: Gateway) -> float:
+    return sample(
+        await scrape(gateway), "modelgate_batch_size_rows_count", model="slow", version="1"
+    )
+
+
+@pytest.mark.parametrize("how", ["header", "parameter", "grpc"])
+async def test_a_request_whose_deadline_passes_in_the_queue_is_504_and_never_computed(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator, how: str
+) -> None:
+    async with (
+        running(_settings(settings, slow_store), slow_store) as gateway,
+        _clients(gateway) as (http, stub),
+    ):
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        first = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await asyncio.sleep(0.05)  # the first request is computing now
+        late = rng.normal(size=(1, 4)).astype(np.float32)
+        if how == "grpc":
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ModelInfer(_grpc_request(late), timeout=0.05)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            if how == "header":
+                r = await http.post(
+                    "/v2/models/slow/infer",
+                    json=_body(late),
+                    headers={"x-request-timeout-ms": "50"},
+                )
+            else:
+                r = await http.post("/v2/models/slow/infer", json=_body(late, timeout=50_000))
+            assert r.status_code == 504, r.text
+            assert "deadline" in r.json()["error"]
+        answer = await first
+        assert answer.status_code == 200
+        np.testing.assert_array_equal(
+            np.array(answer.json()["outputs"][0]["data"], dtype=np.float32), x.ravel()
+        )
+        await asyncio.sleep(0.3)  # let a wrongly computed late request show in metrics
+        assert await _batches(gateway) == 1
+
+
+async def test_a_full_queue_is_refused_at_once(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator
+) -> None:
+    limited = _settings(settings, slow_store, max_batch_size=1, max_queue=1)
+    async with running(limited, slow_store) as gateway, _clients(gateway) as (http, stub):
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await asyncio.sleep(0.05)
+        refused = await http.post("/v2/models/slow/infer", json=_body(x))
+        assert refused.status_code == 503
+        assert "queue full" in refused.json()["error"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(_grpc_request(x))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await computing).status_code == 200
+        assert (await queued).status_code == 200
+        assert (await http.post("/v2/models/slow/infer", json=_body(x))).status_code == 200
+
+
+async def test_a_model_still_loading_is_503_then_served(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator
+) -> None:
+    gateway = Gateway(_settings(settings, slow_store), slow_store)
+    await gateway.start()
+    try:
+        async with _clients(gateway) as (http, stub):
+            x = rng.normal(size=(1, 4)).astype(np.float32)
+            early = await http.post("/v2/models/slow/infer", json=_body(x))
+            assert early.status_code == 503, early.text
+            assert (await http.get("/v2/health/ready")).status_code == 503
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ModelInfer(_grpc_request(x))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            await gateway.wait_loaded()
+            assert (await http.post("/v2/models/slow/infer", json=_body(x))).status_code == 200
+            assert (await http.get("/v2/health/ready")).status_code == 200
+    finally:
+        await gateway.stop()
+
+
+async def test_a_model_that_failed_to_load_is_503_and_the_others_serve(
+    settings: ServerSettings, tmp_path: Path, model_files: dict[str, bytes], rng: Any
+) -> None:
+    store = RegistryStore(tmp_path / "broken-store")
+    store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
+    broken = store.register("broken", model_files["pair"], stage=Stage.PRODUCTION)
+    (store.root / "artifacts" / "sha256" / broken.sha256).write_bytes(b"not the model")
+    async with (
+        running(_settings(settings, store), store) as gateway,
+        _clients(gateway) as (http, stub),
+    ):
+        r = await http.post(
+            "/v2/models/broken/infer",
+            json={"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
+        )
+        assert r.status_code == 503
+        assert "not ready" in r.json()["error"]
+        assert (await http.get("/v2/models/broken/ready")).status_code == 503
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="broken"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await http.get("/v2/health/ready")).status_code == 503
+        x = rng.normal(size=(1, 8)).astype(np.float32)
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]
+        }
+        assert (await http.post("/v2/models/classifier/infer", json=body)).status_code == 200
+        metrics = await scrape(gateway)
+        assert sample(metrics, "modelgate_model_load_failures_total", model="broken", version="1")
