@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import BatchSettings, RuntimeSettings, ServerSettings, build_settings
+from gateway.settings import (
+    BatchSettings,
+    RuntimeSettings,
+    ServerSettings,
+    build_settings,
+    load_config_file,
+)
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +29,11 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     b = BatchSettings()
     r = RuntimeSettings()
     add = parser.add_argument
+    add(
+        "--config",
+        type=Path,
+        help="TOML file of settings; [models.NAME] tables set per-model batching/runtime",
+    )
     add("--store", type=str, help=f"embedded registry directory (default {d.store})")
     add("--host", help=f"address to bind (default {d.host})")
     add("--http-port", type=int, help=f"HTTP port, 0 picks one (default {d.http_port})")
@@ -56,9 +67,14 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> ServerSettings:
     overrides: dict[str, Any] = dict(vars(args))
+    config_path = overrides.pop("config", None)
     if overrides.get("store") is not None:
         overrides["store"] = Path(overrides["store"])
-    return build_settings(overrides)
+    try:
+        config = load_config_file(config_path) if config_path is not None else None
+        return build_settings(overrides, config=config)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SystemExit(f"modelgate: invalid settings: {exc}") from None
 
 
 def _configure_logging(level: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,44 +96,91 @@ def _coerce(value: str, like: Any) -> Any:
     return value
 
 
+_MODEL_GROUPS: tuple[tuple[str, type], ...] = (
+    ("batch", BatchSettings),
+    ("runtime", RuntimeSettings),
+)
+
+
 def _flat_fields() -> dict[str, tuple[str, ...]]:
-    """Setting names (as flags and env variables use them) -> attribute path."""
+    """Setting names (as flags, variables and the config file use them) -> attribute path."""
     flat: dict[str, tuple[str, ...]] = {}
     for f in dataclasses.fields(ServerSettings):
         if f.name in ("models", "model_overrides"):
             continue
         flat[f.name] = (f.name,)
-    for group, cls in (("batch", BatchSettings), ("runtime", RuntimeSettings)):
+    for group, cls in _MODEL_GROUPS:
         for f in dataclasses.fields(cls):
             flat[f.name] = ("models", group, f.name)
     return flat
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(_flat_fields())
+MODEL_SETTING_NAMES: tuple[str, ...] = tuple(
+    name for name, path in _flat_fields().items() if path[0] == "models"
+)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A TOML config file: top-level keys are setting names, `[models.NAME]` tables hold
+    per-model batching and runtime settings. Unknown keys are an error, not ignored."""
+    with path.open("rb") as f:
+        doc = tomllib.load(f)
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise ValueError(f"{path}: [models] must be a table of model names")
+    unknown = set(doc) - set(SETTING_NAMES) - {"models"}
+    for name, table in models.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [models.{name}] must be a table")
+        unknown |= {f"models.{name}.{key}" for key in set(table) - set(MODEL_SETTING_NAMES)}
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    return doc
 
 
 def build_settings(
-    overrides: dict[str, Any], environ: dict[str, str] | None = None
+    overrides: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> ServerSettings:
-    """Settings from defaults, then `MODELGATE_<NAME>` variables, then explicit overrides.
+    """Settings from defaults, then the config file, then `MODELGATE_<NAME>` variables, then
+    explicit overrides (CLI flags).
 
-    `overrides` uses the flat names of `SETTING_NAMES` (e.g. `http_port`, `max_batch_size`);
-    None values are ignored so that unset CLI flags fall through to the environment.
+    All layers use the flat names of `SETTING_NAMES` (e.g. `http_port`, `max_batch_size`);
+    None values are ignored so that unset CLI flags fall through. `config["models"]` maps a
+    model name to per-model settings, layered over the server-wide ones.
     """
     environ = dict(os.environ) if environ is None else environ
+    config = config or {}
     defaults = ServerSettings()
     values: dict[tuple[str, ...], Any] = {}
     for name, path in _flat_fields().items():
         current: Any = defaults
         for part in path:
             current = getattr(current, part)
+        if config.get(name) is not None:
+            value = config[name]
+            values[path] = Path(value) if isinstance(current, Path) else value
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[path] = _coerce(raw, current)
         if overrides.get(name) is not None:
             values[path] = overrides[name]
     top = {p[0]: v for p, v in values.items() if len(p) == 1}
-    batch = {p[2]: v for p, v in values.items() if p[:2] == ("models", "batch")}
-    runtime = {p[2]: v for p, v in values.items() if p[:2] == ("models", "runtime")}
-    models = ModelServingSettings(BatchSettings(**batch), RuntimeSettings(**runtime))
-    return ServerSettings(**top, models=models)
+    shared = {p[2]: v for p, v in values.items() if p[0] == "models"}
+    models = _model_settings(shared)
+    per_model = {
+        name: _model_settings({**shared, **table})
+        for name, table in config.get("models", {}).items()
+    }
+    return ServerSettings(**top, models=models, model_overrides=per_model)
+
+
+def _model_settings(values: dict[str, Any]) -> ModelServingSettings:
+    groups = []
+    for _, cls in _MODEL_GROUPS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        groups.append(cls(**{k: v for k, v in values.items() if k in names}))
+    batch, runtime = groups
+    return ModelServingSettings(batch, runtime)

@@ -183,3 +183,11 @@ def test_demo_prints_commands_that_work_as_printed(tmp_path: Path) -> None:
         assert process.proc.wait(30) == 0
     finally:
         process.close()
+
+
+def test_serve_refuses_a_config_file_with_unknown_settings(tmp_path: Path) -> None:
+    config = tmp_path / "modelgate.toml"
+    config.write_text("max_batch = 4\n")
+    result = modelgate("serve", "--config", str(config), "--store", str(tmp_path / "s"))
+    assert result.returncode == 1
+    assert "unknown setting(s): max_batch" in result.stderr
