@@ -1,0 +1,31 @@
+# modelgate: one serving process per container; scale out with more containers (replicas).
+#
+#   docker build -t modelgate .
+#   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/modelstore:/models" modelgate
+#
+# The registry lives outside the image (a volume here); `modelgate serve` serves every
+# production version it finds there.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway gateway
+COPY registry registry
+COPY monitor monitor
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --create-home --uid 10001 modelgate
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER modelgate
+WORKDIR /home/modelgate
+ENV MODELGATE_HOST=0.0.0.0 \
+    MODELGATE_STORE=/models \
+    PYTHONUNBUFFERED=1
+EXPOSE 8000 8001 8002
+# SIGTERM drains: readiness turns 503, in-flight requests finish, then the process exits.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=1)"
+ENTRYPOINT ["modelgate"]
+CMD ["serve"]
