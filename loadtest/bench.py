@@ -7,8 +7,8 @@ under test as a subprocess on 127.0.0.1 and drives it with Triton's perf_analyze
 
     gateway, light model, batching on  (defaults)             gRPC + HTTP JSON, c = 1, 16, 64
     gateway, light model, batching off (--max-batch-size 1)   gRPC + HTTP JSON, c = 64
-    bare_grpc light (grpc.aio asyncio, uvloop, sync pool)     gRPC, c = 64
-    bare_http light (uvicorn + httptools + uvloop)            HTTP JSON, c = 64
+    bare_grpc light (grpc.aio asyncio; uvloop, sync pool)     gRPC, c = 1, 64; variants c = 64
+    bare_http light (uvicorn + httptools + uvloop)            HTTP JSON, c = 1, 64
     gateway, heavy model, batching on and off                 gRPC c = 1, 16, 64; HTTP c = 64
 
 and measures both models' in-process ceiling (loadtest/ceiling.py) with the gateway's
@@ -79,8 +79,8 @@ def build_plan(quick: bool, only: str | None, protocols: set[str]) -> list[Serve
     plans = [
         ServerPlan("light", "gateway", "on", light_on),
         ServerPlan("light", "gateway", "off", (("grpc", 64), ("http", 64))),
-        ServerPlan("light", "bare_grpc", "-", (("grpc", 64),)),
-        ServerPlan("light", "bare_http", "-", (("http", 64),)),
+        ServerPlan("light", "bare_grpc", "-", tuple(("grpc", c) for c in levels if c != 16)),
+        ServerPlan("light", "bare_http", "-", tuple(("http", c) for c in levels if c != 16)),
     ]
     if not quick:
         plans.insert(3, ServerPlan("light", "bare_grpc/uvloop", "-", (("grpc", 64),)))
