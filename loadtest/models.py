@@ -4,8 +4,9 @@ light: StandardScaler + LogisticRegression on 32 features. Almost free to run, s
     on it measures protocol and Python overhead.
 heavy: an untrained MLP (32 -> 8192 -> 2048 -> 1, ~68 MB of weights) whose compute
     dominates, so a benchmark on it measures how well batching turns spare requests into
-    fuller ONNX Runtime calls. Its in-process ceiling here is ~2,400-2,900 rows/s with one
-    intra-op thread (best near batch 128).
+    fuller ONNX Runtime calls. Its in-process ceiling with one intra-op thread depends on the
+    ORT version: with onnxruntime 1.32 on the 2-core benchmark machine ~5,500-5,900 rows/s at
+    batch 256 and ~4,500 at batch 64 (`python -m loadtest.ceiling --model heavy`).
 
 Both take "input" [N, 32] FP32 with a dynamic batch dimension.
 """
@@ -19,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 FEATURES = 32
-HEAVY_WIDTHS = (8192, 2048)  # 4096 -> 2048 peaked at ~6,000 rows/s here; this at ~2,400
+HEAVY_WIDTHS = (8192, 2048)  # chosen when 4096 -> 2048 peaked ~2.5x higher than this
 _SEED = 20240601
 _OPSET = 17
 
