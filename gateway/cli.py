@@ -57,6 +57,12 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-batch-size", type=int, help=f"rows per batch, 1 = off (default {b.max_batch_size})")
     add("--max-delay-us", type=int, help=f"max wait for a fuller batch (default {b.max_delay_us})")
     add("--max-queue", type=int, help=f"rows that may wait (default {b.max_queue})")
+    add(
+        "--inline-max-us",
+        type=int,
+        help="batches expected to take at most this long run on the event loop, longer ones "
+        f"on a worker thread; 0: always the thread (default {b.inline_max_us})",
+    )
     add("--intra-op-threads", type=int, help=f"ORT threads per run (default {r.intra_op_threads})")
     add(
         "--graph-optimization",

@@ -25,11 +25,15 @@ class BatchSettings:
         free; 0 means a batch goes as soon as the runner can take it, and batches still grow
         with load because requests gather while the previous batch computes.
     max_queue: rows that may wait; beyond it a request is refused at once (RESOURCE_EXHAUSTED).
+    inline_max_us: batches expected to compute within this many microseconds run on the
+        event loop itself (a thread hand-off costs more than they do); longer ones run on
+        the version's worker thread. 0 sends every batch to the worker.
     """
 
     max_batch_size: int = 64
     max_delay_us: int = 0
     max_queue: int = 4096
+    inline_max_us: int = 250
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -38,6 +42,8 @@ class BatchSettings:
             raise ValueError("max_delay_us must not be negative")
         if self.max_queue < self.max_batch_size:
             raise ValueError("max_queue must be at least max_batch_size")
+        if self.inline_max_us < 0:
+            raise ValueError("inline_max_us must not be negative")
 
 
 @dataclass(frozen=True, slots=True)

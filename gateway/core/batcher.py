@@ -1,12 +1,20 @@
 """The micro-batcher: many concurrent small requests become few ONNX Runtime runs.
 
-`BatchPolicy` makes the pure decisions (when the next batch goes, which requests form it);
-`MicroBatcher` owns the queue and one worker thread that waits, runs and hands results back.
-Requests may come from any asyncio loop: each carries its loop, and a batch's results are
-delivered with one `call_soon_threadsafe` per loop.
+`BatchPolicy` makes the pure decisions (when the next batch goes, which requests form it,
+and where it runs); `MicroBatcher` owns the queue and acts on them.
 
-Batches grow with load without idle waiting: while a batch computes (ORT releases the GIL),
-new requests gather in the queue and all go together when the worker is free again.
+Where a batch runs depends on what it costs, learned from the batches before it:
+- cheap batches (a few tens of microseconds, e.g. a logistic regression) run inline on the
+  event loop, at the end of the loop iteration in which their requests arrived. Handing
+  such a batch to another thread costs more than running it: the GIL moves twice and the
+  loop is woken through its self-pipe;
+- expensive batches run on the version's worker thread (ONNX Runtime releases the GIL), so
+  the loop keeps decoding requests meanwhile.
+
+Batches grow with load without idle waiting either way: requests that arrive during one loop
+iteration, or while the worker computes, all go together in the next batch.
+Requests may come from any asyncio loop: each carries its loop, and results go back with one
+`call_soon_threadsafe` per loop (or directly, when the batch ran on that very loop).
 """
 
 from __future__ import annotations
@@ -51,12 +59,32 @@ Result = tuple[PendingRequest, Outputs | None, InferenceError | None]
 
 
 class BatchPolicy:
-    """Pure batching decisions, separate from the thread that acts on them."""
+    """Pure batching decisions, separate from the loop and the thread that act on them.
 
-    def __init__(self, settings: BatchSettings, batchable: bool) -> None:
+    `batch_seconds` is a moving average of how long a batch takes to compute, seeded with
+    the model's warm-up time; batches expected to take at most `inline_max` seconds run
+    inline on the event loop.
+    """
+
+    SMOOTHING = 0.1
+
+    def __init__(
+        self, settings: BatchSettings, batchable: bool, batch_seconds: float = 0.0
+    ) -> None:
         self.max_rows = settings.max_batch_size if batchable else 1
         self.max_delay = settings.max_delay_us / 1e6
+        self.inline_max = settings.inline_max_us / 1e6
         self.batchable = batchable
+        self.batch_seconds = batch_seconds
+
+    @property
+    def inline(self) -> bool:
+        """Whether the next batch should run on the event loop rather than the worker."""
+        return self.inline_max > 0 and self.batch_seconds <= self.inline_max
+
+    def observe(self, seconds: float) -> None:
+        """Fold one batch's compute time into the average."""
+        self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
@@ -109,16 +137,18 @@ class MicroBatcher:
         batchable: bool,
         metrics: VersionMetrics,
         name: str = "batcher",
+        batch_seconds: float = 0.0,
     ) -> None:
         self._run = run
         self._input_names = list(input_names)
-        self._policy = BatchPolicy(settings, batchable)
+        self._policy = BatchPolicy(settings, batchable, batch_seconds)
         self._max_queue = settings.max_queue
         self._metrics = metrics
         self._queue: deque[PendingRequest] = deque()
         self._queued_rows = 0
         self._cond = threading.Condition(threading.Lock())
         self._worker_waiting = False
+        self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush due
         self._accepting = True
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -148,8 +178,14 @@ class MicroBatcher:
                 )
             self._queue.append(request)
             self._queued_rows += rows
-            if self._worker_waiting:
+            inline = self._policy.inline
+            if not inline and self._worker_waiting:
                 self._cond.notify()
+            schedule = inline and loop not in self._flushing
+            if schedule:
+                self._flushing.add(loop)
+        if schedule:
+            loop.call_soon(self._flush, loop)
         if deadline is not None:
             handle = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, request)
             request.future.add_done_callback(lambda _: handle.cancel())
@@ -167,38 +203,80 @@ class MicroBatcher:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    # --- worker thread -------------------------------------------------------------------
+    # --- inline, on an event loop -----------------------------------------------------------
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the next batch here on `loop`, or hand the queue to the worker thread."""
+        with self._cond:
+            self._flushing.discard(loop)
+            if not self._queue:
+                return
+            if self._stopping or not self._policy.inline:
+                self._cond.notify()  # the worker takes over (and drains, when stopping)
+                return
+            wait = self._policy.wait_time(
+                self._queued_rows, self._queue[0].enqueued, time.monotonic()
+            )
+            batch = self._take() if wait <= 0 else []
+            again = bool(self._queue)
+            if again:
+                self._flushing.add(loop)
+        if wait > 0:
+            loop.call_later(wait, self._flush, loop)
+            return
+        if again:
+            loop.call_soon(self._flush, loop)  # what is left goes in the next iteration
+        self._execute_safely(batch, loop)
+
+    # --- worker thread -----------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._queue:
+                    wait: float | None = None
+                    if self._queue and (self._stopping or not self._policy.inline):
                         now = time.monotonic()
                         wait = self._policy.wait_time(
                             self._queued_rows, self._queue[0].enqueued, now
                         )
                         if wait <= 0 or self._stopping:
                             break
+                    elif self._queue:
+                        self._hand_to_loops()  # batches got cheap: the loops run them
                     elif self._stopping:
                         return
-                    else:
-                        wait = None
                     self._worker_waiting = True
                     self._cond.wait(wait)
                     self._worker_waiting = False
-                batch = self._policy.take(self._queue)
-                self._queued_rows -= sum(r.rows for r in batch)
-                self._metrics.queue_depth.set(self._queued_rows)
-            try:
-                self._execute(batch)
-            except Exception:  # never let the worker die: every request must be answered
-                log.exception("batch worker failed")
-                _deliver_all(
-                    [(r, None, InferenceError(ErrorCode.INTERNAL, "batch failed")) for r in batch]
-                )
+                batch = self._take()
+            self._execute_safely(batch, None)
 
-    def _execute(self, batch: list[PendingRequest]) -> None:
+    def _hand_to_loops(self) -> None:
+        """Schedule a flush on every loop with queued requests; the caller holds the lock."""
+        for loop in {r.loop for r in self._queue} - self._flushing:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(self._flush, loop)
+                self._flushing.add(loop)
+
+    def _take(self) -> list[PendingRequest]:
+        """The next batch off the queue; the caller holds the lock."""
+        batch = self._policy.take(self._queue)
+        self._queued_rows -= sum(r.rows for r in batch)
+        self._metrics.queue_depth.set(self._queued_rows)
+        return batch
+
+    def _execute_safely(
+        self, batch: list[PendingRequest], here: asyncio.AbstractEventLoop | None
+    ) -> None:
+        try:
+            _deliver_all(self._execute(batch), here)
+        except Exception:  # never let a batch go unanswered, nor the worker die
+            log.exception("batch failed")
+            error = InferenceError(ErrorCode.INTERNAL, "batch failed")
+            _deliver_all([(r, None, error) for r in batch], here)
+
+    def _execute(self, batch: list[PendingRequest]) -> list[Result]:
         now = time.monotonic()
         live: list[PendingRequest] = []
         results: list[Result] = []
@@ -213,7 +291,7 @@ class MicroBatcher:
             for request in live:
                 self._metrics.queue_wait.observe(now - request.enqueued)
             results.extend(self._run_batch(live))
-        _deliver_all(results)
+        return results
 
     def _run_batch(self, live: list[PendingRequest]) -> list[Result]:
         sizes = [r.rows for r in live]
@@ -235,7 +313,9 @@ class MicroBatcher:
             error = InferenceError(ErrorCode.INTERNAL, f"model run failed: {exc}")
             return [(r, None, error) for r in live]
         finally:
-            self._metrics.compute.observe(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self._policy.observe(elapsed)
+            self._metrics.compute.observe(elapsed)
             self._metrics.batch_rows.observe(sum(sizes))
         return [(r, outputs, None) for r, outputs in zip(live, pieces, strict=True)]
 
@@ -251,12 +331,16 @@ def _expire(request: PendingRequest) -> None:
         request.future.set_exception(_deadline_error())
 
 
-def _deliver_all(results: list[Result]) -> None:
-    """Hand results to their loops: one thread-safe callback per loop, not per request."""
+def _deliver_all(results: list[Result], here: asyncio.AbstractEventLoop | None) -> None:
+    """Hand results to their loops: directly on `here` (the loop the batch ran on), else
+    with one thread-safe callback per loop, not per request."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
     for item in results:
         by_loop.setdefault(item[0].loop, []).append(item)
     for loop, items in by_loop.items():
+        if loop is here:
+            _resolve(items)
+            continue
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             loop.call_soon_threadsafe(_resolve, items)
 

@@ -158,7 +158,7 @@ class Deployments:
 
     async def _load(self, deployment: Deployment) -> None:
         try:
-            model = await asyncio.to_thread(self._build_model, deployment.record)
+            model, warmup_seconds = await asyncio.to_thread(self._build_model, deployment.record)
         except Exception as exc:
             deployment.state = ModelState.FAILED
             deployment.error = str(exc)
@@ -174,6 +174,7 @@ class Deployments:
             model.batchable,
             deployment.metrics,
             name=f"batch-{deployment.name}-v{deployment.version}",
+            batch_seconds=warmup_seconds,
         )
         deployment.state = ModelState.READY
         deployment.metrics.loaded.set(1)
@@ -184,14 +185,15 @@ class Deployments:
             "batched" if model.batchable else "fixed batch dimension: unbatched",
         )
 
-    def _build_model(self, record: ModelVersion) -> OnnxModel:
+    def _build_model(self, record: ModelVersion) -> tuple[OnnxModel, float]:
+        """The loaded model and the seconds its fastest warm-up run took."""
         data = self._registry.read_artifact(record)
         model = OnnxModel(data, self._settings.for_model(record.name).runtime)
         try:
-            model.warm_up()
+            seconds = model.warm_up()
         except Exception as exc:
             raise ModelLoadError(f"warm-up run failed: {exc}") from exc
-        return model
+        return model, seconds
 
     async def stop(self, timeout: float) -> None:
         """Drain every deployment: new requests are refused, queued ones still finish."""

@@ -56,6 +56,20 @@ def test_policy_never_batches_a_fixed_batch_model() -> None:
     assert len(policy.take(queue)) == 1
 
 
+def test_policy_runs_cheap_batches_inline_as_it_learns_their_cost() -> None:
+    policy = BatchPolicy(BatchSettings(inline_max_us=250), batchable=True, batch_seconds=0.00002)
+    assert policy.inline
+    for _ in range(50):
+        policy.observe(0.01)
+    assert not policy.inline
+    for _ in range(100):
+        policy.observe(0.00001)
+    assert policy.inline
+    assert not BatchPolicy(
+        BatchSettings(inline_max_us=0), batchable=True, batch_seconds=1e-6
+    ).inline
+
+
 def test_split_outputs_rejects_a_wrong_row_count() -> None:
     with pytest.raises(InferenceError) as err:
         split_outputs([np.zeros((5, 2))], [2, 2])
@@ -80,6 +94,9 @@ class Recorder:
 
 
 def _batcher(run: object, **settings: int) -> MicroBatcher:
+    """A batcher whose batches all run on its worker thread, unless `inline_max_us` says
+    otherwise (a gated model must not run on the test's event loop)."""
+    settings.setdefault("inline_max_us", 0)
     metrics = Metrics().for_version("m", "1")
     return MicroBatcher(run, ["x"], BatchSettings(**settings), True, metrics)  # type: ignore[arg-type]
 
@@ -165,4 +182,66 @@ async def test_stop_refuses_new_work_and_drains_the_queue() -> None:
     assert err.value.code is ErrorCode.UNAVAILABLE
     results = await asyncio.gather(*queued)
     assert [float(r[0][0, 0]) for r in results] == [0, 2, 4, 6, 8]
+    assert batcher.join(5)
+
+
+async def test_cheap_batches_run_inline_on_the_loop_batched_and_in_order(
+    rng: np.random.Generator,
+) -> None:
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    run = Recorder()
+
+    def recording(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.add(threading.get_ident())
+        return run(feeds)
+
+    batcher = _batcher(recording, max_batch_size=16, inline_max_us=10_000)
+    inputs = [rng.normal(size=(int(rng.integers(1, 4)), 3)) for _ in range(30)]
+    futures = [batcher.submit({"x": x}, len(x), None) for x in inputs]
+    results = await asyncio.gather(*futures)
+    for x, (doubled, sums) in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(sums, x.sum(axis=1))
+    assert threads == {loop_thread}
+    assert len(run.batches) < len(inputs)  # submitted in one loop iteration: batched
+    assert max(run.batches) <= 16
+    batcher.stop()
+    assert batcher.join(5)
+
+
+async def test_batches_move_to_the_worker_when_they_get_expensive_and_back(
+    rng: np.random.Generator,
+) -> None:
+    """No request is stranded while the batcher changes where batches run."""
+    loop_thread = threading.get_ident()
+    seen: list[bool] = []  # per batch: ran on the loop?
+    slow = threading.Event()
+
+    def model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        seen.append(threading.get_ident() == loop_thread)
+        if slow.is_set():
+            time.sleep(0.003)
+        x = feeds["x"]
+        return [x * 2, x.sum(axis=1)]
+
+    batcher = _batcher(model, max_batch_size=4, inline_max_us=1000)
+
+    async def wave() -> None:
+        inputs = [rng.normal(size=(1, 3)) for _ in range(40)]
+        results = await asyncio.gather(*(batcher.submit({"x": x}, 1, None) for x in inputs))
+        for x, (doubled, _) in zip(inputs, results, strict=True):
+            np.testing.assert_array_equal(doubled, x * 2)
+
+    await wave()
+    assert all(seen)
+    slow.set()
+    for _ in range(3):
+        await wave()
+    assert not seen[-1]  # the average passed 1 ms: the worker runs them now
+    slow.clear()
+    for _ in range(20):
+        await wave()
+    assert seen[-1]  # cheap again: back on the loop
+    batcher.stop()
     assert batcher.join(5)
