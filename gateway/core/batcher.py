@@ -127,7 +127,8 @@ def split_outputs(outputs: Outputs, sizes: Sequence[int]) -> list[Outputs]:
 
 
 class MicroBatcher:
-    """Queues requests for one model version and runs them in batches on a worker thread."""
+    """Queues requests for one model version and runs them in batches, inline on the event
+    loop or on the version's worker thread (see the module docstring)."""
 
     def __init__(
         self,

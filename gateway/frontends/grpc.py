@@ -214,12 +214,8 @@ class GrpcFrontend:
             loop.close()
             return
         started.set_result(bound)
-        loop.run_until_complete(self._serve_until_stopped())
+        loop.run_forever()  # until `stop` has stopped the server and then this loop
         loop.close()
-
-    async def _serve_until_stopped(self) -> None:
-        assert self._server is not None
-        await self._server.wait_for_termination()
 
     async def _start_here(self, host: str, port: int) -> int:
         limit = self._settings.max_body_bytes
@@ -262,6 +258,7 @@ class GrpcFrontend:
         if self._loop is not None:
             future = asyncio.run_coroutine_threadsafe(self._stop_here(grace), self._loop)
             await asyncio.wrap_future(future)
+            self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 await asyncio.to_thread(self._thread.join)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from conftest import running
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.server import Gateway
+from gateway.settings import ServerSettings
+from registry.store import RegistryStore
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
@@ -243,3 +247,36 @@ async def test_server_reflection_describes_the_services(gateway: Gateway) -> Non
     assert "inference.GRPCInferenceService" in services
     assert "grpc.health.v1.Health" in services
     assert {"ModelInfer", "ModelMetadata", "ServerReady", "ModelConfig"} <= set(methods)
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted(
+    settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
+) -> None:
+    small = dataclasses.replace(settings, max_body_bytes=64 * 1024)
+    async with running(small, store) as gateway:
+        assert gateway.addresses is not None
+        async with grpc.aio.insecure_channel(gateway.addresses.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            big = rng.normal(size=(4096, 8)).astype(np.float32)  # 128 KiB of raw contents
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ModelInfer(raw_request("classifier", big))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await _ok(stub, rng)
+
+
+async def test_grpc_on_its_own_loop_in_a_thread_serves_and_stops(
+    settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
+) -> None:
+    threaded = dataclasses.replace(settings, grpc_workers="thread")
+    async with running(threaded, store) as gateway:
+        assert gateway.addresses is not None
+        async with grpc.aio.insecure_channel(gateway.addresses.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            inputs = [rng.normal(size=(1, 3)) for _ in range(20)]
+            replies = await asyncio.gather(
+                *(stub.ModelInfer(raw_request("echo_fp64", x, "x", "FP64")) for x in inputs)
+            )
+            for x, reply in zip(inputs, replies, strict=True):
+                got = np.frombuffer(reply.raw_output_contents[0], dtype="<f8").reshape(x.shape)
+                np.testing.assert_array_equal(got, x)
+    # Leaving `running` stopped the gateway: reaching this line means the stop returned.
