@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import numpy as np
+import pytest
 
 from conftest import sample, scrape
+from gateway.metrics import Observations
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.server import Gateway
@@ -52,3 +55,22 @@ async def test_requests_latency_batches_and_loaded_models_are_exported(
     assert sample(m, "modelgate_queue_depth_rows", **version) == 0
     assert sample(m, "modelgate_model_loaded", **version) == 1
     assert sample(m, "modelgate_model_loaded", model="echo_bytes", version="1") == 1
+
+
+def test_observations_fold_into_le_buckets_exactly_from_many_threads() -> None:
+    observations = Observations((0.1, 1.0), fold_every=100)
+    values = [0.05, 0.1, 0.5, 1.0, 3.0]  # a value equal to a bound belongs to its bucket
+
+    def record() -> None:
+        for _ in range(1000):
+            for value in values:
+                observations.observe(value)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts, total = observations.snapshot()
+    assert counts.tolist() == [8000, 8000, 4000]
+    assert total == pytest.approx(4000 * sum(values))

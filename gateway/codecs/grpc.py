@@ -164,27 +164,36 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
 
     A response with an FP16 output is raw whatever `raw` says: FP16 has no typed field.
     """
-    msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id or "")
     outputs = resp.outputs
     if not raw:
         raw = any(tensor.datatype == "FP16" for tensor in outputs)
-    chunks = []
-    for tensor in outputs:
-        data = tensor.data
-        datatype = tensor.datatype
-        out = msg.outputs.add(name=tensor.name, datatype=datatype, shape=data.shape)
-        if raw:
-            if datatype == "BYTES":
-                chunks.append(bytes_to_raw(data))
-            else:
-                chunks.append(np.ascontiguousarray(data, dtype=_WIRE_DTYPES[datatype]).tobytes())
-        elif datatype == "BYTES":
-            out.contents.bytes_contents.extend(_as_bytes(data))
-        else:
-            getattr(out.contents, _CONTENTS[datatype][0]).extend(data.ravel().tolist())
+    tensors = [_OutputTensor(name=t.name, datatype=t.datatype, shape=t.data.shape) for t in outputs]
+    msg = pb.ModelInferResponse(
+        model_name=resp.model, model_version=resp.version, id=resp.id or "", outputs=tensors
+    )
     if raw:
-        msg.raw_output_contents.extend(chunks)
+        msg.raw_output_contents.extend([_raw(t.data, t.datatype) for t in outputs])
+    else:
+        for tensor, out in zip(outputs, msg.outputs, strict=True):
+            if tensor.datatype == "BYTES":
+                out.contents.bytes_contents.extend(_as_bytes(tensor.data))
+            else:
+                field = _CONTENTS[tensor.datatype][0]
+                getattr(out.contents, field).extend(tensor.data.ravel().tolist())
     return msg
+
+
+_OutputTensor = pb.ModelInferResponse.InferOutputTensor
+
+
+def _raw(data: np.ndarray, datatype: str) -> bytes:
+    """Little-endian, C-ordered bytes of an output (`tobytes` is C order whatever the
+    array's layout)."""
+    if datatype == "BYTES":
+        return bytes_to_raw(data)
+    if data.dtype.byteorder == ">":
+        data = data.astype(_WIRE_DTYPES[datatype])
+    return data.tobytes()
 
 
 def _as_bytes(data: np.ndarray) -> list[bytes]:

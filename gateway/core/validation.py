@@ -32,9 +32,7 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
             )
         data = tensor.data
         shape = data.shape
-        if len(shape) != len(spec.shape) or any(
-            want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
-        ):
+        if not _shape_fits(shape, spec.shape):
             raise invalid(
                 f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
                 f"{list(spec.shape)} (-1: any size)"
@@ -55,6 +53,15 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
     if missing:
         raise invalid(f"missing input(s): {', '.join(missing)}")
     return feeds, max(rows, 1)
+
+
+def _shape_fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether `shape` matches `want`, where -1 in `want` accepts any size."""
+    if len(shape) != len(want):
+        return False
+    if shape[1:] == want[1:]:  # the usual case: only the batch dimension is dynamic
+        return want[0] in (-1, shape[0]) if want else True
+    return all(w in (-1, got) for got, w in zip(shape, want, strict=True))
 
 
 def _as_strings(name: str, data: np.ndarray) -> np.ndarray:
