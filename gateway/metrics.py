@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -81,20 +81,6 @@ class Metrics:
         self._versions: list[VersionMetrics] = []
         self._versions_lock = threading.Lock()
         r.register(_RequestCollector(self))
-        self.compute = Histogram(
-            "modelgate_compute_seconds",
-            "ONNX Runtime time per batch.",
-            ["model", "version"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_rows = Histogram(
-            "modelgate_batch_size_rows",
-            "Rows per ONNX Runtime run.",
-            ["model", "version"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
         self.queue_depth = Gauge(
             "modelgate_queue_depth_rows",
             "Rows waiting in the micro-batcher.",
@@ -136,8 +122,8 @@ class VersionMetrics:
         self.model = model
         self.version = version
         self.queue_wait = Observations(_LATENCY_BUCKETS)
-        self.compute = metrics.compute.labels(model, version)
-        self.batch_rows = metrics.batch_rows.labels(model, version)
+        self.compute = Observations(_LATENCY_BUCKETS)
+        self.batch_rows = Observations(_BATCH_BUCKETS)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.loaded = metrics.model_loaded.labels(model, version)
         # (protocol, outcome) -> latencies; their counts are the request counts. Entries are
@@ -154,7 +140,8 @@ class VersionMetrics:
 
 
 class _RequestCollector(Collector):
-    """Exposes the per-request series that `VersionMetrics` records without locks."""
+    """Exposes the series that `VersionMetrics` records without locks (per request, and per
+    batch: with cheap models over gRPC a batch is often a single request)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -175,6 +162,14 @@ class _RequestCollector(Collector):
             "Time a request waited in the micro-batcher before its batch ran.",
             labels=["model", "version"],
         )
+        compute = HistogramMetricFamily(
+            "modelgate_compute_seconds",
+            "ONNX Runtime time per batch.",
+            labels=["model", "version"],
+        )
+        batch_rows = HistogramMetricFamily(
+            "modelgate_batch_size_rows", "Rows per ONNX Runtime run.", labels=["model", "version"]
+        )
         for v in self._metrics.versions():
             by_protocol: dict[str, tuple[np.ndarray, float]] = {}
             for (protocol, outcome), observations in dict(v.outcomes).items():
@@ -187,8 +182,11 @@ class _RequestCollector(Collector):
             for protocol, (counts, total) in by_protocol.items():
                 buckets = _buckets(_LATENCY_BUCKETS, counts)
                 latency.add_metric([v.model, v.version, protocol], buckets, total)
-            counts, total = v.queue_wait.snapshot()
-            queue_wait.add_metric([v.model, v.version], _buckets(_LATENCY_BUCKETS, counts), total)
-        yield requests
-        yield latency
-        yield queue_wait
+            for family, observations, bounds in (
+                (queue_wait, v.queue_wait, _LATENCY_BUCKETS),
+                (compute, v.compute, _LATENCY_BUCKETS),
+                (batch_rows, v.batch_rows, _BATCH_BUCKETS),
+            ):
+                counts, total = observations.snapshot()
+                family.add_metric([v.model, v.version], _buckets(bounds, counts), total)
+        yield from (requests, latency, queue_wait, compute, batch_rows)

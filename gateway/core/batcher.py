@@ -152,6 +152,7 @@ class MicroBatcher:
         self._metrics = metrics
         self._queue: deque[PendingRequest] = deque()
         self._queued_rows = 0
+        metrics.queue_depth.set_function(lambda: self._queued_rows)  # read when scraped
         self._cond = threading.Condition(threading.Lock())
         self._worker_waiting = False
         self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush due
@@ -271,7 +272,6 @@ class MicroBatcher:
         """The next batch off the queue; the caller holds the lock."""
         batch = self._policy.take(self._queue)
         self._queued_rows -= sum(r.rows for r in batch)
-        self._metrics.queue_depth.set(self._queued_rows)
         return batch
 
     def _execute_safely(

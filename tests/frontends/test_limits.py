@@ -121,6 +121,8 @@ async def test_a_full_queue_is_refused_at_once(
         await asyncio.sleep(0.05)
         queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
         await asyncio.sleep(0.05)
+        metrics = await scrape(gateway)
+        assert sample(metrics, "modelgate_queue_depth_rows", model="slow", version="1") == 1
         refused = await http.post("/v2/models/slow/infer", json=_body(x))
         assert refused.status_code == 503
         assert "queue full" in refused.json()["error"]
