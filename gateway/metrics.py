@@ -80,7 +80,7 @@ class Metrics:
         r = self.registry
         self._versions: list[VersionMetrics] = []
         self._versions_lock = threading.Lock()
-        r.register(_RequestCollector(self))
+        r.register(_ObservationsCollector(self))
         self.queue_depth = Gauge(
             "modelgate_queue_depth_rows",
             "Rows waiting in the micro-batcher.",
@@ -139,7 +139,7 @@ class VersionMetrics:
         observations.observe(seconds)
 
 
-class _RequestCollector(Collector):
+class _ObservationsCollector(Collector):
     """Exposes the series that `VersionMetrics` records without locks (per request, and per
     batch: with cheap models over gRPC a batch is often a single request)."""
 
