@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.codecs.tensors import bytes_from_raw, bytes_to_raw
+from gateway.codecs.tensors import array_from_raw, array_to_raw
 from gateway.codecs.v2_http import timeout_from_parameters
 from gateway.core.datatypes import V2_TO_NUMPY
 from gateway.core.errors import invalid
@@ -27,11 +27,6 @@ from gateway.core.types import (
 )
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import model_config_pb2 as mc
-
-# Fixed-size datatypes as they travel: little-endian whatever the host's byte order.
-_WIRE_DTYPES: dict[str, np.dtype] = {
-    name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"
-}
 
 # The typed contents field of each datatype and the NumPy dtype of that field's elements.
 _CONTENTS: dict[str, tuple[str, np.dtype]] = {
@@ -111,21 +106,12 @@ def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
     shape = tuple(tensor.shape[:])  # slicing first: faster than iterating the container
     if shape and min(shape) < 0:
         raise invalid(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
     if raw is None:
-        data = _from_contents(tensor, shape, count)
+        data = _from_contents(tensor, shape, math.prod(shape))
     elif tensor.HasField("contents"):
         raise invalid(f"input {name!r}: contents given although the request uses raw contents")
-    elif datatype == "BYTES":
-        data = bytes_from_raw(name, shape, count, raw)
     else:
-        dtype = _WIRE_DTYPES[datatype]
-        if len(raw) != count * dtype.itemsize:
-            raise invalid(
-                f"input {name!r}: shape {list(shape)} of {datatype} needs "
-                f"{count * dtype.itemsize} bytes, raw contents have {len(raw)}"
-            )
-        data = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        data = array_from_raw(name, datatype, shape, raw)
     return Tensor(name, datatype, data)
 
 
@@ -172,7 +158,7 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
         model_name=resp.model, model_version=resp.version, id=resp.id or "", outputs=tensors
     )
     if raw:
-        msg.raw_output_contents.extend([_raw(t.data, t.datatype) for t in outputs])
+        msg.raw_output_contents.extend([array_to_raw(t.data, t.datatype) for t in outputs])
     else:
         for tensor, out in zip(outputs, msg.outputs, strict=True):
             if tensor.datatype == "BYTES":
@@ -184,16 +170,6 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
 
 
 _OutputTensor = pb.ModelInferResponse.InferOutputTensor
-
-
-def _raw(data: np.ndarray, datatype: str) -> bytes:
-    """Little-endian, C-ordered bytes of an output (`tobytes` is C order whatever the
-    array's layout)."""
-    if datatype == "BYTES":
-        return bytes_to_raw(data)
-    if data.dtype.byteorder == ">":
-        data = data.astype(_WIRE_DTYPES[datatype])
-    return data.tobytes()
 
 
 def _as_bytes(data: np.ndarray) -> list[bytes]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.core.datatypes import element_size, numpy_dtype
+from gateway.core.datatypes import V2_TO_NUMPY, numpy_dtype
 from gateway.core.errors import invalid
 
 # Which inferred NumPy kinds may become which target kinds without losing meaning.
@@ -97,26 +97,28 @@ def _flatten(data: Any) -> list[Any]:
 
 
 def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
-    """The array for a binary (raw) tensor; BYTES elements are 4-byte-length-prefixed."""
+    """The array for a binary (raw) tensor; BYTES elements are 4-byte-length-prefixed.
+
+    Fixed-size data is read in place (`np.frombuffer`), little-endian as both protocols send it.
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
         return bytes_from_raw(name, shape, count, raw)
-    size = element_size(datatype) if datatype in _FIXED else 0
-    if size == 0:
-        numpy_dtype(datatype)  # raises for an unknown datatype
-    if len(raw) != count * size:
+    dtype = WIRE_DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
+    if len(raw) != count * dtype.itemsize:
         raise invalid(
-            f"input {name!r}: shape {list(shape)} of {datatype} needs {count * size} bytes, "
-            f"got {len(raw)}"
+            f"input {name!r}: shape {list(shape)} of {datatype} needs "
+            f"{count * dtype.itemsize} bytes, got {len(raw)}"
         )
-    array = np.frombuffer(raw, dtype=numpy_dtype(datatype).newbyteorder("<"))
-    return array.reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-_FIXED = frozenset(
-    ("BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16",
-     "FP32", "FP64")
-)  # fmt: skip
+# Fixed-size datatypes as they travel: little-endian whatever the host's byte order.
+WIRE_DTYPES: dict[str, np.dtype] = {
+    name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"
+}
 
 
 def bytes_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> np.ndarray:
@@ -149,10 +151,13 @@ def bytes_to_raw(array: np.ndarray) -> bytes:
 
 
 def array_to_raw(array: np.ndarray, datatype: str) -> bytes:
-    """Little-endian, C-ordered bytes of an output tensor."""
+    """Little-endian, C-ordered bytes of an output tensor (`tobytes` is C order whatever
+    the array's layout; only a big-endian array needs converting)."""
     if datatype == "BYTES":
         return bytes_to_raw(array)
-    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype).newbyteorder("<")).tobytes()
+    if array.dtype.byteorder == ">":
+        array = array.astype(WIRE_DTYPES[datatype])
+    return array.tobytes()
 
 
 def array_from_nested(name: str, datatype: str, data: Any) -> np.ndarray:

@@ -55,8 +55,3 @@ def v2_datatype(dtype: np.dtype) -> str:
     if dtype.kind in "OSU":
         return "BYTES"
     return _NUMPY_TO_V2[dtype]
-
-
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size datatype (BYTES has none: returns 0)."""
-    return 0 if datatype == "BYTES" else V2_TO_NUMPY[datatype].itemsize
