@@ -23,7 +23,14 @@ import numpy as np
 
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from loadtest.bare_model import BareModel, announce, load, on_stop_signals, parser
+from loadtest.bare_model import (
+    BareModel,
+    announce,
+    load,
+    on_stop_signals,
+    parser,
+    run_on_loop,
+)
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -233,31 +240,15 @@ def serve_sync(inference: BareInference, host: str, port: int, workers: int) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the CLI, build the model and serve the chosen variant."""
-    cli = parser("Bare gRPC V2 server (benchmark baseline)")
-    cli.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    cli = parser("Bare gRPC V2 server (benchmark baseline)", default_loop="asyncio")
     cli.add_argument("--sync", action="store_true", help="grpc thread-pool server, not aio")
     cli.add_argument("--workers", type=int, default=8, help="--sync: thread-pool size")
-    cli.add_argument(
-        "--offload-threads",
-        type=int,
-        default=0,
-        help="aio: run each ORT call in a pool of this many threads (0: inline on the loop)",
-    )
     args = cli.parse_args(argv)
     inference = BareInference(load(args))
     if args.sync:
         serve_sync(inference, args.host, args.port, args.workers)
         return
-    offload = ThreadPoolExecutor(args.offload_threads) if args.offload_threads > 0 else None
-    coroutine = serve_aio(inference, args.host, args.port, offload)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(coroutine)
-    else:
-        asyncio.run(coroutine)
-    if offload is not None:
-        offload.shutdown()
+    run_on_loop(lambda offload: serve_aio(inference, args.host, args.port, offload), args)
 
 
 if __name__ == "__main__":

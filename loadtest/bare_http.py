@@ -19,7 +19,14 @@ import numpy as np
 import orjson
 import uvicorn
 
-from loadtest.bare_model import BareModel, announce, load, on_stop_signals, parser
+from loadtest.bare_model import (
+    BareModel,
+    announce,
+    load,
+    on_stop_signals,
+    parser,
+    run_on_loop,
+)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -154,26 +161,10 @@ async def serve(app: BareHttpApp, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the CLI, build the model and serve on the chosen event loop."""
-    cli = parser("Bare uvicorn V2 JSON server (benchmark baseline)")
-    cli.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    cli.add_argument(
-        "--offload-threads",
-        type=int,
-        default=0,
-        help="run each ORT call in a pool of this many threads (0: inline on the loop)",
-    )
+    cli = parser("Bare uvicorn V2 JSON server (benchmark baseline)", default_loop="uvloop")
     args = cli.parse_args(argv)
-    offload = ThreadPoolExecutor(args.offload_threads) if args.offload_threads > 0 else None
-    app = BareHttpApp(load(args), offload)
-    coroutine = serve(app, args.host, args.port)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(coroutine)
-    else:
-        asyncio.run(coroutine)
-    if offload is not None:
-        offload.shutdown()
+    model = load(args)
+    run_on_loop(lambda offload: serve(BareHttpApp(model, offload), args.host, args.port), args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ perf_analyzer to start.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +100,16 @@ class BareModel:
         }
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, default_loop: str) -> argparse.ArgumentParser:
     """The CLI every bare server shares; callers add their own flags."""
     result = argparse.ArgumentParser(description=description)
+    result.add_argument("--loop", choices=("asyncio", "uvloop"), default=default_loop)
+    result.add_argument(
+        "--offload-threads",
+        type=int,
+        default=0,
+        help="run each ORT call in a pool of this many threads (0: inline on the loop)",
+    )
     result.add_argument("--host", default="127.0.0.1")
     result.add_argument("--port", type=int, default=0, help="0 picks a free port")
     result.add_argument("--model", choices=sorted(MODELS), default="light")
@@ -117,6 +126,24 @@ def parser(description: str) -> argparse.ArgumentParser:
 def load(args: argparse.Namespace) -> BareModel:
     """Build the model named on the command line into a session."""
     return BareModel(args.model, MODELS[args.model](), args.intra_op_threads, args.max_batch_size)
+
+
+def run_on_loop(
+    serve: Callable[[ThreadPoolExecutor | None], Coroutine[Any, Any, None]],
+    args: argparse.Namespace,
+) -> None:
+    """Run `serve(offload pool or None)` on the event loop the command line chose."""
+    offload = ThreadPoolExecutor(args.offload_threads) if args.offload_threads > 0 else None
+    try:
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(offload))
+        else:
+            asyncio.run(serve(offload))
+    finally:
+        if offload is not None:
+            offload.shutdown()
 
 
 def announce(host: str, port: int) -> None:
