@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from gateway.codecs.tensors import array_from_raw, array_to_raw
-from gateway.codecs.v2_http import timeout_from_parameters
 from gateway.core.datatypes import V2_TO_NUMPY
 from gateway.core.errors import invalid
 from gateway.core.types import (
@@ -25,6 +24,7 @@ from gateway.core.types import (
     Tensor,
     TensorSpec,
 )
+from gateway.core.validation import timeout_from_parameters
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import model_config_pb2 as mc
 

@@ -17,6 +17,7 @@ import orjson
 from gateway.codecs.tensors import array_from_json, array_from_raw, array_to_raw, check_shape
 from gateway.core.errors import invalid
 from gateway.core.types import InferRequest, InferResponse, ModelConfig, ModelMetadata, Tensor
+from gateway.core.validation import timeout_from_parameters
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -103,16 +104,6 @@ def decode_infer_request(
         parameters=params,
     )
     return request, encoding
-
-
-def timeout_from_parameters(params: dict[str, Any]) -> float | None:
-    """The V2 `timeout` parameter is in microseconds (as Triton defines it)."""
-    timeout = params.get("timeout")
-    if timeout is None:
-        return None
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise invalid("parameter 'timeout' must be a positive integer (microseconds)")
-    return timeout / 1e6
 
 
 def _decode_input(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:

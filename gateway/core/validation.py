@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gateway.core.errors import invalid
@@ -53,6 +55,16 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
     if missing:
         raise invalid(f"missing input(s): {', '.join(missing)}")
     return feeds, max(rows, 1)
+
+
+def timeout_from_parameters(params: dict[str, Any]) -> float | None:
+    """The V2 `timeout` parameter is in microseconds (as Triton defines it)."""
+    timeout = params.get("timeout")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+        raise invalid("parameter 'timeout' must be a positive integer (microseconds)")
+    return timeout / 1e6
 
 
 def _shape_fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
