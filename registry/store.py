@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from registry.errors import ArtifactIntegrityError, RegistryError
 from registry.signature import read_signature
 from registry.types import ModelVersion, Stage, TensorSignature
 
@@ -39,14 +40,6 @@ CREATE TABLE IF NOT EXISTS model_versions (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
-
-
-class RegistryError(Exception):
-    """A registry request that cannot be carried out (unknown model, bad stage, ...)."""
-
-
-class ArtifactIntegrityError(RegistryError):
-    """An artifact's bytes do not match the sha256 recorded for it."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -139,11 +132,11 @@ class RegistryStore:
 
     # --- reads ------------------------------------------------------------------------------
 
-    def generation(self) -> int:
+    def generation(self) -> str:
         """A counter that changes whenever anything in the registry does."""
         with self._connect() as db:
             (value,) = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(value)
+        return str(value)
 
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
         query = "SELECT * FROM model_versions"

@@ -56,4 +56,79 @@ class ModelVersion:
     outputs: tuple[TensorSignature, ...] = ()
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # Percent of live traffic (canary) or of requests mirrored (shadow); None for other stages.
     traffic: float | None = None
+    # The reference profile of the training data (monitor.profile's JSON form), if stored.
+    reference: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "stage": self.stage.value,
+            "traffic": self.traffic,
+            "created": self.created,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "description": self.description,
+            "tags": dict(self.tags),
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelVersion:
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            sha256=data["sha256"],
+            size=int(data["size"]),
+            stage=Stage(data["stage"]),
+            created=float(data["created"]),
+            inputs=tuple(TensorSignature.from_json(s) for s in data.get("inputs", ())),
+            outputs=tuple(TensorSignature.from_json(s) for s in data.get("outputs", ())),
+            description=data.get("description", ""),
+            tags=dict(data.get("tags") or {}),
+            traffic=data.get("traffic"),
+            reference=data.get("reference"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One audited stage change: who moved which version from where to where, and why."""
+
+    name: str
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    traffic: float | None
+    actor: str
+    at: float
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "from_stage": self.from_stage.value,
+            "to_stage": self.to_stage.value,
+            "traffic": self.traffic,
+            "actor": self.actor,
+            "at": self.at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Transition:
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            from_stage=Stage(data["from_stage"]),
+            to_stage=Stage(data["to_stage"]),
+            traffic=data.get("traffic"),
+            actor=data["actor"],
+            at=float(data["at"]),
+            reason=data.get("reason", ""),
+        )

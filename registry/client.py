@@ -1,0 +1,67 @@
+"""What the gateway and the CLI need of a model registry, wherever it lives.
+
+Three backends implement `RegistryClient`: the embedded store (a directory), a registry
+server (`http://` or `https://`, see registry/server.py) and an MLflow Model Registry
+(`mlflow+http://`). `open_registry` picks one from a location string. The interface is
+synchronous and blocking; the gateway calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from registry.types import ModelVersion, Stage, Transition
+
+# Stages whose versions a gateway loads; the others are never served.
+SERVED_STAGES = frozenset({Stage.PRODUCTION, Stage.CANARY, Stage.SHADOW, Stage.STAGING})
+
+
+class RegistryClient(Protocol):
+    """A model registry as seen by a gateway (reads) and by rollout tools (transitions)."""
+
+    def generation(self) -> str:
+        """A token that changes whenever any version or stage does; cheap to poll."""
+        ...
+
+    def list_versions(self, name: str | None = None) -> list[ModelVersion]:
+        """Every version (of `name`, or of all models), ordered by name then version."""
+        ...
+
+    def get(self, name: str, version: int) -> ModelVersion: ...
+
+    def read_artifact(self, version: ModelVersion) -> bytes:
+        """The model file of `version`, verified against its sha256 before it is returned."""
+        ...
+
+    def transition(
+        self,
+        name: str,
+        version: int,
+        stage: Stage,
+        *,
+        traffic: float | None = None,
+        actor: str = "",
+        reason: str = "",
+        keep: bool = False,
+    ) -> ModelVersion:
+        """Move a version to `stage` (with a traffic share for canary/shadow), audited."""
+        ...
+
+    def history(self, name: str | None = None) -> list[Transition]:
+        """The audit trail of stage changes, oldest first."""
+        ...
+
+
+def open_registry(location: str, *, token: str | None = None) -> RegistryClient:
+    """The registry at `location`: a directory, an `http(s)://` server or `mlflow+http(s)://`."""
+    if location.startswith(("mlflow+http://", "mlflow+https://")):
+        from registry.mlflow import MlflowRegistry
+
+        return MlflowRegistry(location.removeprefix("mlflow+"), token=token)
+    if location.startswith(("http://", "https://")):
+        from registry.remote import RemoteRegistry
+
+        return RemoteRegistry(location, token=token)
+    from registry.store import RegistryStore
+
+    return RegistryStore(location)
