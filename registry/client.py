@@ -8,7 +8,7 @@ synchronous and blocking; the gateway calls it from a worker thread.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from registry.types import ModelVersion, Stage, Transition
 
@@ -31,6 +31,21 @@ class RegistryClient(Protocol):
 
     def read_artifact(self, version: ModelVersion) -> bytes:
         """The model file of `version`, verified against its sha256 before it is returned."""
+        ...
+
+    def register(
+        self,
+        name: str,
+        model: bytes,
+        *,
+        stage: Stage = Stage.NONE,
+        traffic: float | None = None,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+        reference: dict[str, Any] | None = None,
+        actor: str = "",
+    ) -> ModelVersion:
+        """Store `model` as the next version of `name` (1, 2, ...), optionally in a stage."""
         ...
 
     def transition(
