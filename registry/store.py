@@ -3,6 +3,13 @@
 Layout of a store directory:
     registry.db            SQLite in WAL mode: readers (gateways) never block the writer (CLI)
     artifacts/sha256/<hex> model files named by their content hash, written atomically
+
+Rules every write follows: traffic shares are percentages in 0..100 and only for canary
+(required; the canaries of a model share at most 100) and shadow (mirrored, default 100);
+leaving those stages clears the share. One production version per model: promoting another
+archives it (or with `keep`, moves it to staging), and a unique index backs that up against
+writers that bypass this module. Every stage change, including one to the stage a version
+already has, is an audit record in `transitions`.
 """
 
 from __future__ import annotations
@@ -16,10 +23,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from registry.errors import ArtifactIntegrityError, RegistryError
-from registry.signature import read_signature
-from registry.types import ModelVersion, Stage, TensorSignature
+import onnxruntime as ort
+
+from monitor.profile import ReferenceProfile
+from registry.errors import (
+    ArtifactIntegrityError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RegistryError,
+    UnavailableError,
+)
+from registry.signature import InvalidModelError, read_signature
+from registry.types import ModelVersion, Stage, TensorSignature, Transition
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -37,6 +55,21 @@ CREATE TABLE IF NOT EXISTS model_versions (
     reference   BLOB,
     PRIMARY KEY (name, version)
 );
+-- At most one production version per model, even for a writer that bypasses this module.
+CREATE UNIQUE INDEX IF NOT EXISTS one_production_per_model
+    ON model_versions (name) WHERE stage = 'production';
+CREATE TABLE IF NOT EXISTS transitions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    from_stage TEXT NOT NULL,
+    to_stage   TEXT NOT NULL,
+    traffic    REAL,
+    actor      TEXT NOT NULL,
+    at         REAL NOT NULL,
+    reason     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS transitions_by_name ON transitions (name, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
@@ -59,25 +92,71 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class RegistryStore:
-    """The embedded registry in one directory; safe for several processes at once."""
+    """The embedded registry in one directory; safe for several processes at once.
 
-    def __init__(self, root: Path | str) -> None:
+    Every write runs in one `BEGIN IMMEDIATE` transaction that also appends its audit
+    records and bumps the generation counter, so a reader sees all of a change or none.
+    A writer waits up to `lock_timeout` seconds for another one to finish, then fails
+    with UnavailableError.
+    """
+
+    def __init__(self, root: Path | str, *, lock_timeout: float = 30.0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._artifacts = self.root / "artifacts" / "sha256"
         self._db_path = self.root / "registry.db"
+        self._lock_timeout = lock_timeout
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            present = {
+                row[0]
+                for row in db.execute(
+                    "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)",
+                    ("one_production_per_model", "transitions_by_name", "meta"),
+                )
+            }
+            if len(present) < 3:
+                # Readers of an up-to-date store never take the write lock here.
+                try:
+                    db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                except sqlite3.OperationalError as exc:
+                    raise _locked(exc) from None
+                except sqlite3.IntegrityError as exc:
+                    raise ConflictError(f"{self._db_path}: {exc}") from None
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(self._db_path, timeout=self._lock_timeout, isolation_level=None)
         try:
+            db.execute(f"PRAGMA busy_timeout={int(self._lock_timeout * 1000)}")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
+            db.row_factory = sqlite3.Row
             yield db
         finally:
             db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that bumps the generation; rolled back on any error."""
+        with self._connect() as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _locked(exc) from None
+            try:
+                yield db
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise ConflictError(
+                        f"the registry refused the change ({exc}); another writer may have "
+                        "changed it at the same time"
+                    ) from None
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _locked(exc) from None
+                raise
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -87,48 +166,89 @@ class RegistryStore:
         model: bytes,
         *,
         stage: Stage = Stage.NONE,
+        traffic: float | None = None,
         description: str = "",
         tags: dict[str, str] | None = None,
+        reference: dict[str, Any] | None = None,
+        actor: str = "",
     ) -> ModelVersion:
-        """Store `model` as the next version of `name` (1, 2, ...) and return it."""
-        if not name or "/" in name or name.strip() != name:
-            raise RegistryError(f"invalid model name {name!r}")
+        """Store `model` as the next version of `name` (1, 2, ...) and return it.
+
+        The model must load in ONNX Runtime. A stage other than none is a transition from
+        none, with the same rules and audit record as `transition`.
+        """
+        _check_name(name)
+        stage = _check_stage(stage)
+        traffic = _check_traffic(stage, traffic)
         inputs, outputs = read_signature(model)
+        _check_loads(model)
+        if reference is not None:
+            _check_reference(reference, inputs)
+        tags = _check_tags(tags)
         sha = hashlib.sha256(model).hexdigest()
-        path = self._artifacts / sha
-        if not path.exists():
-            _atomic_write(path, model)
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+        self._store_artifact(sha, model)
+        with self._write() as db:
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE name = ?", (name,)
             ).fetchone()
             version = latest + 1
-            if stage is Stage.PRODUCTION:
-                db.execute(
-                    "UPDATE model_versions SET stage = ?, traffic = NULL "
-                    "WHERE name = ? AND stage = ?",
-                    (Stage.ARCHIVED.value, name, Stage.PRODUCTION.value),
-                )
             db.execute(
                 "INSERT INTO model_versions (name, version, sha256, size, stage, created, "
-                "inputs, outputs, description, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "inputs, outputs, description, tags, reference) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     version,
                     sha,
                     len(model),
-                    stage.value,
+                    Stage.NONE.value,
                     time.time(),
                     json.dumps([s.to_json() for s in inputs]),
                     json.dumps([s.to_json() for s in outputs]),
                     description,
-                    json.dumps(tags or {}, sort_keys=True),
+                    json.dumps(tags, sort_keys=True),
+                    None if reference is None else json.dumps(reference).encode(),
                 ),
             )
-            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
+            if stage is not Stage.NONE:
+                _move(db, name, version, Stage.NONE, stage, traffic, actor, "", keep=False)
         return self.get(name, version)
+
+    def transition(
+        self,
+        name: str,
+        version: int,
+        stage: Stage,
+        *,
+        traffic: float | None = None,
+        actor: str = "",
+        reason: str = "",
+        keep: bool = False,
+    ) -> ModelVersion:
+        """Move a version to `stage`, audited; see the module's rules for traffic shares.
+
+        Moving to production sends the current production version to archived, or to
+        staging with `keep` (still loaded, for explicit requests and quick rollback).
+        """
+        stage = _check_stage(stage)
+        traffic = _check_traffic(stage, traffic)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT stage FROM model_versions WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+            if row is None:
+                raise _not_found(db, name, version)
+            _move(db, name, version, Stage(row["stage"]), stage, traffic, actor, reason, keep=keep)
+        return self.get(name, version)
+
+    def _store_artifact(self, sha: str, model: bytes) -> None:
+        """Write the artifact unless an intact copy exists; a damaged copy is replaced."""
+        path = self._artifacts / sha
+        with contextlib.suppress(FileNotFoundError):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == sha:
+                return
+        _atomic_write(path, model)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -139,32 +259,55 @@ class RegistryStore:
         return str(value)
 
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
+        """Every version (of `name`, or of all models), ordered by name then version."""
         query = "SELECT * FROM model_versions"
         args: tuple[str, ...] = ()
         if name is not None:
             query += " WHERE name = ?"
             args = (name,)
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
             rows = db.execute(query + " ORDER BY name, version", args).fetchall()
         return [_version_from_row(row) for row in rows]
 
     def get(self, name: str, version: int) -> ModelVersion:
+        """One version; NotFoundError for an unknown model or version."""
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
             row = db.execute(
                 "SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, version)
             ).fetchone()
-        if row is None:
-            raise RegistryError(f"no version {version} of model {name!r}")
+            if row is None:
+                raise _not_found(db, name, version)
         return _version_from_row(row)
+
+    def history(self, name: str | None = None) -> list[Transition]:
+        """The audit trail of stage changes (of `name`, or of all models), oldest first."""
+        query = "SELECT * FROM transitions"
+        args: tuple[str, ...] = ()
+        if name is not None:
+            query += " WHERE name = ?"
+            args = (name,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        return [
+            Transition(
+                name=row["name"],
+                version=row["version"],
+                from_stage=Stage(row["from_stage"]),
+                to_stage=Stage(row["to_stage"]),
+                traffic=row["traffic"],
+                actor=row["actor"],
+                at=row["at"],
+                reason=row["reason"],
+            )
+            for row in rows
+        ]
 
     def read_artifact(self, version: ModelVersion) -> bytes:
         """The model file of `version`, verified against its recorded sha256."""
         try:
             data = (self._artifacts / version.sha256).read_bytes()
         except FileNotFoundError:
-            raise RegistryError(
+            raise NotFoundError(
                 f"artifact {version.sha256} of {version.name} v{version.version} is missing"
             ) from None
         if hashlib.sha256(data).hexdigest() != version.sha256:
@@ -174,7 +317,152 @@ class RegistryStore:
         return data
 
 
+def _move(
+    db: sqlite3.Connection,
+    name: str,
+    version: int,
+    from_stage: Stage,
+    to_stage: Stage,
+    traffic: float | None,
+    actor: str,
+    reason: str,
+    *,
+    keep: bool,
+) -> None:
+    """Apply one checked transition inside the caller's write transaction, with its audit."""
+    now = time.time()
+    if to_stage is Stage.CANARY:
+        assert traffic is not None
+        (others,) = db.execute(
+            "SELECT COALESCE(SUM(traffic), 0) FROM model_versions "
+            "WHERE name = ? AND stage = ? AND version != ?",
+            (name, Stage.CANARY.value, version),
+        ).fetchone()
+        if others + traffic > 100:
+            raise ConflictError(
+                f"canary shares of {name!r} would add up to {others + traffic:g}% "
+                f"(other canaries hold {others:g}%); the most is 100%"
+            )
+    if to_stage is Stage.PRODUCTION:
+        previous = db.execute(
+            "SELECT version, stage FROM model_versions "
+            "WHERE name = ? AND stage = ? AND version != ?",
+            (name, Stage.PRODUCTION.value, version),
+        ).fetchone()
+        if previous is not None:
+            demoted = Stage.STAGING if keep else Stage.ARCHIVED
+            db.execute(
+                "UPDATE model_versions SET stage = ?, traffic = NULL "
+                "WHERE name = ? AND version = ?",
+                (demoted.value, name, previous["version"]),
+            )
+            _audit(
+                db, name, previous["version"], Stage.PRODUCTION, demoted, None, actor, now,
+                f"replaced by version {version}" + (f": {reason}" if reason else ""),
+            )  # fmt: skip
+    db.execute(
+        "UPDATE model_versions SET stage = ?, traffic = ? WHERE name = ? AND version = ?",
+        (to_stage.value, traffic, name, version),
+    )
+    _audit(db, name, version, from_stage, to_stage, traffic, actor, now, reason)
+
+
+def _audit(
+    db: sqlite3.Connection,
+    name: str,
+    version: int,
+    from_stage: Stage,
+    to_stage: Stage,
+    traffic: float | None,
+    actor: str,
+    at: float,
+    reason: str,
+) -> None:
+    db.execute(
+        "INSERT INTO transitions (name, version, from_stage, to_stage, traffic, actor, at, "
+        "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (name, version, from_stage.value, to_stage.value, traffic, actor, at, reason),
+    )
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
+        raise InvalidRequestError(f"invalid model name {name!r}")
+
+
+def _check_stage(stage: Stage) -> Stage:
+    if not isinstance(stage, Stage):
+        raise InvalidRequestError(f"{stage!r} is not a Stage")
+    return stage
+
+
+def _check_traffic(stage: Stage, traffic: float | None) -> float | None:
+    """The traffic share a version in `stage` gets: canary needs one, shadow defaults to 100."""
+    if traffic is None:
+        if stage is Stage.CANARY:
+            raise InvalidRequestError("a canary needs a traffic share (percent of live traffic)")
+        return 100.0 if stage is Stage.SHADOW else None
+    if stage not in (Stage.CANARY, Stage.SHADOW):
+        raise InvalidRequestError(
+            f"a traffic share is only for canary and shadow, not {stage.value}"
+        )
+    if isinstance(traffic, bool) or not isinstance(traffic, int | float):
+        raise InvalidRequestError(f"traffic must be a number, got {traffic!r}")
+    if not 0 <= traffic <= 100:  # also refuses NaN
+        raise InvalidRequestError(f"traffic must be between 0 and 100 percent, got {traffic:g}")
+    return float(traffic)
+
+
+def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
+    tags = dict(tags or {})
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise InvalidRequestError(f"tags map non-empty strings to strings, got {key!r}")
+    return tags
+
+
+def _check_loads(model: bytes) -> None:
+    """Refuse a model ONNX Runtime cannot load, before anything is written."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise InvalidModelError(f"the ONNX model does not load in ONNX Runtime: {exc}") from None
+
+
+def _check_reference(reference: dict[str, Any], inputs: tuple[TensorSignature, ...]) -> None:
+    """A profile this code can read, whose input features belong to the model's inputs."""
+    try:
+        profile = ReferenceProfile.from_json(reference)
+    except ValueError as exc:
+        raise InvalidRequestError(f"reference profile: {exc}") from None
+    names = {s.name for s in inputs}
+    strangers = sorted({f.tensor for f in profile.inputs} - names)
+    if strangers:
+        raise InvalidRequestError(
+            f"the reference profile describes inputs {strangers} the model does not have "
+            f"(its inputs: {sorted(names)})"
+        )
+
+
+def _not_found(db: sqlite3.Connection, name: str, version: int) -> NotFoundError:
+    known = db.execute("SELECT 1 FROM model_versions WHERE name = ? LIMIT 1", (name,)).fetchone()
+    if known is None:
+        return NotFoundError(f"unknown model {name!r}")
+    return NotFoundError(f"no version {version} of model {name!r}")
+
+
+def _locked(exc: sqlite3.OperationalError) -> RegistryError:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return UnavailableError(
+            "another process is writing to the registry and did not finish in time; try again"
+        )
+    return RegistryError(f"registry database error: {exc}")
+
+
 def _version_from_row(row: sqlite3.Row) -> ModelVersion:
+    reference = row["reference"]
     return ModelVersion(
         name=row["name"],
         version=row["version"],
@@ -187,4 +475,5 @@ def _version_from_row(row: sqlite3.Row) -> ModelVersion:
         description=row["description"],
         tags=json.loads(row["tags"]),
         traffic=row["traffic"],
+        reference=None if reference is None else json.loads(reference),
     )
