@@ -1,15 +1,48 @@
-"""The embedded registry: versions, signatures, stages and artifact integrity."""
+"""The embedded registry: versions, stages and their rules, the audit trail, integrity."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
+import os
+import sqlite3
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from monitor.profile import build_profile
+from registry.errors import (
+    ArtifactIntegrityError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    UnavailableError,
+)
 from registry.signature import InvalidModelError
-from registry.store import ArtifactIntegrityError, RegistryError, RegistryStore
-from registry.types import Stage
+from registry.store import RegistryStore
+from registry.types import ModelVersion, Stage, Transition
+
+
+def _stages(store: RegistryStore, name: str) -> list[tuple[Stage, float | None]]:
+    return [(v.stage, v.traffic) for v in store.list_versions(name)]
+
+
+def _moves(history: list[Transition]) -> list[tuple[int, str, str, float | None]]:
+    return [(t.version, t.from_stage.value, t.to_stage.value, t.traffic) for t in history]
+
+
+@pytest.fixture
+def three(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """A store with versions 1-3 of model `m`, all in stage none."""
+    store = RegistryStore(tmp_path / "store")
+    for _ in range(3):
+        store.register("m", model_files["classifier"])
+    return store
 
 
 def test_versions_are_numbered_per_model(tmp_path: Path, model_files: dict[str, bytes]) -> None:
@@ -24,6 +57,8 @@ def test_versions_are_numbered_per_model(tmp_path: Path, model_files: dict[str, 
     assert first.size == len(model_files["classifier"])
     assert [(v.name, v.version) for v in store.list_versions()] == [("a", 1), ("a", 2), ("b", 1)]
     assert [v.version for v in store.list_versions("a")] == [1, 2]
+    assert store.get("a", 2) == second
+    assert store.history() == []
 
 
 def test_signature_is_read_from_the_onnx_graph(
@@ -34,41 +69,309 @@ def test_signature_is_read_from_the_onnx_graph(
     assert [s.name for s in version.outputs] == ["label", "probabilities"]
 
 
-def test_a_new_production_version_archives_the_old_one(
+def test_register_in_a_stage_is_audited_from_none(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
     store = RegistryStore(tmp_path)
-    store.register("a", model_files["classifier"], stage=Stage.PRODUCTION)
-    store.register("a", model_files["classifier"], stage=Stage.PRODUCTION)
-    assert [v.stage for v in store.list_versions("a")] == [Stage.ARCHIVED, Stage.PRODUCTION]
+    store.register("a", model_files["classifier"], stage=Stage.PRODUCTION, actor="ci")
+    store.register("a", model_files["classifier"], stage=Stage.CANARY, traffic=5, actor="ci")
+    store.register("a", model_files["classifier"], stage=Stage.PRODUCTION, actor="bob")
+    assert _stages(store, "a") == [
+        (Stage.ARCHIVED, None),
+        (Stage.CANARY, 5.0),
+        (Stage.PRODUCTION, None),
+    ]
+    history = store.history("a")
+    assert _moves(history) == [
+        (1, "none", "production", None),
+        (2, "none", "canary", 5.0),
+        (1, "production", "archived", None),
+        (3, "none", "production", None),
+    ]
+    assert [t.actor for t in history] == ["ci", "ci", "bob", "bob"]
+    assert history[2].reason == "replaced by version 3"
+    assert history[2].at == history[3].at
+    assert all(a.at <= b.at for a, b in itertools.pairwise(history))
 
 
-def test_generation_changes_with_every_write(tmp_path: Path, model_files: dict[str, bytes]) -> None:
+def test_promotion_archives_the_previous_production_version_or_keeps_it_in_staging(
+    three: RegistryStore,
+) -> None:
+    three.transition("m", 1, Stage.PRODUCTION, actor="alice")
+    promoted = three.transition("m", 2, Stage.PRODUCTION, actor="alice", reason="better")
+    assert promoted.stage is Stage.PRODUCTION
+    assert _stages(three, "m")[:2] == [(Stage.ARCHIVED, None), (Stage.PRODUCTION, None)]
+    three.transition("m", 3, Stage.PRODUCTION, actor="bob", keep=True)
+    assert _stages(three, "m") == [
+        (Stage.ARCHIVED, None),
+        (Stage.STAGING, None),
+        (Stage.PRODUCTION, None),
+    ]
+    history = three.history("m")
+    assert _moves(history) == [
+        (1, "none", "production", None),
+        (1, "production", "archived", None),
+        (2, "none", "production", None),
+        (2, "production", "staging", None),
+        (3, "none", "production", None),
+    ]
+    assert history[1].reason == "replaced by version 2: better"
+    assert history[2].reason == "better"
+    assert [t.actor for t in history] == ["alice", "alice", "alice", "bob", "bob"]
+
+
+def test_canaries_need_a_share_and_their_shares_add_up_to_at_most_100(
+    three: RegistryStore,
+) -> None:
+    with pytest.raises(InvalidRequestError, match="canary needs a traffic share"):
+        three.transition("m", 1, Stage.CANARY)
+    three.transition("m", 1, Stage.CANARY, traffic=60)
+    three.transition("m", 2, Stage.CANARY, traffic=40)  # A/B/n: several canaries at once
+    before = (three.generation(), three.history(), three.list_versions())
+    with pytest.raises(ConflictError, match=r"add up to 100\.5%"):
+        three.transition("m", 3, Stage.CANARY, traffic=0.5)
+    assert (three.generation(), three.history(), three.list_versions()) == before
+    # A canary's own share does not count against it when it is changed.
+    three.transition("m", 1, Stage.CANARY, traffic=50, reason="less")
+    three.transition("m", 3, Stage.CANARY, traffic=10)
+    assert _stages(three, "m") == [
+        (Stage.CANARY, 50.0),
+        (Stage.CANARY, 40.0),
+        (Stage.CANARY, 10.0),
+    ]
+    assert _moves(three.history("m"))[2] == (1, "canary", "canary", 50.0)
+
+
+def test_shadow_mirrors_everything_unless_told_otherwise_and_leaving_clears_the_share(
+    three: RegistryStore,
+) -> None:
+    assert three.transition("m", 1, Stage.SHADOW).traffic == 100.0
+    assert three.transition("m", 2, Stage.SHADOW, traffic=25).traffic == 25.0
+    assert three.transition("m", 2, Stage.PRODUCTION).traffic is None
+    assert three.transition("m", 1, Stage.STAGING).traffic is None
+    assert _stages(three, "m")[:2] == [(Stage.STAGING, None), (Stage.PRODUCTION, None)]
+
+
+@pytest.mark.parametrize(
+    ("stage", "traffic", "message"),
+    [
+        (Stage.CANARY, -1, "between 0 and 100"),
+        (Stage.CANARY, 100.01, "between 0 and 100"),
+        (Stage.SHADOW, float("nan"), "between 0 and 100"),
+        (Stage.PRODUCTION, 50, "only for canary and shadow"),
+        (Stage.STAGING, 0, "only for canary and shadow"),
+    ],
+)
+def test_bad_traffic_shares_are_refused_and_change_nothing(
+    three: RegistryStore, stage: Stage, traffic: float, message: str
+) -> None:
+    before = (three.generation(), three.list_versions())
+    with pytest.raises(InvalidRequestError, match=message):
+        three.transition("m", 1, stage, traffic=traffic)
+    with pytest.raises(InvalidRequestError, match=message):
+        three.register("m", three.read_artifact(before[1][0]), stage=stage, traffic=traffic)
+    assert (three.generation(), three.list_versions()) == before
+    assert three.history() == []
+
+
+def test_unknown_models_versions_and_names_are_clear_errors(three: RegistryStore) -> None:
+    before = three.generation()
+    with pytest.raises(NotFoundError, match="no version 7 of model 'm'"):
+        three.transition("m", 7, Stage.STAGING)
+    with pytest.raises(NotFoundError, match="unknown model 'ghost'"):
+        three.transition("ghost", 1, Stage.STAGING)
+    with pytest.raises(NotFoundError, match="no version 7"):
+        three.get("m", 7)
+    with pytest.raises(InvalidRequestError, match="invalid model name"):
+        three.register("a/b", b"")
+    with pytest.raises(InvalidRequestError, match="not a Stage"):
+        three.transition("m", 1, "production")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown stage"):
+        Stage.parse("live")
+    assert three.generation() == before
+
+
+def test_generation_changes_with_every_write_and_only_then(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
     store = RegistryStore(tmp_path)
-    before = store.generation()
+    seen = [store.generation()]
     store.register("a", model_files["classifier"])
-    assert store.generation() != before
+    seen.append(store.generation())
+    store.transition("a", 1, Stage.STAGING)
+    seen.append(store.generation())
+    store.transition("a", 1, Stage.STAGING)  # same stage: still a write, still audited
+    seen.append(store.generation())
+    assert len(set(seen)) == 4
+    store.list_versions()
+    store.history()
+    with pytest.raises(NotFoundError):
+        store.transition("a", 2, Stage.STAGING)
+    assert store.generation() == seen[-1]
+    # Another process (a gateway) sees the change through its own store object.
+    assert RegistryStore(tmp_path).generation() == seen[-1]
+
+
+def test_the_unique_index_stops_a_second_production_version_from_any_writer(
+    three: RegistryStore,
+) -> None:
+    three.transition("m", 1, Stage.PRODUCTION)
+    with (
+        sqlite3.connect(three.root / "registry.db") as db,
+        pytest.raises(sqlite3.IntegrityError, match="UNIQUE"),
+    ):
+        db.execute("UPDATE model_versions SET stage = 'production' WHERE version = 2")
+    assert _stages(three, "m")[:2] == [(Stage.PRODUCTION, None), (Stage.NONE, None)]
+
+
+def _promote_repeatedly(root: str, versions: list[int], rounds: int) -> None:
+    store = RegistryStore(root)
+    for i in range(rounds):
+        for version in versions:
+            store.transition(
+                "m", version, Stage.PRODUCTION, actor=f"writer{version}", keep=bool(i % 2)
+            )
+
+
+def test_two_writer_processes_never_make_two_production_versions(three: RegistryStore) -> None:
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_promote_repeatedly, args=(str(three.root), versions, 15))
+        for versions in ([1, 2], [3, 2])
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    final = three.list_versions("m")
+    assert [v.stage for v in final].count(Stage.PRODUCTION) == 1
+    # The audit trail replays to exactly the stages the registry holds.
+    replayed = {v.version: Stage.NONE for v in final}
+    history = three.history("m")
+    for t in history:
+        assert replayed[t.version] is t.from_stage
+        replayed[t.version] = t.to_stage
+    assert replayed == {v.version: v.stage for v in final}
+    promotions = [t for t in history if t.to_stage is Stage.PRODUCTION]
+    assert len(promotions) == 2 * 2 * 15
+    assert int(three.generation()) == 3 + 2 * 2 * 15
+
+
+def test_a_writer_that_cannot_get_the_lock_fails_cleanly(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    store = RegistryStore(tmp_path, lock_timeout=0.2)
+    store.register("a", model_files["classifier"])
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(UnavailableError, match="another process is writing"):
+            store.register("a", model_files["lookup"])
+        with pytest.raises(UnavailableError):
+            store.transition("a", 1, Stage.PRODUCTION)
+        assert [v.version for v in store.list_versions()] == [1]  # readers are not blocked
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.transition("a", 1, Stage.PRODUCTION).stage is Stage.PRODUCTION
+    assert _moves(store.history()) == [(1, "none", "production", None)]
 
 
 def test_not_an_onnx_model_is_refused(tmp_path: Path) -> None:
     store = RegistryStore(tmp_path)
-    with pytest.raises(InvalidModelError):
+    with pytest.raises(InvalidModelError, match="not an ONNX model"):
         store.register("a", b"definitely not onnx")
     assert store.list_versions() == []
 
 
-def test_a_tampered_artifact_is_detected(tmp_path: Path, model_files: dict[str, bytes]) -> None:
+def test_an_onnx_file_that_does_not_load_is_refused(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph([helper.make_node("NoSuchOperator", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    store = RegistryStore(tmp_path)
+    with pytest.raises(InvalidModelError, match="does not load"):
+        store.register("a", model.SerializeToString())
+    assert store.list_versions() == []
+    assert not (tmp_path / "artifacts" / "sha256").exists()
+    assert onnx.load_from_string(model.SerializeToString())  # it parses; only ORT refuses it
+
+
+def test_a_tampered_artifact_is_detected_and_a_new_registration_repairs_it(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
     store = RegistryStore(tmp_path)
     version = store.register("a", model_files["classifier"])
     artifact = tmp_path / "artifacts" / "sha256" / version.sha256
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")
-    with pytest.raises(ArtifactIntegrityError):
+    with pytest.raises(ArtifactIntegrityError, match="does not match its sha256"):
+        store.read_artifact(version)
+    store.register("a", model_files["classifier"])
+    assert store.read_artifact(version) == model_files["classifier"]
+    artifact.unlink()
+    with pytest.raises(NotFoundError, match="is missing"):
         store.read_artifact(version)
 
 
-def test_unknown_versions_and_stages_are_clear_errors(tmp_path: Path) -> None:
+def test_artifact_writes_are_atomic(
+    tmp_path: Path, model_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = RegistryStore(tmp_path)
-    with pytest.raises(RegistryError, match="no version 3"):
-        store.get("a", 3)
-    with pytest.raises(ValueError, match="unknown stage"):
-        Stage.parse("live")
+    folder = tmp_path / "artifacts" / "sha256"
+
+    def crash(src: Any, dst: Any) -> None:
+        raise OSError("disk gone")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="disk gone"):
+            store.register("a", model_files["classifier"])
+    assert list(folder.iterdir()) == []  # neither the artifact nor a temp file
+    assert store.list_versions() == []
+    version = store.register("a", model_files["classifier"])
+    assert [p.name for p in folder.iterdir()] == [version.sha256]
+
+
+def test_a_reference_profile_is_stored_with_the_version(
+    tmp_path: Path, model_files: dict[str, bytes], rng: np.random.Generator
+) -> None:
+    store = RegistryStore(tmp_path)
+    profile = build_profile({"input": rng.normal(size=(50, 8))}, {}).to_json()
+    version = store.register("a", model_files["classifier"], reference=profile)
+    assert version.reference == profile
+    assert RegistryStore(tmp_path).get("a", 1).reference == profile
+    assert ModelVersion.from_json(version.to_json()) == version
+    with pytest.raises(InvalidRequestError, match="unsupported reference profile format"):
+        store.register("a", model_files["classifier"], reference={"features": []})
+    foreign = build_profile({"x": rng.normal(size=(5, 3))}, {}).to_json()
+    with pytest.raises(InvalidRequestError, match=r"inputs \['x'\] the model does not have"):
+        store.register("a", model_files["classifier"], reference=foreign)
+    assert len(store.list_versions()) == 1
+
+
+def test_a_store_made_by_the_previous_schema_keeps_working(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    old = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    old.executescript(
+        """
+        CREATE TABLE model_versions (
+            name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL, stage TEXT NOT NULL, traffic REAL, created REAL NOT NULL,
+            inputs TEXT NOT NULL, outputs TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+            tags TEXT NOT NULL DEFAULT '{}', reference BLOB, PRIMARY KEY (name, version));
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('generation', 7);
+        INSERT INTO model_versions VALUES
+            ('old', 1, 'abc', 3, 'production', NULL, 1.0, '[]', '[]', '', '{}', NULL);
+        """
+    )
+    old.close()
+    store = RegistryStore(tmp_path)
+    assert store.generation() == "7"
+    assert _stages(store, "old") == [(Stage.PRODUCTION, None)]
+    store.register("old", model_files["classifier"], stage=Stage.PRODUCTION)
+    assert _stages(store, "old") == [(Stage.ARCHIVED, None), (Stage.PRODUCTION, None)]
+    assert len(store.history("old")) == 2
+    assert store.generation() == "8"
