@@ -1,0 +1,1 @@
+"""Drift monitoring: reference profiles now; batch sketches and drift statistics later."""

@@ -196,7 +196,9 @@ def profile_feature(
         finite = numbers[np.isfinite(numbers)]
         profile = FeatureProfile(name, tensor, column, kind, (), 0.0)
         if finite.size:
-            quantiles = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])
+            # Edges are observed values (not interpolated), so discrete data keeps its levels.
+            levels = np.linspace(0, 1, bins + 1)[1:-1]
+            quantiles = np.quantile(finite, levels, method="inverted_cdf")
             profile = dataclasses.replace(
                 profile,
                 edges=tuple(float(e) for e in np.unique(quantiles)),
