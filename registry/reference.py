@@ -275,10 +275,14 @@ def _parse_cells(
         return np.where(cells == "", "nan", cells).astype(np.float64)
     except ValueError:
         bad = np.argwhere(~np.vectorize(_is_number)(cells))[0]
-        row = int(bad[0]) + 1 + int(header)
+        row, column, cell = (
+            int(bad[0]) + 1 + int(header),
+            offset + int(bad[1]) + 1,
+            str(cells[tuple(bad)]),
+        )
         raise ReferenceDataError(
-            f"{path}: row {row}, column {offset + int(bad[1]) + 1}: {cells[tuple(bad)]!r} is not "
-            f"a number, but input {signature.name!r} takes {signature.datatype}"
+            f"{path}: row {row}, column {column}: {cell!r} is not a number, "
+            f"but input {signature.name!r} takes {signature.datatype}"
         ) from None
 
 
