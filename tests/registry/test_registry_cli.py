@@ -1,0 +1,245 @@
+"""`modelgate registry`: real subprocesses for the main paths, `main([...])` for the rest."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from registry import cli as registry_cli
+from registry.store import RegistryStore
+from registry.types import ModelVersion, Stage
+
+
+def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "registry", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _table(text: str) -> list[list[str]]:
+    """Rows of a table's cells (after the header), split on whitespace."""
+    return [line.split() for line in text.strip().splitlines()[1:]]
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path, model_files: dict[str, bytes]) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model_files["classifier"])
+    return path
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, onnx_file: Path) -> str:
+    """A store with versions 1-3 of `clf` in stage none."""
+    store = str(tmp_path / "store")
+    for _ in range(3):
+        assert main(["registry", "--store", store, "register", "clf", str(onnx_file)]) == 0
+    return store
+
+
+def _run(capsys: pytest.CaptureFixture[str], store: str, *args: str) -> tuple[int, str, str]:
+    code = main(["registry", "--store", store, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_register_with_a_reference_sample_then_show_it(
+    tmp_path: Path, onnx_file: Path, rng: np.random.Generator
+) -> None:
+    store = str(tmp_path / "store")
+    sample = rng.normal(size=(300, 8))
+    header = ",".join(f"f{j}" for j in range(8))
+    np.savetxt(tmp_path / "ref.csv", sample, delimiter=",", header=header, comments="")
+    registered = _subprocess(
+        "--store", store, "register", "clf", str(onnx_file), "--stage", "canary",
+        "--traffic", "10", "--reference", str(tmp_path / "ref.csv"), "--description",
+        "fraud model", "--tag", "team=risk", "--tag", "data=2026-11", "--actor", "ci",
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    assert registered.stdout.split()[:3] == ["clf", "1", "canary"]
+
+    shown = _subprocess("--store", store, "show", "clf", "1")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "stage:        canary (10%)" in lines
+    assert "description:  fraud model" in lines
+    assert "tags:         data=2026-11, team=risk" in lines
+    assert "reference:    300 rows, 8 input features, 4 output columns" in lines
+    assert any(line.split()[:3] == ["f3", "numeric", "0.0%"] for line in lines)
+    assert any(line.split()[:2] == ["label", "categorical"] for line in lines)
+
+    as_json = _subprocess("--store", store, "show", "clf", "1", "--json")
+    version = ModelVersion.from_json(json.loads(as_json.stdout))
+    assert (version.stage, version.traffic, version.tags["team"]) == (Stage.CANARY, 10.0, "risk")
+    assert version.reference is not None
+    assert [f["name"] for f in version.reference["inputs"]] == [f"f{j}" for j in range(8)]
+    assert version == RegistryStore(store).get("clf", 1)
+
+
+def test_transition_errors_exit_2_with_a_message(tmp_path: Path, store_dir: str) -> None:
+    over = _subprocess("--store", store_dir, "transition", "clf", "1", "canary", "--traffic", "150")
+    assert over.returncode == 2
+    assert over.stderr == "error: traffic must be between 0 and 100 percent, got 150\n"
+    assert over.stdout == ""
+    ghost = _subprocess("--store", store_dir, "transition", "clf", "9", "staging")
+    assert (ghost.returncode, ghost.stderr) == (2, "error: no version 9 of model 'clf'\n")
+    assert RegistryStore(store_dir).history() == []
+
+
+def test_a_rollout_in_list_and_history(capsys: pytest.CaptureFixture[str], store_dir: str) -> None:
+    steps = [
+        ["transition", "clf", "1", "production", "--actor", "alice"],
+        ["transition", "clf", "2", "canary", "--traffic", "10", "--reason", "try v2"],
+        ["transition", "clf", "3", "shadow"],
+        ["transition", "clf", "2", "canary", "--traffic", "25.5"],
+        ["transition", "clf", "2", "production", "--keep", "--reason", "v2 is better"],
+    ]
+    for step in steps:
+        code, out, err = _run(capsys, store_dir, *step)
+        assert (code, err) == (0, "")
+    # transition prints the model's versions afterwards, like list.
+    assert out.splitlines()[0].split() == ["MODEL", "VERSION", "STAGE", "SHA256", "TRAFFIC", "SIZE"]
+    assert [row[:3] for row in _table(out)] == [
+        ["clf", "1", "staging"],
+        ["clf", "2", "production"],
+        ["clf", "3", "shadow"],
+    ]
+    code, listing, _ = _run(capsys, store_dir, "list")
+    assert listing == out
+    assert [(row[2], row[4]) for row in _table(listing)] == [
+        ("staging", "-"),
+        ("production", "-"),
+        ("shadow", "100"),
+    ]
+
+    code, history, _ = _run(capsys, store_dir, "history", "clf")
+    assert code == 0
+    assert history.splitlines()[0].split() == [
+        "TIME", "MODEL", "VERSION", "FROM", "TO", "TRAFFIC", "ACTOR", "REASON",
+    ]  # fmt: skip
+    me = getpass.getuser()
+    assert [row[1:] for row in _table(history)] == [
+        ["clf", "1", "none", "production", "-", "alice", "-"],
+        ["clf", "2", "none", "canary", "10", me, "try", "v2"],
+        ["clf", "3", "none", "shadow", "100", me, "-"],
+        ["clf", "2", "canary", "canary", "25.5", me, "-"],
+        ["clf", "1", "production", "staging", "-", me, "replaced", "by", "version", "2:", "v2",
+         "is", "better"],
+        ["clf", "2", "canary", "production", "-", me, "v2", "is", "better"],
+    ]  # fmt: skip
+    assert all(row[0].endswith("Z") and len(row[0]) == 20 for row in _table(history))
+
+
+def test_canary_shares_over_100_are_a_conflict(
+    capsys: pytest.CaptureFixture[str], store_dir: str
+) -> None:
+    assert _run(capsys, store_dir, "transition", "clf", "1", "canary", "--traffic", "70")[0] == 0
+    code, out, err = _run(capsys, store_dir, "transition", "clf", "2", "canary", "--traffic", "40")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: canary shares of 'clf' would add up to 110%")
+    code, out, err = _run(capsys, store_dir, "transition", "clf", "2", "canary")
+    assert (code, err) == (2, "error: a canary needs a traffic share (percent of live traffic)\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["register", "m", "{tmp}/nope.onnx"], "error: model file {tmp}/nope.onnx does not exist"),
+        (["register", "m", "{onnx}", "--tag", "team"], "error: --tag takes key=value, got 'team'"),
+        (["register", "m", "{onnx}", "--tag", "=x"], "error: --tag takes key=value, got '=x'"),
+        (["register", "m", "{onnx}", "--reference", "{tmp}/r.npy"], "error: {tmp}/r.npy: no such"),
+        (["register", "m", "{onnx}", "--reference", "{tmp}/narrow.npy"], "error: the reference "
+         "data has 3 columns but the model takes 8 (input: 8)"),
+        (["register", "m", "{onnx}", "--stage", "live"], "error: unknown stage 'live'"),
+        (["register", "m", "{onnx}", "--traffic", "5"], "error: a traffic share is only for"),
+        (["register", "m/x", "{onnx}"], "error: invalid model name 'm/x'"),
+        (["list", "ghost"], "error: unknown model 'ghost'"),
+        (["history", "ghost"], "error: unknown model 'ghost'"),
+        (["show", "ghost", "1"], "error: unknown model 'ghost'"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_and_registers_nothing(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    onnx_file: Path,
+    args: list[str],
+    message: str,
+) -> None:
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 3)))
+    store = str(tmp_path / "store")
+    filled = [a.format(tmp=tmp_path, onnx=onnx_file) for a in args]
+    code, out, err = _run(capsys, store, *filled)
+    assert (code, out) == (2, "")
+    assert err.startswith(message.format(tmp=tmp_path)), err
+    assert RegistryStore(store).list_versions() == []
+
+
+def test_serve_hands_the_store_to_the_registry_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    fake = types.ModuleType("registry.server")
+    fake.run = lambda store, **options: calls.append((store, options))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "registry.server", fake)
+    monkeypatch.setattr("registry.server", fake, raising=False)
+    tokens = tmp_path / "tokens"
+    store = tmp_path / "store"
+    assert main(["registry", "--store", str(store), "serve", "--port", "8081"]) == 0
+    assert main([
+        "registry", "--store", str(store), "serve", "--host", "0.0.0.0", "--port", "0",
+        "--token-file", str(tokens), "--protect-reads",
+    ]) == 0  # fmt: skip
+    assert calls == [
+        (store, {"host": "127.0.0.1", "port": 8081, "token_file": None, "protect_reads": False}),
+        (store, {"host": "0.0.0.0", "port": 0, "token_file": tokens, "protect_reads": True}),
+    ]
+
+
+def test_a_remote_registry_gets_the_token_from_the_file_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    store_dir: str,
+) -> None:
+    opened: list[tuple[str, str | None]] = []
+
+    def open_registry(location: str, *, token: str | None = None) -> RegistryStore:
+        opened.append((location, token))
+        return RegistryStore(store_dir)
+
+    monkeypatch.setattr(registry_cli, "open_registry", open_registry)
+    url = "http://registry.test:8081"
+    capsys.readouterr()  # the fixture's registrations
+    monkeypatch.setenv(registry_cli.TOKEN_ENV, "from-env")
+    assert main(["registry", "--registry", url, "list"]) == 0
+    (tmp_path / "token").write_text("from-file\n")
+    assert (
+        main(["registry", "--registry", url, "--token-file", str(tmp_path / "token"), "list"]) == 0
+    )
+    assert opened == [(url, "from-env"), (url, "from-file")]
+    listings = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in listings if line.startswith("clf")] == 2 * [
+        ["clf", "1", "none"],
+        ["clf", "2", "none"],
+        ["clf", "3", "none"],
+    ]
+    code = main(["registry", "--registry", url, "serve", "--port", "1"])
+    assert (code, capsys.readouterr().err) == (
+        2,
+        "error: serve needs a --store directory, not --registry\n",
+    )
+    code = main(["registry", "--store", store_dir, "--token-file", str(tmp_path / "token"), "list"])
+    assert (code, capsys.readouterr().err) == (
+        2,
+        "error: --token-file is for --registry URL, not for --store\n",
+    )
