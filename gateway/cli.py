@@ -1,7 +1,7 @@
 """The `modelgate` command: parses flags into settings and hands over, nothing else.
 
 modelgate demo                       train, register and serve a small model
-modelgate serve --store DIR          serve every production model of a registry
+modelgate serve --store DIR          serve a registry's models, following its stage changes
 modelgate registry --store DIR ...   register and list model versions
 """
 
@@ -35,6 +35,28 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="TOML file of settings; [models.NAME] tables set per-model batching/runtime",
     )
     add("--store", type=str, help=f"embedded registry directory (default {d.store})")
+    add(
+        "--registry",
+        help="where models come from instead of --store: a directory, http://host:port "
+        "(a `modelgate registry serve`) or mlflow+http://host:port",
+    )
+    add("--registry-token-file", type=Path, help="bearer token for the registry server or MLflow")
+    add(
+        "--poll-interval",
+        type=float,
+        help=f"seconds between registry change checks (default {d.poll_interval})",
+    )
+    add(
+        "--routing-key-header",
+        help="HTTP header / gRPC metadata whose value pins a caller to one version "
+        f"(default {d.routing_key_header})",
+    )
+    add(
+        "--shadow-max-inflight",
+        type=int,
+        help="mirrored requests in flight per shadow version before copies are dropped "
+        f"(default {d.shadow_max_inflight})",
+    )
     add("--host", help=f"address to bind (default {d.host})")
     add("--http-port", type=int, help=f"HTTP port, 0 picks one (default {d.http_port})")
     add("--grpc-port", type=int, help=f"gRPC port, 0 picks one (default {d.grpc_port})")

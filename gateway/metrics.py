@@ -16,14 +16,15 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 )  # fmt: skip
+_DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
@@ -99,6 +100,59 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.registry_polls = Counter(
+            "modelgate_registry_polls",
+            "Registry change checks by outcome (ok, error: the gateway keeps serving).",
+            ["outcome"],
+            registry=r,
+        )
+        self.traffic_share = Gauge(
+            "modelgate_traffic_share_percent",
+            "Percent of unaddressed requests each version answers (primary, canary) or "
+            "receives mirrored (shadow).",
+            ["model", "version", "role"],
+            registry=r,
+        )
+        self.routing_changes = Counter(
+            "modelgate_routing_changes",
+            "Times a model's routing table was switched (promotions, canary shares, ...).",
+            ["model"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "modelgate_shadow_requests",
+            "Requests mirrored to a shadow version by outcome: compared, dropped (shadow "
+            "work backed up), error (the shadow failed; the primary answer was unaffected).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "modelgate_shadow_agreement_rows",
+            "Rows of label-like outputs (integers, booleans, strings) where the shadow's "
+            "answer agreed or disagreed with the primary's.",
+            ["model", "version", "output", "result"],
+            registry=r,
+        )
+        self.shadow_abs_diff = Histogram(
+            "modelgate_shadow_abs_diff",
+            "Per row, the largest absolute difference between shadow and primary scores.",
+            ["model", "version", "output"],
+            buckets=_DIFF_BUCKETS,
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "modelgate_shadow_duration_seconds",
+            "Time a mirrored request took on the shadow version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.guard_rollbacks = Counter(
+            "modelgate_guard_rollbacks",
+            "Versions the rollout guard archived, by the rule that tripped.",
+            ["model", "version", "rule"],
+            registry=r,
+        )
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """The metrics of one model version (created on first use, then the same object)."""
@@ -121,8 +175,8 @@ class VersionMetrics:
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        self.queue_wait = Observations(_LATENCY_BUCKETS)
-        self.compute = Observations(_LATENCY_BUCKETS)
+        self.queue_wait = Observations(LATENCY_BUCKETS)
+        self.compute = Observations(LATENCY_BUCKETS)
         self.batch_rows = Observations(_BATCH_BUCKETS)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.loaded = metrics.model_loaded.labels(model, version)
@@ -135,7 +189,7 @@ class VersionMetrics:
         key = (protocol, outcome)
         observations = self.outcomes.get(key)
         if observations is None:
-            observations = self.outcomes.setdefault(key, Observations(_LATENCY_BUCKETS))
+            observations = self.outcomes.setdefault(key, Observations(LATENCY_BUCKETS))
         observations.observe(seconds)
 
 
@@ -180,11 +234,11 @@ class _ObservationsCollector(Collector):
                     counts, total = so_far + counts, so_far_total + total
                 by_protocol[protocol] = (counts, total)
             for protocol, (counts, total) in by_protocol.items():
-                buckets = _buckets(_LATENCY_BUCKETS, counts)
+                buckets = _buckets(LATENCY_BUCKETS, counts)
                 latency.add_metric([v.model, v.version, protocol], buckets, total)
             for family, observations, bounds in (
-                (queue_wait, v.queue_wait, _LATENCY_BUCKETS),
-                (compute, v.compute, _LATENCY_BUCKETS),
+                (queue_wait, v.queue_wait, LATENCY_BUCKETS),
+                (compute, v.compute, LATENCY_BUCKETS),
                 (batch_rows, v.batch_rows, _BATCH_BUCKETS),
             ):
                 counts, total = observations.snapshot()

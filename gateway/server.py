@@ -20,13 +20,15 @@ from wsgiref.simple_server import WSGIServer
 import uvicorn
 from prometheus_client import start_http_server
 
-from gateway.core.deployments import Deployments, RegistryClient
+from gateway.core.deployments import Deployments
+from gateway.core.guard import RolloutGuard
 from gateway.core.service import InferenceService
+from gateway.core.shadow import ShadowMirror
 from gateway.frontends.grpc import GrpcFrontend
 from gateway.frontends.http import HttpFrontend
 from gateway.metrics import Metrics
 from gateway.settings import ServerSettings
-from registry.store import RegistryStore
+from registry.client import RegistryClient, open_registry
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +68,19 @@ class Gateway:
     def __init__(self, settings: ServerSettings, registry: RegistryClient | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = registry if registry is not None else RegistryStore(settings.store)
+        self.registry = registry if registry is not None else _open_registry(settings)
         self.deployments = Deployments(self.registry, settings, self.metrics)
-        self.service = InferenceService(self.deployments)
+        self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
+        self.service = InferenceService(self.deployments, self.mirror)
+        self.guard = RolloutGuard(
+            self.deployments, self.mirror, self.registry, settings, self.metrics
+        )
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc = GrpcFrontend(self.service, settings)
         self._metrics_server: WSGIServer | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
         self.addresses: Addresses | None = None
 
     async def start(self) -> Addresses:
@@ -81,7 +88,7 @@ class Gateway:
         s = self.settings
         sock = _bind(s.host, s.http_port)
         config = uvicorn.Config(
-            HttpFrontend(self.service, s.max_body_bytes),
+            HttpFrontend(self.service, s.max_body_bytes, s.routing_key_header),
             http="httptools",
             loop="none",
             lifespan="off",
@@ -110,12 +117,32 @@ class Gateway:
             self.addresses.grpc,
             self.addresses.metrics,
         )
-        self._load_task = asyncio.create_task(self.deployments.load_from_registry())
+        self._load_task = asyncio.create_task(self._follow_registry())
         return self.addresses
 
+    async def _follow_registry(self) -> None:
+        """Read the registry (retrying until it answers), then follow its changes."""
+        delay = self.settings.poll_interval
+        while True:
+            try:
+                await self.deployments.refresh()
+                break
+            except Exception as exc:
+                log.warning("registry not readable yet (retrying in %.1f s): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self._loaded.set()
+        await asyncio.gather(self.deployments.follow(), self.guard.run())
+
     async def wait_loaded(self) -> None:
-        if self._load_task is not None:
-            await self._load_task
+        """Until the registry was read and every version it named has loaded (or failed)."""
+        waiting = asyncio.ensure_future(self._loaded.wait())
+        assert self._load_task is not None
+        await asyncio.wait([waiting, self._load_task], return_when=asyncio.FIRST_COMPLETED)
+        if self._load_task.done():
+            waiting.cancel()
+            self._load_task.result()
+        await self.deployments.wait_idle()
 
     async def stop(self) -> None:
         """Drain: report not-ready, let in-flight requests finish, then unload models."""
@@ -127,6 +154,8 @@ class Gateway:
             await asyncio.sleep(self.settings.drain_delay)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_task
         if self._http is not None:
             self._http.should_exit = True
         await self._grpc.stop(self.settings.drain_seconds)
@@ -138,6 +167,13 @@ class Gateway:
             await asyncio.to_thread(server.shutdown)
             server.server_close()
         log.info("modelgate stopped")
+
+
+def _open_registry(settings: ServerSettings) -> RegistryClient:
+    token = None
+    if settings.registry_token_file is not None:
+        token = settings.registry_token_file.read_text().strip()
+    return open_registry(settings.registry or str(settings.store), token=token)
 
 
 async def serve(settings: ServerSettings) -> None:

@@ -62,11 +62,42 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The rollout guard: archives a canary or shadow that does worse than production.
+
+    Over a sliding window of `guard_window_seconds`, once the version has seen at least
+    `guard_min_requests`: a canary whose server-error rate exceeds `guard_max_error_rate`,
+    or whose p99 latency exceeds `guard_max_p99_ratio` times production's, and a shadow
+    whose answers disagree with production's more often than `guard_max_disagreement`,
+    is moved to `archived` through the registry, with the reason in the audit record.
+    """
+
+    guard_enabled: bool = False
+    guard_window_seconds: float = 60.0
+    guard_min_requests: int = 200
+    guard_max_error_rate: float = 0.05
+    guard_max_p99_ratio: float = 3.0
+    guard_max_disagreement: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.guard_window_seconds <= 0:
+            raise ValueError("guard_window_seconds must be positive")
+        if self.guard_min_requests < 1:
+            raise ValueError("guard_min_requests must be at least 1")
+        for name in ("guard_max_error_rate", "guard_max_disagreement"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a fraction between 0 and 1")
+        if self.guard_max_p99_ratio <= 1:
+            raise ValueError("guard_max_p99_ratio must be above 1")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelServingSettings:
     """Per-model serving options; `ServerSettings.model_overrides` holds exceptions by name."""
 
     batch: BatchSettings = field(default_factory=BatchSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +105,13 @@ class ServerSettings:
     """Everything `modelgate serve` needs to run one serving process."""
 
     store: Path = Path("modelstore")
+    # Where models come from: None serves the embedded store above; otherwise a directory,
+    # `http(s)://host:port` (a `modelgate registry serve`) or `mlflow+http(s)://host:port`.
+    registry: str | None = None
+    registry_token_file: Path | None = None  # bearer token for a registry server or MLflow
+    poll_interval: float = 1.0  # seconds between registry change checks
+    routing_key_header: str = "x-routing-key"  # HTTP header / gRPC metadata for sticky routing
+    shadow_max_inflight: int = 256  # mirrored requests in flight per shadow version; more drop
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -86,8 +124,20 @@ class ServerSettings:
     models: ModelServingSettings = field(default_factory=ModelServingSettings)
     model_overrides: dict[str, ModelServingSettings] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        if self.shadow_max_inflight < 0:
+            raise ValueError("shadow_max_inflight must not be negative")
+        header = self.routing_key_header
+        if not header or header != header.lower():
+            raise ValueError("routing_key_header must be a lower-case header name")
+
     def for_model(self, name: str) -> ModelServingSettings:
         return self.model_overrides.get(name, self.models)
+
+
+_PATH_SETTINGS = frozenset({"store", "registry_token_file"})
 
 
 def _coerce(value: str, like: Any) -> Any:
@@ -105,6 +155,7 @@ def _coerce(value: str, like: Any) -> Any:
 _MODEL_GROUPS: tuple[tuple[str, type], ...] = (
     ("batch", BatchSettings),
     ("runtime", RuntimeSettings),
+    ("guard", GuardSettings),
 )
 
 
@@ -165,6 +216,8 @@ def build_settings(
         current: Any = defaults
         for part in path:
             current = getattr(current, part)
+        if name in _PATH_SETTINGS:
+            current = Path()
         if config.get(name) is not None:
             value = config[name]
             values[path] = Path(value) if isinstance(current, Path) else value
@@ -173,6 +226,8 @@ def build_settings(
             values[path] = _coerce(raw, current)
         if overrides.get(name) is not None:
             values[path] = overrides[name]
+        if path in values and name in _PATH_SETTINGS:
+            values[path] = Path(values[path])
     top = {p[0]: v for p, v in values.items() if len(p) == 1}
     shared = {p[2]: v for p, v in values.items() if p[0] == "models"}
     models = _model_settings(shared)
@@ -188,5 +243,5 @@ def _model_settings(values: dict[str, Any]) -> ModelServingSettings:
     for _, cls in _MODEL_GROUPS:
         names = {f.name for f in dataclasses.fields(cls)}
         groups.append(cls(**{k: v for k, v in values.items() if k in names}))
-    batch, runtime = groups
-    return ModelServingSettings(batch, runtime)
+    batch, runtime, guard = groups
+    return ModelServingSettings(batch, runtime, guard)

@@ -30,11 +30,12 @@ ONNX_TYPES = {
 }
 
 
-def classifier() -> bytes:
-    """StandardScaler + LogisticRegression over FEATURES FP32 features, 3 classes."""
+def classifier(first: int = 0) -> bytes:
+    """StandardScaler + LogisticRegression over FEATURES FP32 features, 3 classes decided by
+    features `first` and `first + 1` (another `first` gives a model that mostly disagrees)."""
     rng = np.random.default_rng(7)
     x = rng.normal(size=(600, FEATURES)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    y = (x[:, first] > 0).astype(int) + (x[:, first + 1] > 0.5).astype(int)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
     pipeline.fit(x, y)
     model = to_onnx(

@@ -181,6 +181,8 @@ def metadata_json(meta: ModelMetadata) -> dict[str, Any]:
         "platform": meta.platform,
         "inputs": [_spec_json(s.name, s.datatype, s.shape) for s in meta.inputs],
         "outputs": [_spec_json(s.name, s.datatype, s.shape) for s in meta.outputs],
+        # Beyond V2 (clients ignore unknown fields): each version's stage, state and traffic.
+        "status": [v.to_json() for v in meta.status],
     }
 
 

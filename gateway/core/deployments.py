@@ -1,9 +1,15 @@
-"""Registry versions -> loaded, servable model versions, with an explicit lifecycle.
+"""Registry versions -> loaded, servable model versions, and the routing table over them.
 
 A `Deployment` is one model version in ONNX Runtime behind its own micro-batcher. Its state
 moves LOADING -> READY -> DRAINING -> UNLOADED, or LOADING -> FAILED; only READY
-deployments take traffic. `Deployments` is the routing table the core reads on every
-request: plain dict look-ups, swapped whole so readers never see a half-made change.
+deployments take traffic.
+
+`Deployments` follows the registry: every version in a served stage (production, canary,
+shadow, staging) is loaded and warmed up in the background; when it is READY the model's
+`Routes` are rebuilt and swapped in whole, so a request sees the old routing or the new one,
+never half of each. A version that left its stage is drained (in-flight requests finish)
+and unloaded. While a new production version loads, or if it fails to load, the previous
+one keeps serving.
 """
 
 from __future__ import annotations
@@ -11,18 +17,29 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+import random
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.batcher import MicroBatcher
 from gateway.core.errors import ErrorCode, InferenceError
+from gateway.core.router import TrafficSplit
 from gateway.core.runtime import ModelLoadError, OnnxModel
+from gateway.core.types import VersionStatus
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.settings import BatchSettings, ServerSettings
+from registry.client import SERVED_STAGES, RegistryClient
+from registry.errors import UnavailableError
 from registry.types import ModelVersion, Stage
 
 log = logging.getLogger(__name__)
+
+# Seconds a leaving version keeps taking requests that chose it just before the switch
+# (a gRPC server on its own loop may be between routing and queueing).
+DRAIN_GRACE = 0.25
+_RETRY_MAX = 300.0  # longest wait before retrying a version that failed to load
 
 
 class ModelState(enum.Enum):
@@ -31,14 +48,6 @@ class ModelState(enum.Enum):
     DRAINING = "DRAINING"
     UNLOADED = "UNLOADED"
     FAILED = "FAILED"
-
-
-class RegistryClient(Protocol):
-    """What the gateway needs of a registry, whichever backend serves it."""
-
-    def list_versions(self, name: str | None = None) -> list[ModelVersion]: ...
-
-    def read_artifact(self, version: ModelVersion) -> bytes: ...
 
 
 @dataclass(eq=False)
@@ -53,14 +62,33 @@ class Deployment:
     model: OnnxModel | None = None
     batcher: MicroBatcher | None = None
     error: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
 
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
 
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """How one model's requests flow right now; replaced whole, never edited."""
+
+    versions: dict[str, Deployment]
+    primary: Deployment | None
+    split: TrafficSplit[Deployment]
+    shadows: tuple[tuple[Deployment, float], ...] = ()
+
+
+@dataclass
+class _Desired:
+    """The registry's served versions at the last read: name -> version -> record."""
+
+    versions: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)
+
+
 class Deployments:
-    """The models this gateway serves, loaded from the registry."""
+    """The models this gateway serves, following the registry."""
 
     def __init__(
         self, registry: RegistryClient, settings: ServerSettings, metrics: Metrics
@@ -68,46 +96,77 @@ class Deployments:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        # name -> version -> deployment; `_primary` name -> the version unaddressed requests use
-        self._versions: dict[str, dict[str, Deployment]] = {}
-        self._primary: dict[str, str] = {}
+        self._routes: dict[str, Routes] = {}
+        self._all: dict[str, dict[str, Deployment]] = {}  # every deployment, any state
+        self._desired = _Desired()
         self._synced = False  # until the registry has been read once, no name is unknown
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._generation: str | None = None
+        self._stopping = False
 
     # --- reads on the request path --------------------------------------------------------
 
-    def resolve(self, name: str, version: str | None) -> Deployment:
+    def resolve(self, name: str, version: str | None, routing_key: str | None = None) -> Deployment:
         """The deployment a request for (`name`, `version`) goes to, or the error to answer."""
-        versions = self._versions.get(name)
-        if versions is None:
+        routes = self._routes.get(name)
+        if routes is None:
             raise self._unknown(name)
         if version is None:
-            primary = self._primary.get(name)
-            deployment = versions.get(primary) if primary is not None else None
+            deployment = routes.split.choose(routing_key)
+            if deployment is None:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"model {name!r} is not ready ({self._why(name)})"
+                )
         else:
-            deployment = versions.get(version)
+            deployment = routes.versions.get(version)
             if deployment is None:
                 raise InferenceError(
                     ErrorCode.NOT_FOUND, f"unknown version {version!r} of model {name!r}"
                 )
-        if deployment is None or not deployment.ready:
-            state = deployment.state.value if deployment else "no serving version"
+        if not deployment.ready:
             raise InferenceError(
-                ErrorCode.UNAVAILABLE, f"model {name!r} is not ready ({state.lower()})"
+                ErrorCode.UNAVAILABLE,
+                f"model {name!r} version {deployment.version} is not ready "
+                f"({deployment.state.value.lower()})",
             )
         return deployment
 
+    def shadows(self, name: str) -> tuple[tuple[Deployment, float], ...]:
+        """The shadow versions of `name` with the percent of requests mirrored to each."""
+        routes = self._routes.get(name)
+        return routes.shadows if routes is not None else ()
+
     def get(self, name: str, version: str | None) -> Deployment:
-        """Like `resolve` but returns deployments in any state (for metadata and readiness)."""
-        versions = self._versions.get(name)
-        if versions is None:
+        """Like `resolve` but returns deployments in any state (for metadata and readiness);
+        without a version, the primary (or the production version still loading)."""
+        routes = self._routes.get(name)
+        if routes is None:
             raise self._unknown(name)
-        key = self._primary.get(name) if version is None else version
-        deployment = versions.get(key) if key is not None else None
-        if deployment is None:
+        if version is None:
+            deployment = routes.primary or self._desired_production(name)
+            if deployment is None:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"model {name!r} has no production version"
+                )
+            return deployment
+        found = routes.versions.get(version)
+        if found is None:
             raise InferenceError(
                 ErrorCode.NOT_FOUND, f"unknown version {version!r} of model {name!r}"
             )
-        return deployment
+        return found
+
+    def _desired_production(self, name: str) -> Deployment | None:
+        for version, record in self._desired.versions.get(name, {}).items():
+            if record.stage is Stage.PRODUCTION:
+                return self._all.get(name, {}).get(version)
+        return None
+
+    def _why(self, name: str) -> str:
+        production = self._desired_production(name)
+        if production is None:
+            return "no version in production"
+        return f"production version {production.version} is {production.state.value.lower()}"
 
     def _unknown(self, name: str) -> InferenceError:
         if not self._synced:
@@ -120,41 +179,200 @@ class Deployments:
         return self._settings.for_model(name).batch
 
     def versions_of(self, name: str) -> list[Deployment]:
-        return list(self._versions.get(name, {}).values())
+        routes = self._routes.get(name)
+        return list(routes.versions.values()) if routes is not None else []
+
+    def routes(self, name: str) -> Routes | None:
+        return self._routes.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)
 
     def all(self) -> Iterable[Deployment]:
-        for versions in self._versions.values():
-            yield from versions.values()
+        for versions in list(self._all.values()):
+            yield from list(versions.values())
+
+    def status(self, name: str) -> list[VersionStatus]:
+        """Every version of `name` the gateway knows: stage, state, traffic, last error."""
+        routes = self._routes.get(name)
+        if routes is None:
+            raise self._unknown(name)
+        return [
+            VersionStatus(
+                d.version,
+                _served_role(d, routes),
+                d.state.value,
+                _share(d, routes),
+                d.error,
+            )
+            for d in sorted(routes.versions.values(), key=lambda d: int(d.version))
+        ]
 
     def ready(self) -> bool:
-        """True once the registry was read and every model has a READY primary version."""
-        return self._synced and all(
-            name in self._primary and self._versions[name][self._primary[name]].ready
-            for name in self._versions
+        """True once the registry was read and every model in production has a READY
+        primary version."""
+        if not self._synced:
+            return False
+        for name, versions in self._desired.versions.items():
+            if any(r.stage is Stage.PRODUCTION for r in versions.values()):
+                routes = self._routes.get(name)
+                if routes is None or routes.primary is None or not routes.primary.ready:
+                    return False
+        return True
+
+    # --- following the registry -------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the registry once and reconcile: load what entered, route, drain what left."""
+        generation = await asyncio.to_thread(self._registry.generation)
+        records = await asyncio.to_thread(self._registry.list_versions)
+        self._generation = generation
+        self.apply(records)
+
+    def apply(self, records: Iterable[ModelVersion]) -> None:
+        """Reconcile with the registry's current records (the served stages among them)."""
+        desired: dict[str, dict[str, ModelVersion]] = {}
+        for record in records:
+            if record.stage in SERVED_STAGES:
+                desired.setdefault(record.name, {})[str(record.version)] = record
+        self._desired = _Desired(desired)
+        now = time.monotonic()
+        for name, versions in desired.items():
+            for version, record in versions.items():
+                current = self._all.get(name, {}).get(version)
+                if (
+                    current is None
+                    or current.state in (ModelState.DRAINING, ModelState.UNLOADED)
+                    or current.record.sha256 != record.sha256
+                    or (current.state is ModelState.FAILED and now >= current.retry_at)
+                ):
+                    self._start_load(record, current)
+                else:
+                    current.record = record
+        self._synced = True
+        self._reroute()
+
+    async def follow(self) -> None:
+        """Poll the registry's generation and reconcile on change, until cancelled. An
+        unreachable registry is retried with exponential backoff and jitter; the gateway
+        keeps serving what it has meanwhile."""
+        interval = self._settings.poll_interval
+        delay = interval
+        polls = self._metrics.registry_polls
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            try:
+                generation = await asyncio.to_thread(self._registry.generation)
+                if generation != self._generation or self._retry_due():
+                    await self.refresh()
+                polls.labels("ok").inc()
+                delay = interval
+            except Exception as exc:  # the registry's problem must never stop serving
+                polls.labels("error").inc()
+                delay = min(max(delay * 2, interval), 30.0)
+                level = logging.WARNING if isinstance(exc, UnavailableError) else logging.ERROR
+                log.log(level, "registry poll failed (retrying in %.1f s): %s", delay, exc)
+
+    def _retry_due(self) -> bool:
+        now = time.monotonic()
+        return any(
+            d.state is ModelState.FAILED and now >= d.retry_at
+            for name, versions in self._desired.versions.items()
+            for d in (self._all.get(name, {}).get(v) for v in versions)
+            if d is not None
         )
+
+    async def wait_idle(self) -> None:
+        """Until no load or drain is in progress (tests, and startup readiness)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _reroute(self) -> None:
+        """Rebuild every model's routes from the desired stages and what is READY."""
+        routes: dict[str, Routes] = {}
+        retained: set[Deployment] = set()
+        for name in sorted(set(self._all) | set(self._desired.versions)):
+            versions = self._all.get(name, {})
+            wanted = self._desired.versions.get(name, {})
+            by_stage: dict[Stage, list[Deployment]] = {}
+            for version, record in wanted.items():
+                deployment = versions.get(version)
+                if deployment is not None:
+                    retained.add(deployment)
+                    by_stage.setdefault(record.stage, []).append(deployment)
+            production = by_stage.get(Stage.PRODUCTION, [])
+            primary = next((d for d in production if d.ready), None)
+            previous = self._routes.get(name)
+            if primary is None and production and previous is not None:
+                # The new production version is loading or failed: keep the old one serving.
+                kept = previous.primary
+                if kept is not None and kept.ready:
+                    primary = kept
+                    retained.add(kept)
+            canaries = [
+                (d, d.version, float(d.record.traffic or 0.0))
+                for d in by_stage.get(Stage.CANARY, [])
+                if d.ready
+            ]
+            # Canaries take their shares of production's traffic: with no production
+            # version, unaddressed requests have nowhere to go (503), canaries included.
+            split: TrafficSplit[Deployment] = (
+                TrafficSplit.primary_with_canaries((primary, primary.version), canaries)
+                if primary is not None
+                else TrafficSplit([])
+            )
+            shadows = tuple(
+                (d, float(d.record.traffic if d.record.traffic is not None else 100.0))
+                for d in by_stage.get(Stage.SHADOW, [])
+                if d.ready
+            )
+            live = {v: d for v, d in versions.items() if d.state is not ModelState.UNLOADED}
+            if live or wanted:
+                routes[name] = Routes(live, primary, split, shadows)
+            self._export_shares(name, previous, routes.get(name))
+        self._routes = routes
+        for deployment in list(self.all()):
+            if deployment not in retained and deployment.state in (
+                ModelState.READY,
+                ModelState.FAILED,
+            ):
+                self._spawn(self._retire(deployment))
+
+    def _export_shares(self, name: str, before: Routes | None, after: Routes | None) -> None:
+        gauge = self._metrics.traffic_share
+        old = _shares(before)
+        new = _shares(after)
+        for key in old.keys() - new.keys():
+            gauge.remove(name, *key)
+        for key, share in new.items():
+            gauge.labels(name, *key).set(share)
+        if before is not None and after is not None and old != new:
+            self._metrics.routing_changes.labels(name).inc()
+            log.info(
+                "model %s routing: %s",
+                name,
+                ", ".join(f"v{v} {role} {s:g}%" for (v, role), s in sorted(new.items())) or "none",
+            )
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def load_from_registry(self) -> None:
-        """Load every production version the registry lists; failures are logged, not fatal."""
-        records = await asyncio.to_thread(self._registry.list_versions)
-        production = [r for r in records if r.stage is Stage.PRODUCTION]
-        for record in production:
-            self._add(record, primary=True)
-        self._synced = True
-        await asyncio.gather(*(self._load(self.get(r.name, str(r.version))) for r in production))
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _add(self, record: ModelVersion, *, primary: bool) -> Deployment:
+    def _start_load(self, record: ModelVersion, previous: Deployment | None) -> None:
         version = str(record.version)
         deployment = Deployment(
             record.name, version, record, self._metrics.for_version(record.name, version)
         )
-        versions = dict(self._versions.get(record.name, {}))
-        versions[version] = deployment
-        self._versions = {**self._versions, record.name: versions}
-        if primary:
-            self._primary = {**self._primary, record.name: version}
-        return deployment
+        if previous is not None and previous.state is ModelState.FAILED:
+            deployment.failures = previous.failures
+        versions = {**self._all.get(record.name, {}), version: deployment}
+        self._all = {**self._all, record.name: versions}
+        self._spawn(self._load(deployment))
 
     async def _load(self, deployment: Deployment) -> None:
         try:
@@ -162,8 +380,13 @@ class Deployments:
         except Exception as exc:
             deployment.state = ModelState.FAILED
             deployment.error = str(exc)
+            deployment.failures += 1
+            deployment.retry_at = time.monotonic() + min(_RETRY_MAX, 2.0**deployment.failures)
             self._metrics.model_load_failures.labels(deployment.name, deployment.version).inc()
             log.error("model %s v%s failed to load: %s", deployment.name, deployment.version, exc)
+            self._reroute()
+            return
+        if self._stopping:
             return
         serving = self._settings.for_model(deployment.name)
         deployment.model = model
@@ -177,6 +400,7 @@ class Deployments:
             batch_seconds=warmup_seconds,
         )
         deployment.state = ModelState.READY
+        deployment.error = None
         deployment.metrics.loaded.set(1)
         log.info(
             "model %s v%s ready (%s)",
@@ -184,6 +408,7 @@ class Deployments:
             deployment.version,
             "batched" if model.batchable else "fixed batch dimension: unbatched",
         )
+        self._reroute()
 
     def _build_model(self, record: ModelVersion) -> tuple[OnnxModel, float]:
         """The loaded model and the seconds its fastest warm-up run took."""
@@ -195,17 +420,65 @@ class Deployments:
             raise ModelLoadError(f"warm-up run failed: {exc}") from exc
         return model, seconds
 
+    async def _retire(self, deployment: Deployment) -> None:
+        """Take a version out of service: let requests already routed to it finish, unload."""
+        if deployment.state is ModelState.READY:
+            deployment.state = ModelState.DRAINING
+            log.info("model %s v%s draining", deployment.name, deployment.version)
+            await asyncio.sleep(DRAIN_GRACE)
+            await self._drain(deployment, self._settings.drain_seconds)
+        versions = dict(self._all.get(deployment.name, {}))
+        if versions.get(deployment.version) is deployment:
+            del versions[deployment.version]
+            self._all = {**self._all, deployment.name: versions}
+            if not versions:
+                del self._all[deployment.name]
+        deployment.state = ModelState.UNLOADED
+        self._reroute()
+
+    async def _drain(self, deployment: Deployment, timeout: float) -> None:
+        batcher = deployment.batcher
+        if batcher is None:
+            return
+        deployment.state = ModelState.DRAINING
+        batcher.stop()
+        if not await asyncio.to_thread(batcher.join, timeout):
+            log.warning("%s v%s did not drain in time", deployment.name, deployment.version)
+        deployment.state = ModelState.UNLOADED
+        deployment.metrics.loaded.set(0)
+        log.info("model %s v%s unloaded", deployment.name, deployment.version)
+
     async def stop(self, timeout: float) -> None:
         """Drain every deployment: new requests are refused, queued ones still finish."""
-        deployments = [d for d in self.all() if d.batcher is not None]
-        for deployment in deployments:
-            deployment.state = ModelState.DRAINING
-            assert deployment.batcher is not None
-            deployment.batcher.stop()
-        for deployment in deployments:
-            assert deployment.batcher is not None
-            drained = await asyncio.to_thread(deployment.batcher.join, timeout)
-            if not drained:
-                log.warning("%s v%s did not drain in time", deployment.name, deployment.version)
-            deployment.state = ModelState.UNLOADED
-            deployment.metrics.loaded.set(0)
+        self._stopping = True
+        await self.wait_idle()
+        await asyncio.gather(*(self._drain(d, timeout) for d in self.all()))
+
+
+def _served_role(deployment: Deployment, routes: Routes) -> str:
+    """The stage a version serves in right now (a kept previous primary says so)."""
+    if deployment is routes.primary and deployment.record.stage is not Stage.PRODUCTION:
+        return "production (kept until the new production version is ready)"
+    return deployment.record.stage.value
+
+
+def _share(deployment: Deployment, routes: Routes) -> float | None:
+    for arm in routes.split.arms:
+        if arm.target is deployment:
+            return arm.weight
+    for shadow, share in routes.shadows:
+        if shadow is deployment:
+            return share
+    return None
+
+
+def _shares(routes: Routes | None) -> dict[tuple[str, str], float]:
+    """(version, role) -> percent of traffic, for the traffic-share gauge."""
+    if routes is None:
+        return {}
+    shares = {
+        (arm.target.version, "primary" if arm.target is routes.primary else "canary"): arm.weight
+        for arm in routes.split.arms
+    }
+    shares.update({(d.version, "shadow"): share for d, share in routes.shadows})
+    return shares

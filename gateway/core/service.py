@@ -8,6 +8,7 @@ from importlib.metadata import version as package_version
 
 from gateway.core.deployments import Deployment, Deployments
 from gateway.core.errors import ErrorCode, InferenceError, invalid
+from gateway.core.shadow import ShadowMirror
 from gateway.core.types import (
     InferRequest,
     InferResponse,
@@ -33,8 +34,11 @@ def _server_version() -> str:
 class InferenceService:
     """Readiness, metadata and inference for every served model, protocol-neutral."""
 
-    def __init__(self, deployments: Deployments, name: str = "modelgate") -> None:
+    def __init__(
+        self, deployments: Deployments, mirror: ShadowMirror, name: str = "modelgate"
+    ) -> None:
         self._deployments = deployments
+        self._mirror = mirror
         self.name = name
         self.version = _server_version()
         self.extensions = EXTENSIONS
@@ -67,6 +71,7 @@ class InferenceService:
             platform=PLATFORM,
             inputs=deployment.model.inputs,
             outputs=deployment.model.outputs,
+            status=tuple(self._deployments.status(name)),
         )
 
     def model_config(self, name: str, version: str | None) -> ModelConfig:
@@ -84,21 +89,24 @@ class InferenceService:
     def _loaded(self, name: str, version: str | None) -> Deployment:
         deployment = self._deployments.get(name, version)
         if deployment.model is None:
+            why = f": {deployment.error}" if deployment.error else ""
             raise InferenceError(
                 ErrorCode.UNAVAILABLE,
-                f"model {name!r} version {deployment.version} is {deployment.state.value.lower()}",
+                f"model {name!r} version {deployment.version} is "
+                f"{deployment.state.value.lower()}{why}",
             )
         return deployment
 
     # --- inference ----------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, queue into the version's micro-batcher and answer `request`.
+        """Route, validate, queue into the version's micro-batcher and answer `request`;
+        live requests the primary answered are mirrored to the model's shadows.
 
         Raises `InferenceError`; the front end maps its code to the wire status.
         """
         started = time.monotonic()
-        deployment = self._deployments.resolve(request.model, request.version)
+        deployment = self._deployments.resolve(request.model, request.version, request.routing_key)
         outcome = "OK"
         try:
             model = deployment.model
@@ -108,6 +116,10 @@ class InferenceService:
             wanted = _output_indices(request.outputs, model.output_names)
             deadline = None if request.timeout is None else started + request.timeout
             results = await batcher.submit(feeds, rows, deadline)
+            if request.version is None:
+                routes = self._deployments.routes(request.model)
+                if routes is not None and routes.shadows and deployment is routes.primary:
+                    self._mirror.mirror(request.inputs, deployment, results, routes.shadows)
             specs = model.outputs
             outputs = [Tensor(specs[i].name, specs[i].datatype, results[i]) for i in wanted]
             return InferResponse(request.model, deployment.version, outputs, request.id)

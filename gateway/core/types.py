@@ -41,6 +41,7 @@ class InferRequest:
     outputs: list[str] | None = None
     timeout: float | None = None
     protocol: str = "http"
+    routing_key: str | None = None  # sticky traffic assignment (canaries) when given
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,14 +56,37 @@ class InferResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """One version of a model as the gateway serves it: its stage in the registry, its
+    lifecycle state, its traffic share, and why it failed to load, if it did."""
+
+    version: str
+    stage: str
+    state: str
+    traffic: float | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "stage": self.stage,
+            "state": self.state,
+            "traffic": self.traffic,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ModelMetadata:
-    """What `/v2/models/{m}` and gRPC ModelMetadata report."""
+    """What `/v2/models/{m}` and gRPC ModelMetadata report (`status` only over HTTP, as an
+    extra field V2 clients ignore)."""
 
     name: str
     versions: tuple[str, ...]
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    status: tuple[VersionStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,9 @@ def _version(value: str) -> str | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The V2 gRPC service over the shared `InferenceService`."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, routing_key: str = "x-routing-key") -> None:
         self._service = service
+        self._routing_key = routing_key
 
     @_mapped
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -131,6 +132,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             infer_request.timeout is None or remaining < infer_request.timeout
         ):
             infer_request.timeout = remaining
+        key = self._routing_key
+        for metadatum in context.invocation_metadata() or ():
+            if metadatum[0] == key:
+                value = metadatum[1]
+                infer_request.routing_key = value if isinstance(value, str) else value.decode()
+                break
         response = await self._service.infer(infer_request)
         return codec.encode_infer_response(response, raw)
 
@@ -226,7 +233,9 @@ class GrpcFrontend:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        add_inference_service(InferenceServicer(self._service), server)
+        add_inference_service(
+            InferenceServicer(self._service, self._settings.routing_key_header), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),

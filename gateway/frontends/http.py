@@ -50,9 +50,15 @@ class HttpError(Exception):
 class HttpFrontend:
     """The ASGI application; one per server, sharing the service with the gRPC front end."""
 
-    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        max_body_bytes: int,
+        routing_key_header: str = "x-routing-key",
+    ) -> None:
         self._service = service
         self._max_body = max_body_bytes
+        self._routing_key = routing_key_header.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -129,6 +135,7 @@ class HttpFrontend:
         header_length = _int_header(headers, _HEADER_LENGTH)
         request, encoding = v2_http.decode_infer_request(body, header_length, model, version)
         _apply_timeout_header(request, headers)
+        self._apply_routing_key(request, headers)
         response = await self._service.infer(request)
         out, json_length = v2_http.encode_infer_response(response, encoding)
         if json_length is None:
@@ -150,8 +157,14 @@ class HttpFrontend:
         inputs = self._service.model_metadata(model, None).inputs
         request = v1.decode_predict_request(body, model, None, inputs)
         _apply_timeout_header(request, headers)
+        self._apply_routing_key(request, headers)
         response = await self._service.infer(request)
         return 200, v1.encode_predict_response(response), _JSON
+
+    def _apply_routing_key(self, request: InferRequest, headers: dict[bytes, bytes]) -> None:
+        key = headers.get(self._routing_key)
+        if key is not None:
+            request.routing_key = key.decode("latin-1")
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         declared = _int_header(headers, b"content-length")

@@ -1,0 +1,211 @@
+"""The rollout guard: archives a canary or shadow that does worse than production.
+
+Off by default; `guard_enabled` per model (see `GuardSettings`). Once a second it takes a
+snapshot of each watched version's cumulative counters — the request outcomes and latency
+histogram the metrics already keep, and the shadow comparison totals — and judges the
+difference across a sliding window, so the request path pays nothing for it:
+
+- a canary whose server-side error rate exceeds `guard_max_error_rate`, or whose p99
+  latency exceeds `guard_max_p99_ratio` times production's over the same window;
+- a shadow whose label outputs disagree with production's on more than
+  `guard_max_disagreement` of rows.
+
+A version that trips a rule is moved to `archived` through the registry (actor
+`modelgate-guard`, the rule and figures as the reason), and the gateway follows as it does
+for any stage change. Client mistakes (invalid input, unknown names) are not the version's
+fault and do not count as errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.core.deployments import Deployment, Deployments
+from gateway.core.errors import ErrorCode
+from gateway.core.shadow import ShadowMirror
+from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.settings import GuardSettings, ServerSettings
+from registry.client import RegistryClient
+from registry.types import Stage
+
+log = logging.getLogger(__name__)
+
+ACTOR = "modelgate-guard"
+_SERVER_ERRORS = frozenset(
+    code.value
+    for code in (
+        ErrorCode.INTERNAL,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.DEADLINE_EXCEEDED,
+        ErrorCode.RESOURCE_EXHAUSTED,
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """Cumulative counters of one version at one moment."""
+
+    at: float
+    requests: int
+    errors: int
+    latency: np.ndarray  # histogram bucket counts over LATENCY_BUCKETS (+Inf last)
+    agree: int
+    disagree: int
+
+    def minus(self, earlier: _Totals) -> _Totals:
+        return _Totals(
+            self.at - earlier.at,
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            self.latency - earlier.latency,
+            self.agree - earlier.agree,
+            self.disagree - earlier.disagree,
+        )
+
+    def p99(self) -> float:
+        """The upper bound of the bucket holding the 99th percentile (inf past the last)."""
+        total = int(self.latency.sum())
+        if total == 0:
+            return 0.0
+        index = int(np.searchsorted(np.cumsum(self.latency), 0.99 * total, side="left"))
+        return LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else float("inf")
+
+
+class RolloutGuard:
+    """Watches canaries and shadows of guarded models; archives the ones that misbehave."""
+
+    def __init__(
+        self,
+        deployments: Deployments,
+        mirror: ShadowMirror,
+        registry: RegistryClient,
+        settings: ServerSettings,
+        metrics: Metrics,
+    ) -> None:
+        self._deployments = deployments
+        self._mirror = mirror
+        self._registry = registry
+        self._settings = settings
+        self._metrics = metrics
+        self._history: dict[Deployment, deque[_Totals]] = {}
+        self._tripped: set[Deployment] = set()
+
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for deployment, rule, reason in self.check(time.monotonic()):
+                await self._archive(deployment, rule, reason)
+
+    def check(self, now: float) -> list[tuple[Deployment, str, str]]:
+        """Record a snapshot of every watched version; the versions to archive, and why."""
+        verdicts = []
+        watched: set[Deployment] = set()
+        for name in self._deployments.names():
+            guard = self._settings.for_model(name).guard
+            routes = self._deployments.routes(name)
+            if not guard.guard_enabled or routes is None or routes.primary is None:
+                continue
+            primary = routes.primary
+            canaries = [a.target for a in routes.split.arms if a.target is not primary]
+            shadows = [d for d, _ in routes.shadows]
+            for deployment in [primary, *canaries, *shadows]:
+                watched.add(deployment)
+                self._record(deployment, now, guard)
+            production = self._window(primary)
+            for canary in canaries:
+                verdict = self._judge_canary(canary, production, guard)
+                if verdict is not None:
+                    verdicts.append((canary, *verdict))
+            for shadow in shadows:
+                verdict = self._judge_shadow(shadow, guard)
+                if verdict is not None:
+                    verdicts.append((shadow, *verdict))
+        for gone in set(self._history) - watched:
+            del self._history[gone]
+        return [v for v in verdicts if v[0] not in self._tripped]
+
+    def _record(self, deployment: Deployment, now: float, guard: GuardSettings) -> None:
+        requests = errors = 0
+        latency = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
+        for (_, outcome), observations in dict(deployment.metrics.outcomes).items():
+            counts, _ = observations.snapshot()
+            n = int(counts.sum())
+            requests += n
+            if outcome in _SERVER_ERRORS:
+                errors += n
+            latency += counts
+        stats = self._mirror.stats(deployment.name, deployment.version)
+        totals = _Totals(now, requests, errors, latency, stats.agree_rows, stats.disagree_rows)
+        history = self._history.setdefault(deployment, deque())
+        history.append(totals)
+        while len(history) > 2 and now - history[1].at >= guard.guard_window_seconds:
+            history.popleft()
+
+    def _window(self, deployment: Deployment) -> _Totals | None:
+        history = self._history.get(deployment)
+        if not history or len(history) < 2:
+            return None
+        return history[-1].minus(history[0])
+
+    def _judge_canary(
+        self, canary: Deployment, production: _Totals | None, guard: GuardSettings
+    ) -> tuple[str, str] | None:
+        window = self._window(canary)
+        if window is None or window.requests < guard.guard_min_requests:
+            return None
+        error_rate = window.errors / window.requests
+        if error_rate > guard.guard_max_error_rate:
+            return "error_rate", (
+                f"error rate {error_rate:.1%} over {window.requests} requests in "
+                f"{window.at:.0f} s exceeds {guard.guard_max_error_rate:.1%}"
+            )
+        if production is not None and production.requests >= guard.guard_min_requests:
+            ours, theirs = window.p99(), production.p99()
+            if theirs > 0 and ours > guard.guard_max_p99_ratio * theirs:
+                return "p99_latency", (
+                    f"p99 latency {ours * 1000:.1f} ms exceeds {guard.guard_max_p99_ratio:g}x "
+                    f"production's {theirs * 1000:.1f} ms over {window.at:.0f} s"
+                )
+        return None
+
+    def _judge_shadow(self, shadow: Deployment, guard: GuardSettings) -> tuple[str, str] | None:
+        window = self._window(shadow)
+        if window is None:
+            return None
+        rows = window.agree + window.disagree
+        if rows < guard.guard_min_requests:
+            return None
+        rate = window.disagree / rows
+        if rate > guard.guard_max_disagreement:
+            return "disagreement", (
+                f"disagrees with production on {rate:.1%} of {rows} rows in {window.at:.0f} s "
+                f"(limit {guard.guard_max_disagreement:.1%})"
+            )
+        return None
+
+    async def _archive(self, deployment: Deployment, rule: str, reason: str) -> None:
+        name, version = deployment.name, deployment.version
+        self._tripped.add(deployment)
+        log.warning("rollout guard: archiving %s v%s: %s", name, version, reason)
+        try:
+            await asyncio.to_thread(
+                self._registry.transition,
+                name,
+                int(version),
+                Stage.ARCHIVED,
+                actor=ACTOR,
+                reason=f"rollout guard ({rule}): {reason}",
+            )
+        except Exception as exc:
+            log.error("rollout guard could not archive %s v%s: %s", name, version, exc)
+            self._tripped.discard(deployment)  # try again on the next check
+            return
+        self._metrics.guard_rollbacks.labels(name, version, rule).inc()
+        await self._deployments.refresh()

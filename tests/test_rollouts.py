@@ -1,0 +1,376 @@
+"""The gateway follows the registry: canaries, promotion, rollback, shadows, staging, failed
+loads, an unreachable registry and the rollout guard — on a real gateway and real store."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import modelzoo
+from conftest import running, sample, scrape
+from gateway.server import Gateway
+from gateway.settings import GuardSettings, ModelServingSettings, ServerSettings
+from registry.errors import UnavailableError
+from registry.store import RegistryStore
+from registry.types import Stage
+
+FEATURES = modelzoo.FEATURES
+
+
+@pytest.fixture
+def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """One classifier: v1 in production, v2 registered (same kind of model), v3 a model
+    that disagrees with v1 on most rows."""
+    registry = RegistryStore(tmp_path / "store")
+    registry.register("clf", model_files["classifier"], stage=Stage.PRODUCTION, actor="t")
+    registry.register("clf", model_files["classifier"], actor="t")
+    registry.register("clf", modelzoo.classifier(first=4), actor="t")
+    return registry
+
+
+@pytest.fixture
+def settings(store: RegistryStore) -> ServerSettings:
+    return ServerSettings(
+        store=store.root, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
+        drain_delay=0.0, drain_seconds=5.0, poll_interval=0.05,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def client(gw: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    assert gw.addresses is not None
+    async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+        yield http
+
+
+def _body(rows: int = 1, seed: int = 0) -> dict[str, object]:
+    x = np.random.default_rng(seed).normal(size=(rows, FEATURES)).astype(np.float32)
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, FEATURES],
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+
+
+async def _infer(
+    http: httpx.AsyncClient, key: str | None = None, version: str | None = None, seed: int = 0
+) -> httpx.Response:
+    path = "/v2/models/clf" + (f"/versions/{version}" if version else "") + "/infer"
+    headers = {"x-routing-key": key} if key is not None else {}
+    return await http.post(path, json=_body(seed=seed), headers=headers)
+
+
+async def _answered_by(http: httpx.AsyncClient, key: str | None = None) -> str:
+    response = await _infer(http, key)
+    assert response.status_code == 200, response.text
+    return str(response.json()["model_version"])
+
+
+async def _eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def _stage_of(http: httpx.AsyncClient, version: str) -> dict[str, object]:
+    status = (await http.get("/v2/models/clf")).json()["status"]
+    return next((s for s in status if s["version"] == version), {})
+
+
+async def test_canary_takes_its_share_and_keys_stay_put(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    async with running(settings, store) as gw, client(gw) as http:
+        assert await _answered_by(http) == "1"
+        store.transition("clf", 2, Stage.CANARY, traffic=30, actor="t")
+
+        async def canary_serving() -> bool:
+            return (await _stage_of(http, "2")).get("traffic") == 30.0
+
+        await _eventually(canary_serving)
+        counts = collections.Counter([await _answered_by(http) for _ in range(600)])
+        assert set(counts) == {"1", "2"}
+        assert counts["2"] / 600 == pytest.approx(0.30, abs=0.07)
+
+        pinned = {f"user-{i}": await _answered_by(http, f"user-{i}") for i in range(60)}
+        assert {await _answered_by(http, k) for k in pinned for _ in range(2)} <= {"1", "2"}
+        for key, version in pinned.items():
+            assert await _answered_by(http, key) == version
+
+        store.transition("clf", 2, Stage.CANARY, traffic=80, actor="t")
+
+        async def raised() -> bool:
+            return (await _stage_of(http, "2")).get("traffic") == 80.0
+
+        await _eventually(raised)
+        for key, version in pinned.items():
+            moved_to = await _answered_by(http, key)
+            assert moved_to == version or (version, moved_to) == ("1", "2")
+
+        samples = await scrape(gw)
+        assert sample(samples, "modelgate_traffic_share_percent", model="clf", version="2",
+                      role="canary") == 80.0  # fmt: skip
+        assert sample(samples, "modelgate_traffic_share_percent", model="clf", version="1",
+                      role="primary") == 20.0  # fmt: skip
+
+
+async def test_promotion_and_rollback_swap_without_failures(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    async with running(settings, store) as gw, client(gw) as http:
+        failures: list[str] = []
+        seen: list[str] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                response = await _infer(http)
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    seen.append(str(response.json()["model_version"]))
+
+        workers = [asyncio.create_task(load()) for _ in range(8)]
+        try:
+            store.transition("clf", 2, Stage.PRODUCTION, actor="t")
+            await _eventually(lambda: seen and seen[-1] == "2")
+            # v1 was archived: it drains, unloads and is gone from the model's versions.
+            await _eventually(
+                lambda: "1" not in [d.version for d in gw.deployments.versions_of("clf")]
+            )
+            store.transition("clf", 1, Stage.PRODUCTION, actor="t")  # rollback: reload v1
+            await _eventually(lambda: seen[-1] == "1")
+            await asyncio.sleep(0.3)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        assert failures == []
+        assert {"1", "2"} <= set(seen)
+        assert (await _infer(http, version="2")).status_code == 404
+        samples = await scrape(gw)
+        assert sample(samples, "modelgate_model_loaded", model="clf", version="2") == 0
+
+
+async def test_keep_leaves_the_old_version_in_staging_for_explicit_requests(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 2, Stage.PRODUCTION, keep=True, actor="t")
+
+        async def promoted() -> bool:
+            return await _answered_by(http) == "2"
+
+        await _eventually(promoted)
+        assert {await _answered_by(http) for _ in range(50)} == {"2"}
+        response = await _infer(http, version="1")
+        assert response.status_code == 200
+        assert response.json()["model_version"] == "1"
+        assert (await _stage_of(http, "1"))["stage"] == "staging"
+        assert gw.service.ready()
+
+
+async def test_shadow_is_compared_but_never_answers(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 3, Stage.SHADOW, traffic=100, actor="t")
+
+        async def shadowing() -> bool:
+            return (await _stage_of(http, "3")).get("state") == "READY" and bool(
+                gw.deployments.shadows("clf")
+            )
+
+        await _eventually(shadowing)
+        versions = {
+            str(
+                (await http.post("/v2/models/clf/infer", json=_body(rows=4, seed=i))).json()[
+                    "model_version"
+                ]
+            )
+            for i in range(100)
+        }
+        assert versions == {"1"}
+
+        async def compared() -> bool:
+            samples = await scrape(gw)
+            return sample(samples, "modelgate_shadow_requests_total", model="clf", version="3",
+                          outcome="compared") == 100  # fmt: skip
+
+        await _eventually(compared)
+        samples = await scrape(gw)
+        agree = sample(samples, "modelgate_shadow_agreement_rows_total", model="clf",
+                       version="3", output="label", result="agree")  # fmt: skip
+        disagree = sample(samples, "modelgate_shadow_agreement_rows_total", model="clf",
+                          version="3", output="label", result="disagree")  # fmt: skip
+        assert agree + disagree == 400
+        assert disagree > 100  # v3 decides on other features
+        assert sample(samples, "modelgate_shadow_abs_diff_count", model="clf", version="3",
+                      output="probabilities") == 400  # fmt: skip
+        assert sample(samples, "modelgate_shadow_duration_seconds_count", model="clf",
+                      version="3") == 100  # fmt: skip
+        # A request addressed to the shadow version is still answered by it.
+        assert (await _infer(http, version="3")).json()["model_version"] == "3"
+
+
+async def test_staging_is_loaded_but_takes_no_live_traffic(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 2, Stage.STAGING, actor="t")
+
+        async def loaded() -> bool:
+            return (await _infer(http, version="2")).status_code == 200
+
+        await _eventually(loaded)
+        assert {await _answered_by(http) for _ in range(100)} == {"1"}
+
+
+async def test_a_version_that_fails_to_load_leaves_routing_alone(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    record = store.get("clf", 3)
+    artifact = store.root / "artifacts" / "sha256" / record.sha256
+    artifact.write_bytes(artifact.read_bytes()[:-10])  # damaged on disk after registration
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 3, Stage.PRODUCTION, actor="t")
+
+        async def failed() -> bool:
+            return (await _stage_of(http, "3")).get("state") == "FAILED"
+
+        await _eventually(failed)
+        status = await _stage_of(http, "3")
+        assert "sha256" in str(status["error"])
+        assert {await _answered_by(http) for _ in range(50)} == {"1"}
+        assert (await _stage_of(http, "1"))["stage"].startswith("production")
+        response = await _infer(http, version="3")
+        assert response.status_code == 503
+        samples = await scrape(gw)
+        assert sample(samples, "modelgate_model_load_failures_total", model="clf",
+                      version="3") >= 1  # fmt: skip
+
+
+class _FlakyRegistry:
+    """The real store behind a switch that makes every read fail as a network error would."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self.store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: object, **kwargs: object) -> object:
+            if self.down:
+                raise UnavailableError("registry unreachable (test)")
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+async def test_an_unreachable_registry_leaves_serving_alone(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    flaky = _FlakyRegistry(store)
+    gw = Gateway(settings, flaky)  # type: ignore[arg-type]
+    await gw.start()
+    try:
+        await gw.wait_loaded()
+        async with client(gw) as http:
+            flaky.down = True
+            store.transition("clf", 2, Stage.PRODUCTION, actor="t")
+            await _eventually(lambda: _polls(gw, "error") >= 2)
+            assert {await _answered_by(http) for _ in range(20)} == {"1"}
+            flaky.down = False
+
+            async def caught_up() -> bool:
+                return await _answered_by(http) == "2"
+
+            await _eventually(caught_up, timeout=15)
+    finally:
+        await gw.stop()
+
+
+async def test_the_guard_archives_a_disagreeing_shadow(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    guard = GuardSettings(guard_enabled=True, guard_min_requests=50, guard_window_seconds=30)
+    settings = dataclasses.replace(
+        settings, model_overrides={"clf": ModelServingSettings(guard=guard)}
+    )
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 3, Stage.SHADOW, traffic=100, actor="t")
+        await _eventually(lambda: bool(gw.deployments.shadows("clf")))
+        for i in range(40):
+            await http.post("/v2/models/clf/infer", json=_body(rows=4, seed=i))
+
+        def archived() -> bool:
+            return store.get("clf", 3).stage is Stage.ARCHIVED
+
+        await _eventually(archived, timeout=15)
+        last = store.history("clf")[-1]
+        assert (last.version, last.to_stage, last.actor) == (3, Stage.ARCHIVED, "modelgate-guard")
+        assert "disagree" in last.reason
+        await _eventually(lambda: not gw.deployments.shadows("clf"))
+        assert (
+            gw.metrics.registry.get_sample_value(
+                "modelgate_guard_rollbacks_total",
+                {"model": "clf", "version": "3", "rule": "disagreement"},
+            )
+            == 1
+        )
+
+
+async def test_the_guard_archives_a_canary_that_times_out(
+    settings: ServerSettings, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    store = RegistryStore(tmp_path / "slow")
+    store.register("clf", modelzoo.echo("FP32", width=4), stage=Stage.PRODUCTION, actor="t")
+    store.register("clf", modelzoo.slow(width=4), actor="t")
+    guard = GuardSettings(guard_enabled=True, guard_min_requests=20, guard_max_error_rate=0.2)
+    settings = dataclasses.replace(
+        settings, store=store.root, model_overrides={"clf": ModelServingSettings(guard=guard)}
+    )
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 2, Stage.CANARY, traffic=50, actor="t")
+        await _eventually(lambda: len(gw.deployments.routes("clf").split.arms) == 2)  # type: ignore[union-attr]
+        body = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]
+        }
+        headers = {"x-request-timeout-ms": "20"}
+        for _ in range(120):
+            await http.post("/v2/models/clf/infer", json=body, headers=headers)
+            if store.get("clf", 2).stage is Stage.ARCHIVED:
+                break
+        await _eventually(lambda: store.get("clf", 2).stage is Stage.ARCHIVED, timeout=15)
+        reason = store.history("clf")[-1].reason
+        assert "error rate" in reason
+
+
+def _polls(gw: Gateway, outcome: str) -> float:
+    value = gw.metrics.registry.get_sample_value(
+        "modelgate_registry_polls_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+def _loaded_versions(gw: Gateway) -> list[str]:
+    return [d.version for d in gw.deployments.versions_of("clf")]
+
+
+def _share(gw: Gateway, version: str) -> float | None:
+    return next((s.traffic for s in gw.deployments.status("clf") if s.version == version), None)
