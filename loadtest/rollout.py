@@ -14,7 +14,7 @@ and each stage change is judged from the record:
 - dip: the worst 250 ms throughput within 3 s of the change, against the median of the
   2 s before it.
 
-    python -m loadtest.rollout [--clients 8] [--grpc-clients 2] [--markdown]
+    python -m loadtest.rollout [--clients 6] [--grpc-clients 2] [--via cli|api] [--markdown]
 
 The test suite runs the same scenario (tests/test_rollout_under_load.py) and asserts on it.
 """
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import random
 import sys
 import tempfile
@@ -170,8 +169,22 @@ class Load:
         self._stop.set()
 
 
-async def transition(store: Path, model: str, step: Step) -> float:
-    """`modelgate registry transition` in a subprocess; returns the audit record's time."""
+async def transition(store: Path, model: str, step: Step, via: str = "cli") -> float:
+    """Apply `step` with `modelgate registry transition` in a subprocess (`via="cli"`), or
+    through the registry API in this process (`via="api"`: no process start-up competing
+    for the CPU); returns the audit record's time."""
+    if via == "api":
+        registry = RegistryStore(store)
+        stage = Stage.parse(step.stage)
+        await asyncio.to_thread(
+            registry.transition,
+            model,
+            step.version,
+            stage,
+            traffic=step.traffic,
+            actor="rollout-script",
+        )
+        return registry.history(model)[-1].at
     argv = [sys.executable, "-m", "gateway.cli", "registry", "--store", str(store), "transition",
             model, str(step.version), step.stage, "--actor", "rollout-script"]  # fmt: skip
     if step.traffic is not None:
@@ -282,6 +295,7 @@ async def drive(
     grpc_clients: int = 2,
     baseline: float = 3.0,
     step_timeout: float = 60.0,
+    via: str = "cli",
 ) -> tuple[Report, list[Answer]]:
     """Run the load, apply `steps` one after another, and judge them."""
     load = Load(http, grpc_address, model, features)
@@ -293,7 +307,7 @@ async def drive(
         for step in steps:
             if running.done():
                 running.result()
-            changed = await transition(store, model, step)
+            changed = await transition(store, model, step, via)
             changes.append(changed)
             await _settle(load, changed, step, live, step_timeout)
             live = step.live
@@ -353,7 +367,7 @@ async def _main(args: argparse.Namespace) -> int:
             server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
             report, _ = await drive(
                 root, "light", http, grpc_address, FEATURES, default_steps(),
-                http_clients=args.clients, grpc_clients=args.grpc_clients,
+                http_clients=args.clients, grpc_clients=args.grpc_clients, via=args.via,
             )  # fmt: skip
         finally:
             server.stop()
@@ -368,11 +382,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=6, help="HTTP clients")
     parser.add_argument("--grpc-clients", type=int, default=2)
+    parser.add_argument(
+        "--via",
+        choices=("cli", "api"),
+        default="cli",
+        help="change stages with the CLI in a subprocess, or the registry API in-process",
+    )
     parser.add_argument("--out", help="also write the JSON report here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
-    if os.environ.get("MODELGATE_STORE"):
-        print("note: MODELGATE_* variables are ignored; the gateway runs on defaults")
     return asyncio.run(_main(args))
 
 
