@@ -1,0 +1,701 @@
+"""The registry over HTTP/JSON (`modelgate registry serve`), for gateways on other machines.
+
+Gateways pull with `modelgate serve --registry http://host:port` (registry/remote.py). All
+paths are under /api/v1; names and versions are path segments, percent-encoded by clients.
+
+    GET  /generation                               {"generation": "..."}
+    GET  /models[?name=N]                          {"versions": [ModelVersion...]}
+    GET  /models/{name}/versions                   {"versions": [ModelVersion...]} of one model
+    GET  /models/{name}/versions/{v}               ModelVersion
+    GET  /history[?name=N]                         {"transitions": [Transition...]}, oldest first
+    GET  /artifacts/{sha256}                       the model bytes (application/octet-stream)
+    HEAD /artifacts/{sha256}                       200 if registered or uploaded, else 404
+    PUT  /artifacts/{sha256}        write          body = the model bytes; 201 {"sha256", "size"}
+    POST /models/{name}/versions    write          {"sha256", "stage", "traffic", "description",
+                                                    "tags", "reference", "actor"} -> 201 version
+    POST /models/{name}/versions/{v}/transition  write
+                                                   {"stage", "traffic", "keep", "reason",
+                                                    "actor"} -> 200 version
+
+Registering is two requests: PUT the artifact (the server refuses a body whose sha256
+differs from the path's), then POST the version naming that sha256. An uploaded artifact
+waits in the server's own `.incoming-*` folder in the store directory until a version is
+registered from it; the folder goes when the server stops. Registering a file the registry
+already holds needs no upload (HEAD tells).
+
+Authentication is a bearer token from `--token-file` (one `name:secret` or bare `secret`,
+named "token", per line; blank lines and `#` comments ignored). Writes always need one;
+without a token file the registry is read-only. `--protect-reads` needs one for reads too.
+The audit actor of a write is the token's name; a client's `actor` field, when it names
+someone else, is recorded as "token-name (on behalf of actor)": the token is who
+authenticated, the rest is what that caller claims.
+
+Errors are `{"error": "..."}` with: 400 invalid request, bad JSON or sha256, unknown field;
+401 no token / 403 wrong token or read-only registry (both with `WWW-Authenticate: Bearer`);
+404 unknown model, version, artifact or endpoint; 405 wrong method; 409 conflict with the
+registry's state; 413 body over the limit (1 GiB artifacts, 1 MiB JSON); 502 a stored
+artifact that no longer matches its sha256; 503 the store is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, unquote
+
+import orjson
+import uvicorn
+
+from registry.client import RegistryClient
+from registry.errors import (
+    ArtifactIntegrityError,
+    AuthError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RegistryError,
+    UnavailableError,
+)
+from registry.signature import InvalidModelError
+from registry.types import ModelVersion, Stage
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+MAX_ARTIFACT_BYTES = 1 << 30
+MAX_JSON_BYTES = 1 << 20
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidRequestError, 400),
+    (InvalidModelError, 400),
+    (AuthError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (ArtifactIntegrityError, 502),
+    (UnavailableError, 503),
+    (RegistryError, 500),
+)
+
+_JSON = [(b"content-type", b"application/json")]
+_OCTETS = [(b"content-type", b"application/octet-stream")]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Uploads reach the disk in slices this big, each written (and hashed) in a worker thread.
+_WRITE_SLICE = 4 << 20
+
+
+class HttpError(Exception):
+    """An error only HTTP has (401, 405, 413 ...): status, message and extra headers."""
+
+    def __init__(
+        self, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A bearer token allowed to write (and read): its name goes into the audit trail."""
+
+    name: str
+    secret: str
+
+
+def load_tokens(path: Path) -> tuple[ApiToken, ...]:
+    """The tokens of a token file: `name:secret` or a bare `secret` (named "token") a line."""
+    tokens: list[ApiToken] = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        if not sep:
+            name, secret = "token", line
+        name, secret = name.strip(), secret.strip()
+        if not name or not secret:
+            raise ValueError(f"{path}:{number}: expected 'name:secret' or a bare secret")
+        if any(hmac.compare_digest(secret, t.secret) for t in tokens):
+            raise ValueError(f"{path}:{number}: this secret is already listed")
+        tokens.append(ApiToken(name, secret))
+    if not tokens:
+        raise ValueError(f"{path}: no tokens in the file")
+    return tuple(tokens)
+
+
+class Access:
+    """Who may read and who may write: bearer tokens checked in constant time."""
+
+    def __init__(self, tokens: Sequence[ApiToken], *, protect_reads: bool) -> None:
+        if protect_reads and not tokens:
+            raise ValueError("protecting reads needs tokens (--token-file)")
+        self._tokens = tuple(tokens)
+        self._protect_reads = protect_reads
+
+    def check(self, headers: dict[bytes, bytes], *, write: bool) -> str | None:
+        """The caller's token name; None for an anonymous read. HttpError 401/403 otherwise."""
+        if write and not self._tokens:
+            raise HttpError(
+                403,
+                "this registry is read-only: start it with --token-file",
+                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
+            )
+        if not write and not self._protect_reads:
+            return None
+        scheme, _, secret = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            what = "writes" if write else "reads"
+            raise HttpError(
+                401,
+                f"this registry needs a bearer token for {what} (Authorization: Bearer ...)",
+                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
+            )
+        name = None
+        # No early exit: every token is compared, so timing tells nothing about which matched.
+        for token in self._tokens:
+            if hmac.compare_digest(secret.strip().encode(), token.secret.encode()):
+                name = token.name
+        if name is None:
+            raise HttpError(
+                403,
+                "the bearer token is not valid for this registry",
+                [
+                    (
+                        b"www-authenticate",
+                        b'Bearer realm="modelgate-registry", error="invalid_token"',
+                    )
+                ],
+            )
+        return name
+
+
+# --- the application ----------------------------------------------------------------------
+
+
+class RegistryApp:
+    """The ASGI application serving one `RegistryClient` (usually the embedded store)."""
+
+    def __init__(
+        self,
+        registry: RegistryClient,
+        incoming: Path,
+        access: Access,
+        *,
+        max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
+        max_json_bytes: int = MAX_JSON_BYTES,
+    ) -> None:
+        self._registry = registry
+        self._incoming = incoming
+        self._access = access
+        self._max_artifact = max_artifact_bytes
+        self._max_json = max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body, headers = await self._route(scope, receive)
+        except HttpError as exc:
+            status, body, headers = exc.status, _error(exc.message), _JSON + exc.headers
+        except (RegistryError, InvalidModelError) as exc:
+            status, body, headers = _status_of(exc), _error(str(exc)), _JSON
+        except Exception:
+            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+            status, body, headers = 500, _error("internal error"), _JSON
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    async def _route(self, scope: Scope, receive: Receive) -> Response:
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        # Split before decoding, so an encoded "/" in a name cannot change the route.
+        parts = [unquote(p) for p in raw_path.decode("latin-1").strip("/").split("/")]
+        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+            raise HttpError(404, f"no such endpoint: {method} {scope['path']}")
+        parts = parts[2:]
+        headers = dict(scope["headers"])
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        write = method in ("PUT", "POST")
+        allowed = _allowed_methods(parts)
+        if not allowed:
+            raise HttpError(404, f"no such endpoint: {method} {scope['path']}")
+        if method not in allowed:
+            raise HttpError(
+                405,
+                f"method {method} not allowed on {scope['path']} (allowed: {', '.join(allowed)})",
+                [(b"allow", ", ".join(allowed).encode())],
+            )
+        caller = self._access.check(headers, write=write)
+        if write:
+            assert caller is not None
+            if parts[0] == "artifacts":
+                return await self._put_artifact(receive, headers, _sha256(parts[1]))
+            body = await self._read_json(receive, headers)
+            if len(parts) == 3:
+                return await self._register(parts[1], body, caller)
+            return await self._transition(parts[1], _version(parts[3]), body, caller)
+        return await self._read(method, parts, query)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def _read(self, method: str, parts: list[str], query: dict[str, list[str]]) -> Response:
+        registry = self._registry
+        head = parts[0]
+        if head == "generation":
+            generation = await asyncio.to_thread(registry.generation)
+            return _json(200, {"generation": generation})
+        if head == "history":
+            transitions = await asyncio.to_thread(registry.history, _name_param(query))
+            return _json(200, {"transitions": [t.to_json() for t in transitions]})
+        if head == "artifacts":
+            sha = _sha256(parts[1])
+            if method == "HEAD":
+                return await self._head_artifact(sha)
+            version = await self._version_with(sha)
+            data = await asyncio.to_thread(registry.read_artifact, version)
+            return 200, data, _OCTETS
+        if len(parts) == 1:
+            versions = await asyncio.to_thread(registry.list_versions, _name_param(query))
+            return _json(200, {"versions": [v.to_json() for v in versions]})
+        if len(parts) == 3:
+            versions = await asyncio.to_thread(registry.list_versions, parts[1])
+            if not versions:
+                raise NotFoundError(f"unknown model {parts[1]!r}")
+            return _json(200, {"versions": [v.to_json() for v in versions]})
+        version = await asyncio.to_thread(registry.get, parts[1], _version(parts[3]))
+        return _json(200, version.to_json())
+
+    async def _version_with(self, sha: str) -> ModelVersion:
+        versions = await asyncio.to_thread(self._registry.list_versions, None)
+        for version in versions:
+            if version.sha256 == sha:
+                return version
+        raise NotFoundError(f"no registered version has the artifact {sha}")
+
+    async def _head_artifact(self, sha: str) -> Response:
+        staged = await asyncio.to_thread((self._incoming / sha).is_file)
+        if not staged:
+            await self._version_with(sha)
+        return 200, b"", _OCTETS
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def _put_artifact(
+        self, receive: Receive, headers: dict[bytes, bytes], sha: str
+    ) -> Response:
+        declared = _content_length(headers)
+        if declared is not None and declared > self._max_artifact:
+            raise HttpError(
+                413, f"artifact of {declared} bytes exceeds the limit of {self._max_artifact}"
+            )
+        await asyncio.to_thread(self._incoming.mkdir, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._incoming, prefix=".tmp-")
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as file:
+                pending: list[bytes] = []
+                pending_size = 0
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise HttpError(400, "the client went away during the upload")
+                    chunk: bytes = message.get("body", b"")
+                    more = bool(message.get("more_body"))
+                    size += len(chunk)
+                    if size > self._max_artifact:
+                        raise HttpError(
+                            413, f"artifact exceeds the limit of {self._max_artifact} bytes"
+                        )
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= _WRITE_SLICE or not more:
+                        await asyncio.to_thread(_write_slice, file, hasher, pending, not more)
+                        pending, pending_size = [], 0
+            actual = hasher.hexdigest()
+            if actual != sha:
+                raise HttpError(400, f"the body's sha256 is {actual}, not the {sha} of the path")
+            await asyncio.to_thread(os.replace, tmp, self._incoming / sha)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return _json(201, {"sha256": sha, "size": size})
+
+    async def _register(self, name: str, body: dict[str, Any], caller: str) -> Response:
+        fields = _fields(
+            body,
+            sha256=(str, None),
+            stage=(str, "none"),
+            traffic=((int, float, type(None)), None),
+            description=(str, ""),
+            tags=(dict, {}),
+            reference=((dict, type(None)), None),
+            actor=(str, ""),
+        )
+        if fields["sha256"] is None:
+            raise InvalidRequestError("'sha256' is required: the artifact uploaded before")
+        sha = _sha256(fields["sha256"])
+        tags = fields["tags"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise InvalidRequestError("'tags' must map strings to strings")
+        stage = _stage(fields["stage"])
+        data = await self._artifact_bytes(sha)
+        version = await asyncio.to_thread(
+            self._registry.register,
+            name,
+            data,
+            stage=stage,
+            traffic=_traffic(fields["traffic"]),
+            description=fields["description"],
+            tags=tags,
+            reference=fields["reference"],
+            actor=_actor(caller, fields["actor"]),
+        )
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self._incoming / sha)
+        log.info("registered %s v%d (%s) by %s", name, version.version, stage.value, caller)
+        return _json(201, version.to_json())
+
+    async def _artifact_bytes(self, sha: str) -> bytes:
+        """An uploaded artifact, or a registered one (registering the same file again)."""
+        try:
+            data = await asyncio.to_thread((self._incoming / sha).read_bytes)
+        except FileNotFoundError:
+            try:
+                version = await self._version_with(sha)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"artifact {sha} has not been uploaded: PUT /api/v1/artifacts/{sha} first"
+                ) from None
+            return await asyncio.to_thread(self._registry.read_artifact, version)
+        if await asyncio.to_thread(_sha256_of, data) != sha:
+            raise ArtifactIntegrityError(f"uploaded artifact {sha} changed on the server's disk")
+        return data
+
+    async def _transition(
+        self, name: str, number: int, body: dict[str, Any], caller: str
+    ) -> Response:
+        fields = _fields(
+            body,
+            stage=(str, None),
+            traffic=((int, float, type(None)), None),
+            keep=(bool, False),
+            reason=(str, ""),
+            actor=(str, ""),
+        )
+        if fields["stage"] is None:
+            raise InvalidRequestError("'stage' is required")
+        stage = _stage(fields["stage"])
+        version = await asyncio.to_thread(
+            self._registry.transition,
+            name,
+            number,
+            stage,
+            traffic=_traffic(fields["traffic"]),
+            actor=_actor(caller, fields["actor"]),
+            reason=fields["reason"],
+            keep=fields["keep"],
+        )
+        log.info("moved %s v%d to %s by %s", name, number, stage.value, caller)
+        return _json(200, version.to_json())
+
+    async def _read_json(self, receive: Receive, headers: dict[bytes, bytes]) -> dict[str, Any]:
+        declared = _content_length(headers)
+        if declared is not None and declared > self._max_json:
+            raise HttpError(413, f"body of {declared} bytes exceeds the limit of {self._max_json}")
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            chunk: bytes = message.get("body", b"")
+            more = bool(message.get("more_body"))
+            size += len(chunk)
+            if size > self._max_json:
+                raise HttpError(413, f"body exceeds the limit of {self._max_json} bytes")
+            chunks.append(chunk)
+        try:
+            body = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the body must be a JSON object")
+        return body
+
+
+def build_app(
+    registry: RegistryClient,
+    incoming: Path,
+    *,
+    tokens: Sequence[ApiToken] = (),
+    protect_reads: bool = False,
+    max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
+    max_json_bytes: int = MAX_JSON_BYTES,
+) -> RegistryApp:
+    """The ASGI app serving `registry`; uploads wait in `incoming` until registered."""
+    return RegistryApp(
+        registry,
+        incoming,
+        Access(tokens, protect_reads=protect_reads),
+        max_artifact_bytes=max_artifact_bytes,
+        max_json_bytes=max_json_bytes,
+    )
+
+
+# --- routing and field helpers --------------------------------------------------------------
+
+
+def _allowed_methods(parts: list[str]) -> tuple[str, ...]:
+    """The methods of the endpoint at `parts` (below /api/v1); () when there is none."""
+    n, head = len(parts), parts[0]
+    if n == 1 and head in ("generation", "models", "history"):
+        return ("GET",)
+    if head == "artifacts" and n == 2:
+        return ("GET", "HEAD", "PUT")
+    if head == "models" and n >= 3 and parts[1] and parts[2] == "versions":
+        if n == 3:
+            return ("GET", "POST")
+        if n == 4:
+            return ("GET",)
+        if n == 5 and parts[4] == "transition":
+            return ("POST",)
+    return ()
+
+
+def _fields(body: dict[str, Any], **spec: tuple[Any, Any]) -> dict[str, Any]:
+    """`body`'s fields, each checked against its (type, default); unknown fields refused."""
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(spec)})"
+        )
+    out: dict[str, Any] = {}
+    for key, (kind, default) in spec.items():
+        value = body.get(key, default)
+        # bool is an int to Python but not a number to a JSON client.
+        if value is not default and (
+            not isinstance(value, kind) or _is_bool_for_number(value, kind)
+        ):
+            raise InvalidRequestError(f"field {key!r} has the wrong type: {value!r}")
+        out[key] = value
+    return out
+
+
+def _is_bool_for_number(value: Any, kind: Any) -> bool:
+    return isinstance(value, bool) and kind is not bool
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise InvalidRequestError(f"not a sha256 (64 lowercase hex digits): {value!r}")
+    return value
+
+
+def _version(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidRequestError(f"a version is a positive integer, not {value!r}")
+    return int(value)
+
+
+def _stage(value: str) -> Stage:
+    try:
+        return Stage.parse(value)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+
+
+def _traffic(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _name_param(query: dict[str, list[str]]) -> str | None:
+    names = query.get("name")
+    return names[-1] if names else None
+
+
+def _actor(caller: str, claimed: str) -> str:
+    """The audit actor: the token's name, plus whom the caller says it acts for."""
+    claimed = claimed.strip()
+    if not claimed or claimed == caller:
+        return caller
+    return f"{caller} (on behalf of {claimed})"
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise HttpError(400, "content-length must be an integer") from None
+
+
+def _status_of(exc: Exception) -> int:
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _write_slice(file: IO[bytes], hasher: Any, chunks: list[bytes], last: bool) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+        file.write(chunk)
+    if last:
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(status: int, document: dict[str, Any]) -> Response:
+    return status, orjson.dumps(document), _JSON
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+# --- the server process -------------------------------------------------------------------
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals are ours to handle (uvicorn's own are main-thread only)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RegistryServer:
+    """A registry app served by uvicorn (httptools) on the running loop: start, then stop."""
+
+    def __init__(self, app: RegistryApp, host: str, port: int) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url: str | None = None
+
+    async def start(self) -> str:
+        """Bind, start serving and return the base URL `http://host:port` (real port)."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        config = uvicorn.Config(
+            self._app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _Uvicorn(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # re-raise uvicorn's startup error
+            await asyncio.sleep(0.005)
+        port = sock.getsockname()[1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Finish the requests in flight, then close the listener."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+
+async def serve(app: RegistryApp, host: str, port: int) -> None:
+    """Serve `app` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = RegistryServer(app, host, port)
+    url = await server.start()
+    log.info("modelgate registry listening on %s", url)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        log.info("modelgate registry stopped")
+
+
+def run(
+    store_dir: Path, *, host: str, port: int, token_file: Path | None, protect_reads: bool
+) -> None:
+    """`modelgate registry serve`: the store in `store_dir` over HTTP until SIGINT/SIGTERM.
+
+    Raises ValueError for an unusable token file or `protect_reads` without one.
+    """
+    import uvloop
+
+    from registry.store import RegistryStore
+
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the registry server must run in the main thread (signal handling)")
+    tokens = load_tokens(token_file) if token_file is not None else ()
+    if protect_reads and not tokens:
+        raise ValueError("--protect-reads needs --token-file")
+    if not logging.getLogger().handlers:
+        # The address line is how callers (and tests) learn the port: it must be seen.
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    store = RegistryStore(store_dir)
+    # Uploads wait in a folder of this process's own (beside the store, where there is room
+    # for big models): servers sharing a store never see, or clean up, each other's.
+    with tempfile.TemporaryDirectory(dir=store.root, prefix=".incoming-") as incoming:
+        app = build_app(store, Path(incoming), tokens=tokens, protect_reads=protect_reads)
+        uvloop.run(serve(app, host, port))
