@@ -37,7 +37,7 @@ from registry.errors import (
     UnavailableError,
 )
 from registry.signature import InvalidModelError, read_signature
-from registry.types import ModelVersion, Stage, TensorSignature, Transition
+from registry.types import ModelVersion, Stage, TensorSignature, Transition, traffic_share
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -179,7 +179,7 @@ class RegistryStore:
         """
         _check_name(name)
         stage = _check_stage(stage)
-        traffic = _check_traffic(stage, traffic)
+        traffic = traffic_share(stage, traffic)
         inputs, outputs = read_signature(model)
         _check_loads(model)
         if reference is not None:
@@ -231,7 +231,7 @@ class RegistryStore:
         staging with `keep` (still loaded, for explicit requests and quick rollback).
         """
         stage = _check_stage(stage)
-        traffic = _check_traffic(stage, traffic)
+        traffic = traffic_share(stage, traffic)
         with self._write() as db:
             row = db.execute(
                 "SELECT stage FROM model_versions WHERE name = ? AND version = ?",
@@ -260,13 +260,7 @@ class RegistryStore:
 
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
         """Every version (of `name`, or of all models), ordered by name then version."""
-        query = "SELECT * FROM model_versions"
-        args: tuple[str, ...] = ()
-        if name is not None:
-            query += " WHERE name = ?"
-            args = (name,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY name, version", args).fetchall()
+        rows = self._select("model_versions", name, order="name, version")
         return [_version_from_row(row) for row in rows]
 
     def get(self, name: str, version: int) -> ModelVersion:
@@ -281,13 +275,7 @@ class RegistryStore:
 
     def history(self, name: str | None = None) -> list[Transition]:
         """The audit trail of stage changes (of `name`, or of all models), oldest first."""
-        query = "SELECT * FROM transitions"
-        args: tuple[str, ...] = ()
-        if name is not None:
-            query += " WHERE name = ?"
-            args = (name,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        rows = self._select("transitions", name, order="id")
         return [
             Transition(
                 name=row["name"],
@@ -301,6 +289,12 @@ class RegistryStore:
             )
             for row in rows
         ]
+
+    def _select(self, table: str, name: str | None, *, order: str) -> list[sqlite3.Row]:
+        """Every row of `table` (of model `name`, if given) in `order`."""
+        where, args = ("", ()) if name is None else (" WHERE name = ?", (name,))
+        with self._connect() as db:
+            return db.execute(f"SELECT * FROM {table}{where} ORDER BY {order}", args).fetchall()
 
     def read_artifact(self, version: ModelVersion) -> bytes:
         """The model file of `version`, verified against its recorded sha256."""
@@ -394,23 +388,6 @@ def _check_stage(stage: Stage) -> Stage:
     if not isinstance(stage, Stage):
         raise InvalidRequestError(f"{stage!r} is not a Stage")
     return stage
-
-
-def _check_traffic(stage: Stage, traffic: float | None) -> float | None:
-    """The traffic share a version in `stage` gets: canary needs one, shadow defaults to 100."""
-    if traffic is None:
-        if stage is Stage.CANARY:
-            raise InvalidRequestError("a canary needs a traffic share (percent of live traffic)")
-        return 100.0 if stage is Stage.SHADOW else None
-    if stage not in (Stage.CANARY, Stage.SHADOW):
-        raise InvalidRequestError(
-            f"a traffic share is only for canary and shadow, not {stage.value}"
-        )
-    if isinstance(traffic, bool) or not isinstance(traffic, int | float):
-        raise InvalidRequestError(f"traffic must be a number, got {traffic!r}")
-    if not 0 <= traffic <= 100:  # also refuses NaN
-        raise InvalidRequestError(f"traffic must be between 0 and 100 percent, got {traffic:g}")
-    return float(traffic)
 
 
 def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:

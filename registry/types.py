@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.errors import InvalidRequestError
+
 
 class Stage(enum.Enum):
     """Where a model version stands in its rollout; the gateway serves by stage."""
@@ -24,6 +26,27 @@ class Stage(enum.Enum):
         except ValueError:
             names = ", ".join(s.value for s in cls)
             raise ValueError(f"unknown stage {value!r} (one of: {names})") from None
+
+
+def traffic_share(stage: Stage, traffic: float | None) -> float | None:
+    """The traffic share a version moving to `stage` gets, by the rules every backend follows.
+
+    Percent of live traffic for canary (required) or of requests mirrored for shadow
+    (default 100); no other stage takes one. InvalidRequestError otherwise.
+    """
+    if traffic is None:
+        if stage is Stage.CANARY:
+            raise InvalidRequestError("a canary needs a traffic share (percent of live traffic)")
+        return 100.0 if stage is Stage.SHADOW else None
+    if stage not in (Stage.CANARY, Stage.SHADOW):
+        raise InvalidRequestError(
+            f"a traffic share is only for canary and shadow, not {stage.value}"
+        )
+    if isinstance(traffic, bool) or not isinstance(traffic, int | float):
+        raise InvalidRequestError(f"traffic must be a number, got {traffic!r}")
+    if not 0 <= traffic <= 100:  # also refuses NaN
+        raise InvalidRequestError(f"traffic must be between 0 and 100 percent, got {traffic:g}")
+    return float(traffic)
 
 
 @dataclass(frozen=True, slots=True)
