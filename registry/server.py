@@ -213,10 +213,9 @@ class RegistryApp:
         self._max_json = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Only HTTP: the app has nothing to start or stop (uvicorn runs with lifespan off).
         if scope["type"] == "http":
             await self._handle(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await _lifespan(receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -587,16 +586,6 @@ def _json(status: int, document: dict[str, Any]) -> Response:
 
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 # --- the server process -------------------------------------------------------------------
