@@ -68,6 +68,7 @@ class Gateway:
     def __init__(self, settings: ServerSettings, registry: RegistryClient | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
         self.deployments = Deployments(self.registry, settings, self.metrics)
         self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
@@ -166,6 +167,9 @@ class Gateway:
             server = self._metrics_server
             await asyncio.to_thread(server.shutdown)
             server.server_close()
+        close = getattr(self.registry, "close", None)
+        if self._owns_registry and close is not None:
+            close()
         log.info("modelgate stopped")
 
 
