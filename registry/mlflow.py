@@ -54,7 +54,7 @@ from registry.errors import (
     UnavailableError,
 )
 from registry.signature import InvalidModelError, read_signature
-from registry.types import ModelVersion, Stage, Transition
+from registry.types import ModelVersion, Stage, Transition, traffic_share
 
 log = logging.getLogger(__name__)
 
@@ -273,30 +273,27 @@ class MlflowRegistry:
         """Move a version to `stage` with MLflow aliases, so that `get` then reports `stage`.
 
         PRODUCTION/CANARY/SHADOW set the alias `production`/`canary`/`shadow` on the version
-        (MLflow moves it from the previous holder in one step) after writing the traffic tag,
-        so a watcher never sees a canary without its share; the version's other modelgate
-        aliases are then removed. A new production version archives the previous one (its
-        aliases removed, legacy stage `Archived`) unless `keep`, which only takes the
-        production aliases away from it. ARCHIVED removes the version's aliases and sets the
-        legacy stage `Archived`; NONE removes them and resets a legacy stage to `None`.
-        STAGING has no MLflow form (MLflow's Staging means canary here) and is refused.
+        (MLflow moves it from the previous holder in one step) after writing the traffic tag
+        (by `types.traffic_share`'s rules), so a watcher never sees a canary without its
+        share; the version's other modelgate aliases are then removed, and a stale traffic
+        tag of a version leaving canary/shadow is deleted. A new production version archives
+        the previous one (its aliases removed, legacy stage `Archived`) unless `keep`, which
+        only takes the production aliases away from it. ARCHIVED removes the version's
+        aliases and sets the legacy stage `Archived`; NONE removes them and resets a legacy
+        stage to `None`. STAGING has no MLflow form (MLflow's Staging means canary here) and
+        is refused.
         """
         if stage is Stage.STAGING:
             raise InvalidRequestError(
                 "MLflow has no modelgate 'staging': its legacy Staging stage means canary here"
             )
-        if traffic is not None and (stage not in (Stage.CANARY, Stage.SHADOW)):
-            raise InvalidRequestError(f"a traffic share applies to canary and shadow, not {stage}")
-        if traffic is not None and not 0.0 <= traffic <= 100.0:
-            raise InvalidRequestError(f"traffic must be within 0..100, not {traffic}")
-        if stage is Stage.CANARY and traffic is None:
-            raise InvalidRequestError("a canary needs a traffic share (0..100)")
+        share = traffic_share(stage, traffic)
         model = self._get_json("mlflow/registered-models/get", {"name": name})["registered_model"]
         aliases = _aliases_by_name(model)
         before = {mv.version: mv for mv in self.list_versions(name)}
         if version not in before:
             raise NotFoundError(f"model {name!r} has no version {version} in MLflow")
-        if stage is Stage.CANARY and traffic is not None:
+        if stage is Stage.CANARY and share is not None:
             # The version holding `canary` loses it when it moves here, so its share goes too.
             leaving = {n for a, n in aliases.items() if a.lower() == "canary"}
             others = sum(
@@ -304,16 +301,16 @@ class MlflowRegistry:
                 for mv in before.values()
                 if mv.stage is Stage.CANARY and mv.version != version and mv.version not in leaving
             )
-            if others + traffic > 100.0:
+            if others + share > 100.0:
                 raise ConflictError(
-                    f"canary shares of {name!r} would add up to {others + traffic:g}%, over 100%"
+                    f"canary shares of {name!r} would add up to {others + share:g}%, over 100%"
                 )
+        if share is not None:
+            self._set_tag(name, version, TRAFFIC_TAG, f"{share:g}")
+        elif TRAFFIC_TAG in before[version].tags:
+            self._delete_tag(name, version, TRAFFIC_TAG)
         alias = _ALIAS_FOR.get(stage)
         if alias is not None:
-            if traffic is not None:
-                self._set_tag(name, version, TRAFFIC_TAG, f"{traffic:g}")
-            elif TRAFFIC_TAG in before[version].tags:
-                self._delete_tag(name, version, TRAFFIC_TAG)
             self._set_alias(name, alias, version)
         for held, number in aliases.items():
             if number == version and held.lower() in ALIAS_STAGES and held != alias:
@@ -332,7 +329,7 @@ class MlflowRegistry:
                         self._delete_alias(name, held)
                 if old.stage is Stage.PRODUCTION and not keep:
                     self._archive(name, old, aliases, actor, f"replaced by version {version}", at)
-        self._record(name, version, before[version].stage, stage, traffic, actor, reason, at)
+        self._record(name, version, before[version].stage, stage, share, actor, reason, at)
         return self.get(name, version)
 
     # --- transition steps -------------------------------------------------------------------
