@@ -101,8 +101,10 @@ def derive_stages(aliases: dict[str, int], versions: list[dict[str, Any]]) -> di
             continue
         if number not in claims or _STRENGTH[stage] > _STRENGTH[claims[number]]:
             claims[number] = stage
-    legacy = {int(v["version"]): LEGACY_STAGES.get(v["current_stage"].lower(), Stage.NONE)
-              for v in versions}  # fmt: skip
+    legacy = {
+        int(v["version"]): LEGACY_STAGES.get(str(v.get("current_stage")).lower(), Stage.NONE)
+        for v in versions
+    }
     legacy_production = [n for n, stage in legacy.items() if stage is Stage.PRODUCTION]
     stages: dict[int, Stage] = {}
     for number, stage in legacy.items():
