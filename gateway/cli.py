@@ -2,7 +2,7 @@
 
 modelgate demo                       train, register and serve a small model
 modelgate serve --store DIR          serve a registry's models, following its stage changes
-modelgate registry --store DIR ...   register and list model versions
+modelgate registry --store DIR ...   register, move (stage changes), list and serve versions
 """
 
 from __future__ import annotations
