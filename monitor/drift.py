@@ -1,0 +1,348 @@
+"""Drift statistics and the per-version tumbling window that applies them.
+
+The statistics are pure functions of the reference proportions and a window's bin counts;
+both sides are epsilon-smoothed so an empty bin on either side gives a large finite score
+rather than infinity. `VersionMonitor` merges sketches into a window that closes at
+`window_rows` rows or after `window_seconds`, whichever comes first, scores every feature,
+and applies the K-of-M rule: a version is drifting once at least K input features drifted
+in M consecutive windows, and stops drifting after M consecutive windows without, so that
+one noisy window neither pages anybody nor clears a real alert.
+
+Which features count toward K: the inputs by default. Outputs (prediction drift) are scored
+and reported the same way, and count too when `outputs_count=True`; by default they only
+show in the report and the metrics, because a shift in predictions with steady inputs is
+usually the real world changing (the model's job), not the data pipeline breaking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from monitor.profile import FeatureProfile, ReferenceProfile
+from monitor.sketch import (
+    ABOVE_MAX,
+    BELOW_MIN,
+    FLAGS,
+    INVALID,
+    MISSING,
+    Sketch,
+    Sketcher,
+)
+
+
+def _smooth(props: np.ndarray, eps: float) -> np.ndarray:
+    props = np.asarray(props, dtype=np.float64)
+    return (props + eps) / (props.sum() + eps * len(props))
+
+
+def _proportions(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return counts / total if total else counts
+
+
+def psi(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index of `counts` against the reference proportions."""
+    p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js_distance(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
+    """Jensen-Shannon distance (base 2, so within [0, 1]) of `counts` from the reference."""
+    p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
+    m = (p + q) / 2
+    divergence = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return float(np.sqrt(max(divergence, 0.0)))
+
+
+def ks_binned(ref_props: np.ndarray, counts: np.ndarray) -> float:
+    """Kolmogorov-Smirnov statistic on the binned CDFs: the largest gap between them."""
+    p = _proportions(ref_props)
+    q = _proportions(counts)
+    return float(np.max(np.abs(np.cumsum(p) - np.cumsum(q)), initial=0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How one model's versions are watched.
+
+    Thresholds: PSI 0.2 is the industry's "significant shift" line (about a 0.45-sd mean shift
+    of a normal feature on deciles). JS distance 0.1 and KS 0.1 both correspond to about a
+    0.25-sd shift; at 5,000 rows the KS statistic's 99.9% null quantile is 1.95/sqrt(5000) =
+    0.028, so 0.1 stays well clear of noise while catching what PSI calls moderate.
+    Missing rate and out-of-range rate: absolute changes from the reference.
+    """
+
+    window_rows: int = 5000
+    window_seconds: float = 60.0
+    # A window that times out with fewer rows is extended rather than scored: scores of a
+    # handful of rows are noise, and a quiet model must not page anybody.
+    min_window_rows: int = 1000
+    psi_threshold: float = 0.2
+    js_threshold: float = 0.1
+    ks_threshold: float = 0.1
+    missing_rate_threshold: float = 0.05
+    out_of_range_threshold: float = 0.05
+    min_drifted_features: int = 1  # K
+    consecutive_windows: int = 2  # M
+    outputs_count: bool = False  # whether drifted outputs count toward K
+    learn_rows: int = 5000  # rows learned as the reference when a version has none
+    queue_size: int = 1024  # sketches waiting for the monitor (monitor-wide: the default's)
+    epsilon: float = 1e-4
+    keep_reports: int = 5
+
+    def __post_init__(self) -> None:
+        if self.window_rows < 1 or self.min_drifted_features < 1 or self.consecutive_windows < 1:
+            raise ValueError("window_rows, K and M must be at least 1")
+        if self.learn_rows < 1 or self.queue_size < 1 or self.keep_reports < 1:
+            raise ValueError("learn_rows, queue_size and keep_reports must be at least 1")
+
+    def thresholds(self) -> dict[str, float]:
+        return {
+            "psi": self.psi_threshold,
+            "js": self.js_threshold,
+            "ks": self.ks_threshold,
+            "missing_rate": self.missing_rate_threshold,
+            "out_of_range_rate": self.out_of_range_threshold,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureScore:
+    """One feature in one window."""
+
+    name: str
+    role: Literal["input", "output"]
+    kind: str
+    psi: float | None  # None when the window had no value to bin
+    js: float | None
+    ks: float | None  # numeric features only: categories have no order
+    reference: tuple[float, ...]
+    current: tuple[float, ...]
+    missing_rate: float  # missing or invalid, over the window's rows
+    reference_missing_rate: float
+    out_of_range_rate: float
+    counts: dict[str, int]  # the window's flag counts, and "other" for unseen categories
+    reasons: tuple[str, ...]  # the thresholds crossed; empty when not drifted
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["reference"] = list(self.reference)
+        data["current"] = list(self.current)
+        data["drifted"] = self.drifted
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    """One closed window of one model version, scored."""
+
+    model: str
+    version: str
+    index: int  # windows closed so far for this version, this one included
+    rows: int
+    started_at: float  # wall clock
+    closed_at: float
+    closed_by: Literal["rows", "time"]
+    features: tuple[FeatureScore, ...]
+    drifted_features: tuple[str, ...]  # the ones counting toward K
+    window_drifted: bool
+    drifting: bool  # the version's state after this window (K-of-M)
+    thresholds: dict[str, float]
+    unprofiled_values: int
+
+    def feature(self, name: str) -> FeatureScore:
+        return next(f for f in self.features if f.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "window": self.index,
+            "rows": self.rows,
+            "started_at": self.started_at,
+            "closed_at": self.closed_at,
+            "closed_by": self.closed_by,
+            "window_drifted": self.window_drifted,
+            "drifting": self.drifting,
+            "drifted_features": list(self.drifted_features),
+            "thresholds": self.thresholds,
+            "unprofiled_values": self.unprofiled_values,
+            "inputs": [f.to_json() for f in self.features if f.role == "input"],
+            "outputs": [f.to_json() for f in self.features if f.role == "output"],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    """A change of a version's state: what a webhook or an alert reacts to."""
+
+    model: str
+    version: str
+    kind: Literal["drifting", "resolved", "learned"]
+    report: WindowReport | None  # the window that decided it (None for "learned")
+    at: float = field(default_factory=time.time)
+
+
+def score_feature(
+    feature: FeatureProfile,
+    role: Literal["input", "output"],
+    bins: np.ndarray,
+    flags: np.ndarray,
+    rows: int,
+    settings: DriftSettings,
+) -> FeatureScore:
+    """One feature's scores in a window: its bin counts and flag counts over `rows` rows."""
+    reference = np.asarray(feature.proportions, dtype=np.float64)
+    binned = int(bins.sum())
+    reasons: list[str] = []
+    psi_value = js_value = ks_value = None
+    if binned and reference.sum() > 0:
+        psi_value = psi(reference, bins, settings.epsilon)
+        js_value = js_distance(reference, bins, settings.epsilon)
+        if feature.kind == "numeric":
+            ks_value = ks_binned(reference, bins)
+        for name, value, limit in (
+            ("psi", psi_value, settings.psi_threshold),
+            ("js", js_value, settings.js_threshold),
+            ("ks", ks_value, settings.ks_threshold),
+        ):
+            if value is not None and value >= limit:
+                reasons.append(name)
+    missing_rate = (flags[MISSING] + flags[INVALID]) / rows if rows else 0.0
+    if abs(missing_rate - feature.missing_rate) >= settings.missing_rate_threshold:
+        reasons.append("missing_rate")
+    out_of_range = (flags[BELOW_MIN] + flags[ABOVE_MAX]) / rows if rows else 0.0
+    if out_of_range >= settings.out_of_range_threshold:
+        reasons.append("out_of_range_rate")
+    counts = {flag: int(flags[i]) for i, flag in enumerate(FLAGS)}
+    if feature.kind == "categorical":
+        counts["other"] = int(bins[-1])
+    return FeatureScore(
+        name=feature.name,
+        role=role,
+        kind=feature.kind,
+        psi=psi_value,
+        js=js_value,
+        ks=ks_value,
+        reference=tuple(float(p) for p in reference),
+        current=tuple(float(p) for p in _proportions(bins)),
+        missing_rate=float(missing_rate),
+        reference_missing_rate=feature.missing_rate,
+        out_of_range_rate=float(out_of_range),
+        counts=counts,
+        reasons=tuple(reasons),
+    )
+
+
+class VersionMonitor:
+    """The tumbling window and the K-of-M state of one model version.
+
+    Not thread-safe: the monitor's one consumer task owns it. `add` and `tick` return the
+    events the window that closed (if any) caused.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        profile: ReferenceProfile,
+        settings: DriftSettings,
+        now: float,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.profile = profile
+        self.settings = settings
+        self.sketcher = Sketcher(profile)
+        self.reports: deque[WindowReport] = deque(maxlen=settings.keep_reports)
+        self.drifting = False
+        self.streak = 0  # consecutive windows agreeing with a change of state
+        self.windows = 0
+        roles: tuple[Literal["input", "output"], ...] = ("input", "output")
+        self._roles = [roles[0]] * len(profile.inputs) + [roles[1]] * len(profile.outputs)
+        self._window = self.sketcher.empty()
+        self._opened = now
+        self._opened_wall = time.time()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._window.rows
+
+    def add(self, sketch: Sketch, now: float) -> list[DriftEvent]:
+        """Merge a sketch (SketchMismatch if built on another profile); close on rows."""
+        self._window = self._window.merge(sketch)
+        if self._window.rows >= self.settings.window_rows:
+            return self._close("rows", now)
+        return []
+
+    def tick(self, now: float) -> list[DriftEvent]:
+        """Close the window if its time is up and it holds enough rows to judge."""
+        if now - self._opened < self.settings.window_seconds:
+            return []
+        if self._window.rows < self.settings.min_window_rows:
+            return []  # keep accumulating: a window this thin would be scored on noise
+        return self._close("time", now)
+
+    def _close(self, by: Literal["rows", "time"], now: float) -> list[DriftEvent]:
+        window, settings = self._window, self.settings
+        self._window = self.sketcher.empty()
+        self._opened, opened_wall = now, self._opened_wall
+        self._opened_wall = time.time()
+        self.windows += 1
+        scores = tuple(
+            score_feature(
+                feature,
+                role,
+                window.bins[part],
+                window.flags[i],
+                window.rows,
+                settings,
+            )
+            for i, (feature, role, part) in enumerate(
+                zip(self.sketcher.features, self._roles, self.sketcher.bin_slices, strict=True)
+            )
+        )
+        counted = tuple(
+            s.name for s in scores if s.drifted and (s.role == "input" or settings.outputs_count)
+        )
+        window_drifted = len(counted) >= settings.min_drifted_features
+        change: Literal["drifting", "resolved"] | None = None
+        # `streak` counts windows that disagree with the current state; M of them flip it.
+        self.streak = self.streak + 1 if window_drifted != self.drifting else 0
+        if self.streak >= settings.consecutive_windows:
+            self.drifting, self.streak = not self.drifting, 0
+            change = "drifting" if self.drifting else "resolved"
+        report = WindowReport(
+            model=self.model,
+            version=self.version,
+            index=self.windows,
+            rows=window.rows,
+            started_at=opened_wall,
+            closed_at=self._opened_wall,
+            closed_by=by,
+            features=scores,
+            drifted_features=counted,
+            window_drifted=window_drifted,
+            drifting=self.drifting,
+            thresholds=settings.thresholds(),
+            unprofiled_values=window.unprofiled,
+        )
+        self.reports.append(report)
+        return [] if change is None else [DriftEvent(self.model, self.version, change, report)]
+
+    def recent(self) -> Sequence[WindowReport]:
+        """The last reports, newest first."""
+        return list(reversed(self.reports))

@@ -1,0 +1,420 @@
+"""The drift monitor: one asyncio task folding every model version's sketches into windows.
+
+Producers (ONNX Runtime worker threads, the event loop, or a receiver of sketches from other
+serving processes) call `offer`, which never blocks: a bounded queue under a lock held for
+an append, and a full queue drops the item and counts it against its model version. The
+consumer (`run`) drains the queue every `poll_seconds` instead of being woken per item, so a
+producer never pays for a cross-thread wake-up.
+
+A version registered without a reference profile learns one: until `learn_rows` live rows
+have arrived, `sketcher_for` answers None and producers offer `RawBatch`es (copies) instead
+of sketches; the monitor profiles them with `build_profile`, in a worker thread, then hands
+out the version's `Sketcher` and says so (a "learned" event, and `reference.source` in the
+report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitor.drift import DriftEvent, DriftSettings, VersionMonitor
+from monitor.profile import ReferenceProfile, build_profile
+from monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
+
+log = logging.getLogger(__name__)
+
+OnChange = Callable[[DriftEvent], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RawBatch:
+    """A batch's tensors, offered while a version learns its reference (copies: the monitor
+    keeps them until the profile is built)."""
+
+    inputs: Mapping[str, np.ndarray]
+    outputs: Mapping[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class _Learning:
+    needed: int
+    names: Mapping[str, Sequence[str]] | None
+    batches: list[RawBatch] = field(default_factory=list)
+    rows: int = 0
+    building: bool = False
+
+
+@dataclass(slots=True)
+class _Version:
+    """Everything the monitor keeps for one model version."""
+
+    model: str
+    version: str
+    settings: DriftSettings
+    source: str  # "registered" or "learned" (or "learning" until it is)
+    window: VersionMonitor | None = None
+    sketcher: Sketcher | None = None
+    learning: _Learning | None = None
+    rows: int = 0
+    sketches: int = 0
+    dropped: int = 0
+    refused: int = 0  # sketches built against another profile
+    flag_totals: np.ndarray | None = None  # cumulative `Sketch.flags`
+    other_totals: np.ndarray | None = None  # cumulative "other" bucket per feature
+
+
+class DriftMonitor:
+    """Per model version drift windows fed by a bounded, never-blocking queue.
+
+    `settings` apply to every model unless `overrides` names it; the queue's size is
+    `settings.queue_size`. `on_change` is called (and awaited if it returns an awaitable) on
+    the consumer task for every `DriftEvent`; its failures are logged and do not stop the
+    monitor. `clock` times the windows (monotonic; tests inject their own).
+    """
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        registry: CollectorRegistry,
+        *,
+        overrides: Mapping[str, DriftSettings] | None = None,
+        on_change: OnChange | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        poll_seconds: float = 0.05,
+    ) -> None:
+        self._settings = settings
+        self._overrides = dict(overrides or {})
+        self._on_change = on_change
+        self._clock = clock
+        self._poll = poll_seconds
+        self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
+        self._capacity = settings.queue_size
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], _Version] = {}
+        self._metrics = _DriftCollector(self)
+        registry.register(self._metrics)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def settings_for(self, model: str) -> DriftSettings:
+        return self._overrides.get(model, self._settings)
+
+    # -- lifecycle, from the event loop ---------------------------------------------------
+
+    def register(
+        self,
+        model: str,
+        version: str,
+        profile: ReferenceProfile | None,
+        *,
+        names: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Watch a version from now on; with no profile it learns one from live rows
+        (`names` then names the learned features per tensor, as in `build_profile`)."""
+        settings = self.settings_for(model)
+        state = _Version(model, version, settings, "registered" if profile else "learning")
+        if profile is None:
+            state.learning = _Learning(settings.learn_rows, names)
+        else:
+            self._install(state, profile)
+        self._versions[(model, version)] = state
+
+    def unregister(self, model: str, version: str) -> None:
+        """Stop watching a version (its queued items are dropped when they come up)."""
+        self._versions.pop((model, version), None)
+
+    def sketcher_for(self, model: str, version: str) -> Sketcher | None:
+        """The version's sketcher, or None while it learns its reference (or is unknown)."""
+        state = self._versions.get((model, version))
+        return None if state is None else state.sketcher
+
+    # -- the producers' side: any thread, never blocks ------------------------------------
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> bool:
+        """Sketch one batch (or copy it while the version learns) and offer it.
+
+        The call for a batch worker after each run. False when it was dropped or the
+        version is not watched.
+        """
+        state = self._versions.get((model, version))
+        if state is None:
+            return False
+        sketcher = state.sketcher
+        if sketcher is not None:
+            return self.offer(model, version, sketcher.sketch(inputs, outputs, at=time.time()))
+        learning = state.learning
+        if learning is None or learning.building or learning.rows >= learning.needed:
+            return False
+        copies = RawBatch(
+            {k: np.array(v) for k, v in inputs.items()},
+            {k: np.array(v) for k, v in outputs.items()},
+        )
+        return self.offer(model, version, copies)
+
+    def offer(self, model: str, version: str, item: Sketch | RawBatch | bytes) -> bool:
+        """Queue a sketch (or its `to_bytes` form, from another process) or a learning batch.
+
+        Never blocks; False when the queue is full, and the drop is counted.
+        """
+        with self._lock:
+            if len(self._queue) < self._capacity:
+                self._queue.append((model, version, item))
+                return True
+            state = self._versions.get((model, version))
+            if state is not None:
+                state.dropped += 1
+        return False
+
+    # -- the consumer ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The one consumer task: drain, fold, close windows by time; until cancelled."""
+        while True:
+            await self.drain()
+            await asyncio.sleep(self._poll)
+
+    async def drain(self) -> None:
+        """Fold everything queued so far, then close windows whose time is up."""
+        now = self._clock()
+        while True:
+            with self._lock:
+                if not self._queue:
+                    break
+                model, version, item = self._queue.popleft()
+            state = self._versions.get((model, version))
+            if state is None:
+                continue
+            if isinstance(item, RawBatch):
+                self._learn(state, item)
+            else:
+                await self._emit(self._fold(state, item, now))
+        for state in list(self._versions.values()):
+            if state.window is not None:
+                await self._emit(state.window.tick(now))
+
+    def _fold(self, state: _Version, item: Sketch | bytes, now: float) -> list[DriftEvent]:
+        window = state.window
+        if window is None:  # still learning: a sketch cannot be judged yet
+            return []
+        try:
+            sketch = Sketch.from_bytes(item) if isinstance(item, bytes) else item
+            events = window.add(sketch, now)
+        except (SketchMismatch, ValueError) as exc:
+            state.refused += 1
+            log.warning("%s/%s: sketch refused: %s", state.model, state.version, exc)
+            return []
+        state.rows += sketch.rows
+        state.sketches += 1
+        assert state.flag_totals is not None and state.other_totals is not None
+        state.flag_totals += sketch.flags
+        state.other_totals += sketch.bins[window.sketcher.last_bins]
+        return events
+
+    def _learn(self, state: _Version, batch: RawBatch) -> None:
+        learning = state.learning
+        if learning is None or learning.building:
+            return
+        rows = _rows(batch)
+        learning.batches.append(batch)
+        learning.rows += rows
+        state.rows += rows
+        if learning.rows >= learning.needed:
+            learning.building = True
+            task = asyncio.get_running_loop().create_task(self._build(state, learning))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _build(self, state: _Version, learning: _Learning) -> None:
+        try:
+            profile = await asyncio.to_thread(_profile_of, learning.batches, learning.names)
+        except Exception:
+            # Inconsistent batches (a changed model?): start learning again from scratch.
+            log.exception("%s/%s: learning a reference failed", state.model, state.version)
+            state.learning = _Learning(learning.needed, learning.names)
+            return
+        if self._versions.get((state.model, state.version)) is not state:
+            return  # unregistered meanwhile
+        self._install(state, profile)
+        state.source, state.learning = "learned", None
+        await self._emit([DriftEvent(state.model, state.version, "learned", None)])
+
+    def _install(self, state: _Version, profile: ReferenceProfile) -> None:
+        state.window = VersionMonitor(
+            state.model, state.version, profile, state.settings, self._clock()
+        )
+        state.sketcher = state.window.sketcher
+        state.flag_totals = np.zeros((len(profile.features()), len(FLAGS)), dtype=np.int64)
+        state.other_totals = np.zeros(len(profile.features()), dtype=np.int64)
+
+    async def _emit(self, events: list[DriftEvent]) -> None:
+        for event in events:
+            level = logging.WARNING if event.kind == "drifting" else logging.INFO
+            log.log(level, "%s/%s: %s", event.model, event.version, event.kind)
+            if self._on_change is None:
+                continue
+            try:
+                result = self._on_change(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("drift event handler failed")
+
+    async def close(self) -> None:
+        """Wait for reference profiles being built (call after cancelling `run`)."""
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+
+    # -- readers --------------------------------------------------------------------------
+
+    def profile_for(self, model: str, version: str) -> ReferenceProfile | None:
+        """The reference a version is judged against (learned or registered), if any yet."""
+        state = self._versions.get((model, version))
+        return None if state is None or state.window is None else state.window.profile
+
+    def report(self, model: str, version: str) -> dict[str, Any] | None:
+        """The version's state and its last windows' reports (newest first), as JSON;
+        None when the version is not watched."""
+        state = self._versions.get((model, version))
+        if state is None:
+            return None
+        window, learning = state.window, state.learning
+        reference: dict[str, Any] = {"source": state.source}
+        if learning is not None:
+            reference.update(rows_learned=learning.rows, rows_needed=learning.needed)
+        elif window is not None:
+            reference.update(rows=window.profile.rows, fingerprint=window.sketcher.fingerprint)
+        return {
+            "model": model,
+            "version": version,
+            "reference": reference,
+            "drifting": bool(window and window.drifting),
+            "rows_seen": state.rows,
+            "sketches": state.sketches,
+            "sketches_dropped": state.dropped,
+            "sketches_refused": state.refused,
+            "pending_rows": window.pending_rows if window else 0,
+            "settings": {
+                "window_rows": state.settings.window_rows,
+                "window_seconds": state.settings.window_seconds,
+                "min_drifted_features": state.settings.min_drifted_features,
+                "consecutive_windows": state.settings.consecutive_windows,
+                "outputs_count": state.settings.outputs_count,
+                "thresholds": state.settings.thresholds(),
+            },
+            "windows": [r.to_json() for r in window.recent()] if window else [],
+        }
+
+    def _states(self) -> list[_Version]:
+        return list(self._versions.values())
+
+
+def _rows(batch: RawBatch) -> int:
+    for tensor in (*batch.inputs.values(), *batch.outputs.values()):
+        return int(np.shape(tensor)[0]) if np.ndim(tensor) else 1
+    return 0
+
+
+def _profile_of(
+    batches: list[RawBatch], names: Mapping[str, Sequence[str]] | None
+) -> ReferenceProfile:
+    def joined(part: str) -> dict[str, np.ndarray]:
+        tensors = [getattr(b, part) for b in batches]
+        return {name: np.concatenate([t[name] for t in tensors]) for name in tensors[0]}
+
+    return build_profile(joined("inputs"), joined("outputs"), names=names)
+
+
+class _DriftCollector(Collector):
+    """The monitor's series, read from its state at scrape time (so an unregistered version
+    disappears, and the consumer pays nothing per sketch for metrics)."""
+
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self._monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        mv, mvf = ["model", "version"], ["model", "version", "feature"]
+        scores = {
+            name: GaugeMetricFamily(f"modelgate_drift_{name}", text, labels=mvf)
+            for name, text in (
+                ("psi", "Population stability index of the last closed window."),
+                ("js", "Jensen-Shannon distance (base 2) of the last closed window."),
+                ("ks", "Binned Kolmogorov-Smirnov statistic of the last closed window."),
+            )
+        }
+        drifted = GaugeMetricFamily(
+            "modelgate_drift_feature_drifted",
+            "1 when the feature crossed a threshold in the last closed window.",
+            labels=mvf,
+        )
+        drifting = GaugeMetricFamily(
+            "modelgate_drift_drifting",
+            "1 while the version is drifting (K features in M consecutive windows).",
+            labels=mv,
+        )
+        rows = CounterMetricFamily("modelgate_drift_rows", "Rows the monitor folded.", labels=mv)
+        windows = CounterMetricFamily(
+            "modelgate_drift_windows", "Drift windows closed and scored.", labels=mv
+        )
+        dropped = CounterMetricFamily(
+            "modelgate_drift_sketches_dropped",
+            "Sketches dropped because the monitor's queue was full (serving never waits).",
+            labels=mv,
+        )
+        refused = CounterMetricFamily(
+            "modelgate_drift_sketches_refused",
+            "Sketches refused: built against another reference profile, or malformed.",
+            labels=mv,
+        )
+        invalid = CounterMetricFamily(
+            "modelgate_drift_invalid_values",
+            "Values that are missing (NaN, None, empty, absent), +/-Inf, outside the reference "
+            "range, invalid (not a number where one belongs) or an unseen category (other).",
+            labels=[*mvf, "kind"],
+        )
+        for state in self._monitor._states():
+            labels = [state.model, state.version]
+            drifting.add_metric(labels, float(bool(state.window and state.window.drifting)))
+            rows.add_metric(labels, state.rows)
+            windows.add_metric(labels, state.window.windows if state.window else 0)
+            dropped.add_metric(labels, state.dropped)
+            refused.add_metric(labels, state.refused)
+            if state.window is None:
+                continue
+            features = state.window.sketcher.features
+            flag_totals, other_totals = state.flag_totals, state.other_totals
+            if flag_totals is not None and other_totals is not None:
+                flags, others = flag_totals.copy(), other_totals.copy()
+                for i, feature in enumerate(features):
+                    for j, kind in enumerate(FLAGS):
+                        invalid.add_metric([*labels, feature.name, kind], int(flags[i, j]))
+                    if feature.kind == "categorical":
+                        invalid.add_metric([*labels, feature.name, "other"], int(others[i]))
+            last = state.window.reports[-1] if state.window.reports else None
+            for score in last.features if last else ():
+                feature_labels = [*labels, score.name]
+                for name, family in scores.items():
+                    value = getattr(score, name)
+                    if value is not None:
+                        family.add_metric(feature_labels, value)
+                drifted.add_metric(feature_labels, float(score.drifted))
+        yield from (*scores.values(), drifted, drifting, rows, windows, dropped, refused, invalid)
