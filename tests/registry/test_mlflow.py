@@ -422,3 +422,47 @@ def test_an_unreachable_server_is_unavailable() -> None:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(UnavailableError):
             MlflowRegistry(url, timeout=0.5).list_versions()
+
+
+def test_a_gateway_follows_mlflow_aliases(
+    client: MlflowClient, mlflow_url: str, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """`modelgate serve --registry mlflow+http://...` as a subprocess: moving aliases and the
+    traffic tag in MLflow is a rollout."""
+    from loadtest.procs import ServerProcess
+
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    files = {"model.onnx": model_files["classifier"]}
+    v1, _ = publish(client, tmp_path, name, files)
+    v2, _ = publish(client, tmp_path, name, files)
+    client.set_registered_model_alias(name, "champion", v1)
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--registry", f"mlflow+{mlflow_url}",
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
+    gateway = ServerProcess(argv, tmp_path / "gateway.log")
+    try:
+        found = gateway.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
+        http = f"http://{found.group(1)}"
+        gateway.wait_http_ok(f"{http}/v2/models/{name}/ready", timeout=60)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8],
+                            "data": [0.5] * 8}]}  # fmt: skip
+
+        def versions(n: int) -> set[str]:
+            answers = [httpx.post(f"{http}/v2/models/{name}/infer", json=body) for _ in range(n)]
+            assert all(a.status_code == 200 for a in answers), answers[0].text
+            return {str(a.json()["model_version"]) for a in answers}
+
+        def eventually(expected: set[str], n: int = 40, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while versions(n) != expected:
+                assert time.monotonic() < deadline, f"never served {expected}"
+                time.sleep(0.2)
+
+        assert versions(10) == {v1}
+        client.set_model_version_tag(name, v2, "modelgate.traffic", "50")
+        client.set_registered_model_alias(name, "challenger", v2)
+        eventually({v1, v2})
+        client.delete_registered_model_alias(name, "challenger")
+        client.set_registered_model_alias(name, "champion", v2)
+        eventually({v2})
+    finally:
+        assert gateway.stop() == 0
