@@ -160,7 +160,13 @@ class DriftMonitor:
             return False
         sketcher = state.sketcher
         if sketcher is not None:
-            return self.offer(model, version, sketcher.sketch(inputs, outputs, at=time.time()))
+            try:
+                sketch = sketcher.sketch(inputs, outputs, at=time.time())
+            except Exception:  # a sketcher bug must never fail the batch it watches
+                log.exception("%s/%s: sketching a batch failed", model, version)
+                state.refused += 1
+                return False
+            return self.offer(model, version, sketch)
         learning = state.learning
         if learning is None or learning.building or learning.rows >= learning.needed:
             return False
