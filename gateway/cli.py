@@ -85,12 +85,43 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="batches expected to take at most this long run on the event loop, longer ones "
         f"on a worker thread; 0: always the thread (default {b.inline_max_us})",
     )
+    add(
+        "--monitoring",
+        type=_on_off,
+        metavar="on|off",
+        help="drift monitoring of every model (default on; per model in the config file)",
+    )
+    add(
+        "--retrain-webhook",
+        metavar="URL",
+        help="where drift events are POSTed (per model: config file or the registry tag "
+        "retrain_webhook); signed with MODELGATE_WEBHOOK_SECRET or --webhook-secret-file",
+    )
+    add("--webhook-secret-file", type=Path, help="file holding the webhook signing secret")
+    add(
+        "--webhook-outbox",
+        type=Path,
+        help="SQLite file of undelivered events (default: webhook-outbox.db in the store)",
+    )
+    add(
+        "--webhook-cooldown",
+        type=float,
+        help=f"seconds before a drifting version fires again (default {d.webhook_cooldown:g})",
+    )
     add("--intra-op-threads", type=int, help=f"ORT threads per run (default {r.intra_op_threads})")
     add(
         "--graph-optimization",
         choices=("disable", "basic", "extended", "all"),
         help=f"ORT graph optimisation (default {r.graph_optimization})",
     )
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "1", "yes"):
+        return True
+    if value.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
 
 
 def _settings(args: argparse.Namespace) -> ServerSettings:

@@ -15,11 +15,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import uvicorn
 from prometheus_client import start_http_server
 
+from gateway.alerting import DriftAlerts, notifier_for
 from gateway.core.deployments import Deployments
 from gateway.core.guard import RolloutGuard
 from gateway.core.service import InferenceService
@@ -28,6 +30,7 @@ from gateway.frontends.grpc import GrpcFrontend
 from gateway.frontends.http import HttpFrontend
 from gateway.metrics import Metrics
 from gateway.settings import ServerSettings
+from monitor.monitor import DriftMonitor
 from registry.client import RegistryClient, open_registry
 
 log = logging.getLogger(__name__)
@@ -70,9 +73,17 @@ class Gateway:
         self.metrics = Metrics()
         self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
-        self.deployments = Deployments(self.registry, settings, self.metrics)
+        self.notifier = notifier_for(settings, self.metrics.registry, _store_dir(settings))
+        self.monitor = DriftMonitor(
+            settings.models.drift,
+            self.metrics.registry,
+            overrides={name: m.drift for name, m in settings.model_overrides.items()},
+        )
+        self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
+        self.monitor.on_change = DriftAlerts(self.notifier, settings, self.deployments)
         self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
-        self.service = InferenceService(self.deployments, self.mirror)
+        self.service = InferenceService(self.deployments, self.mirror, self.monitor)
+        self._background: list[asyncio.Task[None]] = []
         self.guard = RolloutGuard(
             self.deployments, self.mirror, self.registry, settings, self.metrics
         )
@@ -119,6 +130,9 @@ class Gateway:
             self.addresses.metrics,
         )
         self._load_task = asyncio.create_task(self._follow_registry())
+        self._background.append(asyncio.create_task(self.monitor.run()))
+        if self.notifier is not None:
+            self._background.append(asyncio.create_task(self.notifier.run()))
         return self.addresses
 
     async def _follow_registry(self) -> None:
@@ -163,6 +177,12 @@ class Gateway:
         if self._http_task is not None:
             await self._http_task
         await self.deployments.stop(self.settings.drain_seconds)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.monitor.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         if self._metrics_server is not None:
             server = self._metrics_server
             await asyncio.to_thread(server.shutdown)
@@ -171,6 +191,16 @@ class Gateway:
         if self._owns_registry and close is not None:
             close()
         log.info("modelgate stopped")
+
+
+def _store_dir(settings: ServerSettings) -> Path | None:
+    """The embedded store's directory, when the models come from one."""
+    location = settings.registry
+    if location is None:
+        return settings.store
+    if "://" in location:
+        return None
+    return Path(location)
 
 
 def _open_registry(settings: ServerSettings) -> RegistryClient:
@@ -182,7 +212,10 @@ def _open_registry(settings: ServerSettings) -> RegistryClient:
 
 async def serve(settings: ServerSettings) -> None:
     """Run a gateway until SIGINT or SIGTERM, then drain and stop."""
-    gateway = Gateway(settings)
+    try:
+        gateway = Gateway(settings)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"modelgate: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.drift import DriftSettings
+
 ENV_PREFIX = "MODELGATE_"
 
 
@@ -92,12 +94,24 @@ class GuardSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """Drift monitoring of one model: on or off, and where its retraining webhook goes
+    (empty: the registry version's `retrain_webhook` tag, if any; the server-wide value is
+    every model's default)."""
+
+    monitoring: bool = True
+    retrain_webhook: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelServingSettings:
     """Per-model serving options; `ServerSettings.model_overrides` holds exceptions by name."""
 
     batch: BatchSettings = field(default_factory=BatchSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,14 @@ class ServerSettings:
     poll_interval: float = 1.0  # seconds between registry change checks
     routing_key_header: str = "x-routing-key"  # HTTP header / gRPC metadata for sticky routing
     shadow_max_inflight: int = 256  # mirrored requests in flight per shadow version; more drop
+    # Retraining webhook: the secret signs every event (`whsec_<base64>` or plain text; the
+    # variable MODELGATE_WEBHOOK_SECRET or a file); events wait in a durable outbox (default:
+    # webhook-outbox.db in the store directory) until delivered.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret_file: Path | None = None
+    webhook_outbox: Path | None = None
+    webhook_cooldown: float = 3600.0  # seconds before a version's drift may fire again
+    webhook_retry_period: float = 86400.0  # seconds an undeliverable event is retried
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -137,7 +159,9 @@ class ServerSettings:
         return self.model_overrides.get(name, self.models)
 
 
-_PATH_SETTINGS = frozenset({"store", "registry_token_file"})
+_PATH_SETTINGS = frozenset(
+    {"store", "registry_token_file", "webhook_secret_file", "webhook_outbox"}
+)
 
 
 def _coerce(value: str, like: Any) -> Any:
@@ -156,6 +180,8 @@ _MODEL_GROUPS: tuple[tuple[str, type], ...] = (
     ("batch", BatchSettings),
     ("runtime", RuntimeSettings),
     ("guard", GuardSettings),
+    ("monitor", MonitorSettings),
+    ("drift", DriftSettings),
 )
 
 
@@ -243,5 +269,5 @@ def _model_settings(values: dict[str, Any]) -> ModelServingSettings:
     for _, cls in _MODEL_GROUPS:
         names = {f.name for f in dataclasses.fields(cls)}
         groups.append(cls(**{k: v for k, v in values.items() if k in names}))
-    batch, runtime, guard = groups
-    return ModelServingSettings(batch, runtime, guard)
+    batch, runtime, guard, monitor, drift = groups
+    return ModelServingSettings(batch, runtime, guard, monitor, drift)

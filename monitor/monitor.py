@@ -42,8 +42,8 @@ OnChange = Callable[[DriftEvent], Awaitable[None] | None]
 
 @dataclass(frozen=True, slots=True)
 class RawBatch:
-    """A batch's tensors, offered while a version learns its reference (copies: the monitor
-    keeps them until the profile is built)."""
+    """A batch's tensors as a batch worker offers them: by reference, to be sketched in
+    bulk by the consumer; copied while the version learns its reference."""
 
     inputs: Mapping[str, np.ndarray]
     outputs: Mapping[str, np.ndarray]
@@ -98,7 +98,7 @@ class DriftMonitor:
     ) -> None:
         self._settings = settings
         self._overrides = dict(overrides or {})
-        self._on_change = on_change
+        self.on_change = on_change  # may be set after construction
         self._clock = clock
         self._poll = poll_seconds
         self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
@@ -150,27 +150,23 @@ class DriftMonitor:
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
     ) -> bool:
-        """Sketch one batch (or copy it while the version learns) and offer it.
+        """Offer one batch's tensors; the call for a batch worker after each run.
 
-        The call for a batch worker after each run. False when it was dropped or the
-        version is not watched.
+        The arrays are queued by reference (the caller must not write to them again:
+        ONNX Runtime's outputs and a batch's inputs never are) and sketched by the consumer,
+        many batches at a time: a sketch costs tens of microseconds whatever its size, so
+        one per batch of one row would cost more than serving the row. False when it was
+        dropped or the version is not watched.
         """
         state = self._versions.get((model, version))
         if state is None:
             return False
-        sketcher = state.sketcher
-        if sketcher is not None:
-            try:
-                sketch = sketcher.sketch(inputs, outputs, at=time.time())
-            except Exception:  # a sketcher bug must never fail the batch it watches
-                log.exception("%s/%s: sketching a batch failed", model, version)
-                state.refused += 1
-                return False
-            return self.offer(model, version, sketch)
+        if state.sketcher is not None:
+            return self.offer(model, version, RawBatch(inputs, outputs))
         learning = state.learning
         if learning is None or learning.building or learning.rows >= learning.needed:
             return False
-        copies = RawBatch(
+        copies = RawBatch(  # kept until the profile is built: the monitor's own copies
             {k: np.array(v) for k, v in inputs.items()},
             {k: np.array(v) for k, v in outputs.items()},
         )
@@ -201,21 +197,51 @@ class DriftMonitor:
     async def drain(self) -> None:
         """Fold everything queued so far, then close windows whose time is up."""
         now = self._clock()
-        while True:
-            with self._lock:
-                if not self._queue:
-                    break
-                model, version, item = self._queue.popleft()
+        with self._lock:
+            items, self._queue = self._queue, deque()
+        raw: dict[tuple[str, str], list[RawBatch]] = {}
+        for model, version, item in items:
             state = self._versions.get((model, version))
             if state is None:
                 continue
-            if isinstance(item, RawBatch):
+            if not isinstance(item, RawBatch):
+                await self._emit(self._fold(state, item, now))
+            elif state.sketcher is None:
                 self._learn(state, item)
             else:
-                await self._emit(self._fold(state, item, now))
+                raw.setdefault((model, version), []).append(item)
+        for key, batches in raw.items():
+            state = self._versions.get(key)
+            if state is None:
+                continue
+            for sketch in self._sketch(state, batches):
+                await self._emit(self._fold(state, sketch, now))
         for state in list(self._versions.values()):
             if state.window is not None:
                 await self._emit(state.window.tick(now))
+
+    def _sketch(self, state: _Version, batches: list[RawBatch]) -> Iterator[Sketch]:
+        """Sketches of `batches`, at least `_SKETCH_ROWS` rows each (so windows still close
+        near their row count), from their concatenated tensors: one vectorised pass per
+        chunk."""
+        sketcher = state.sketcher
+        assert sketcher is not None
+        chunk: list[RawBatch] = []
+        rows = 0
+        for i, batch in enumerate(batches):
+            chunk.append(batch)
+            rows += _rows(batch)
+            if rows < _SKETCH_ROWS and i < len(batches) - 1:
+                continue
+            try:
+                inputs, outputs = _joined(chunk)
+                yield sketcher.sketch(inputs, outputs, at=time.time())
+            except Exception:  # a sketcher bug, or batches that do not stack, never
+                # stop the monitor: those rows are counted as refused and skipped
+                log.exception("%s/%s: sketching %d batches failed", state.model,
+                              state.version, len(chunk))  # fmt: skip
+                state.refused += len(chunk)
+            chunk, rows = [], 0
 
     def _fold(self, state: _Version, item: Sketch | bytes, now: float) -> list[DriftEvent]:
         window = state.window
@@ -275,10 +301,10 @@ class DriftMonitor:
         for event in events:
             level = logging.WARNING if event.kind == "drifting" else logging.INFO
             log.log(level, "%s/%s: %s", event.model, event.version, event.kind)
-            if self._on_change is None:
+            if self.on_change is None:
                 continue
             try:
-                result = self._on_change(event)
+                result = self.on_change(event)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
@@ -332,6 +358,21 @@ class DriftMonitor:
 
     def _states(self) -> list[_Version]:
         return list(self._versions.values())
+
+
+_SKETCH_ROWS = 64
+
+
+def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The batches' tensors stacked along the rows."""
+    if len(batches) == 1:
+        return dict(batches[0].inputs), dict(batches[0].outputs)
+
+    def stack(part: str) -> dict[str, np.ndarray]:
+        names = getattr(batches[0], part).keys()
+        return {n: np.concatenate([getattr(b, part)[n] for b in batches]) for n in names}
+
+    return stack("inputs"), stack("outputs")
 
 
 def _rows(batch: RawBatch) -> int:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Outputs = list[np.ndarray]
 RunFn = Callable[[dict[str, np.ndarray]], Outputs]
+# Sees each successful batch's feeds and outputs (the drift monitor); must return at once.
+BatchObserver = Callable[[dict[str, np.ndarray], Outputs], object]
 
 
 @dataclass(slots=True, eq=False)
@@ -144,8 +146,10 @@ class MicroBatcher:
         metrics: VersionMetrics,
         name: str = "batcher",
         batch_seconds: float = 0.0,
+        observe: BatchObserver | None = None,
     ) -> None:
         self._run = run
+        self._observe = observe
         self._input_names = list(input_names)
         self._policy = BatchPolicy(settings, batchable, batch_seconds)
         self._max_queue = settings.max_queue
@@ -309,7 +313,8 @@ class MicroBatcher:
             feeds = {n: np.concatenate([r.feeds[n] for r in live]) for n in self._input_names}
         started = time.monotonic()
         try:
-            pieces = split_outputs(self._run(feeds), sizes)
+            outputs = self._run(feeds)
+            pieces = split_outputs(outputs, sizes)
         except InferenceError as exc:
             if len(live) > 1 and exc.code is ErrorCode.INVALID_ARGUMENT:
                 # One request's values broke the run: answer each alone so that only the
@@ -325,7 +330,9 @@ class MicroBatcher:
             self._policy.observe(elapsed)
             self._metrics.compute.observe(elapsed)
             self._metrics.batch_rows.observe(sum(sizes))
-        return [(r, outputs, None) for r, outputs in zip(live, pieces, strict=True)]
+        if self._observe is not None:
+            self._observe(feeds, outputs)  # must not raise nor block: the drift monitor's
+        return [(r, piece, None) for r, piece in zip(live, pieces, strict=True)]
 
 
 def _deadline_error() -> InferenceError:

@@ -23,13 +23,17 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.batcher import MicroBatcher
+import numpy as np
+
+from gateway.core.batcher import BatchObserver, MicroBatcher
 from gateway.core.errors import ErrorCode, InferenceError
 from gateway.core.router import TrafficSplit
 from gateway.core.runtime import ModelLoadError, OnnxModel
 from gateway.core.types import VersionStatus
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.settings import BatchSettings, ServerSettings
+from monitor.monitor import DriftMonitor
+from monitor.profile import ReferenceProfile
 from registry.client import SERVED_STAGES, RegistryClient
 from registry.errors import UnavailableError
 from registry.types import ModelVersion, Stage
@@ -91,11 +95,16 @@ class Deployments:
     """The models this gateway serves, following the registry."""
 
     def __init__(
-        self, registry: RegistryClient, settings: ServerSettings, metrics: Metrics
+        self,
+        registry: RegistryClient,
+        settings: ServerSettings,
+        metrics: Metrics,
+        monitor: DriftMonitor | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
+        self._monitor = monitor
         self._routes: dict[str, Routes] = {}
         self._all: dict[str, dict[str, Deployment]] = {}  # every deployment, any state
         self._desired = _Desired()
@@ -398,6 +407,7 @@ class Deployments:
             deployment.metrics,
             name=f"batch-{deployment.name}-v{deployment.version}",
             batch_seconds=warmup_seconds,
+            observe=self._watch(deployment, model),
         )
         deployment.state = ModelState.READY
         deployment.error = None
@@ -409,6 +419,30 @@ class Deployments:
             "batched" if model.batchable else "fixed batch dimension: unbatched",
         )
         self._reroute()
+
+    def _watch(self, deployment: Deployment, model: OnnxModel) -> BatchObserver | None:
+        """Register the version with the drift monitor; the batch hook that feeds it."""
+        monitor = self._monitor
+        if monitor is None or not self._settings.for_model(deployment.name).monitor.monitoring:
+            return None
+        name, version = deployment.name, deployment.version
+        profile = None
+        if deployment.record.reference is not None:
+            try:
+                profile = ReferenceProfile.from_json(deployment.record.reference)
+            except ValueError as exc:
+                log.warning("%s v%s: unreadable reference profile, learning one: %s",
+                            name, version, exc)  # fmt: skip
+        if profile is None:
+            log.info("%s v%s has no reference profile: the drift monitor learns one from "
+                     "the first live rows", name, version)  # fmt: skip
+        monitor.register(name, version, profile)
+        output_names = model.output_names
+
+        def observe(feeds: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
+            monitor.observe(name, version, feeds, dict(zip(output_names, outputs, strict=True)))
+
+        return observe
 
     def _build_model(self, record: ModelVersion) -> tuple[OnnxModel, float]:
         """The loaded model and the seconds its fastest warm-up run took."""
@@ -446,6 +480,9 @@ class Deployments:
             log.warning("%s v%s did not drain in time", deployment.name, deployment.version)
         deployment.state = ModelState.UNLOADED
         deployment.metrics.loaded.set(0)
+        current = self._all.get(deployment.name, {}).get(deployment.version)
+        if self._monitor is not None and current in (None, deployment):  # not reloaded since
+            self._monitor.unregister(deployment.name, deployment.version)
         log.info("model %s v%s unloaded", deployment.name, deployment.version)
 
     async def stop(self, timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import Any
 
 from gateway.core.deployments import Deployment, Deployments
 from gateway.core.errors import ErrorCode, InferenceError, invalid
@@ -18,6 +19,7 @@ from gateway.core.types import (
     TensorSpec,
 )
 from gateway.core.validation import model_feeds
+from monitor.monitor import DriftMonitor
 
 PLATFORM = "onnxruntime_onnx"
 # Protocol extensions both front ends advertise in server metadata.
@@ -35,10 +37,15 @@ class InferenceService:
     """Readiness, metadata and inference for every served model, protocol-neutral."""
 
     def __init__(
-        self, deployments: Deployments, mirror: ShadowMirror, name: str = "modelgate"
+        self,
+        deployments: Deployments,
+        mirror: ShadowMirror,
+        monitor: DriftMonitor | None = None,
+        name: str = "modelgate",
     ) -> None:
         self._deployments = deployments
         self._mirror = mirror
+        self._monitor = monitor
         self.name = name
         self.version = _server_version()
         self.extensions = EXTENSIONS
@@ -85,6 +92,21 @@ class InferenceService:
         return ModelConfig(
             name, PLATFORM, max_batch, _without_batch(model.inputs), _without_batch(model.outputs)
         )
+
+    def drift_report(self, name: str, version: str | None) -> dict[str, Any]:
+        """The drift monitor's view of a version (without one: the production version): its
+        reference, rows seen, and the last windows' per-feature scores and thresholds."""
+        deployment = self._deployments.get(name, version)
+        report = None
+        if self._monitor is not None:
+            report = self._monitor.report(name, deployment.version)
+        if report is None:
+            raise InferenceError(
+                ErrorCode.NOT_FOUND,
+                f"model {name!r} version {deployment.version} is not monitored "
+                f"({deployment.state.value.lower()}, or monitoring is off for it)",
+            )
+        return report
 
     def _loaded(self, name: str, version: str | None) -> Deployment:
         deployment = self._deployments.get(name, version)

@@ -122,6 +122,8 @@ class HttpFrontend:
         if action == "config":
             config = v2_http.config_json(service.model_config(model, version))
             return 200, v2_http.encode_json(config), _JSON
+        if action == "drift":
+            return 200, v2_http.encode_json(service.drift_report(model, version)), _JSON
         raise HttpError(404, f"no such endpoint: GET /{'/'.join(parts)}")
 
     def _v1_status(self, name: str) -> dict[str, Any]:

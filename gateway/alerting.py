@@ -1,0 +1,134 @@
+"""From the drift monitor's state changes to retraining webhook events.
+
+The monitor says when a model version starts or stops drifting; this decides where the
+event goes and what it says. A version's webhook URL is, in order: its registry tag
+`retrain_webhook` (it travels with the version; an empty tag turns webhooks off for it),
+the serving config's `retrain_webhook` for its model, the server-wide `--retrain-webhook`.
+The notifier (monitor/webhook.py) signs, stores and delivers the events.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.core.deployments import Deployments
+from gateway.settings import ServerSettings
+from monitor.drift import DriftEvent, WindowReport
+from monitor.outbox import Outbox
+from monitor.webhook import WebhookNotifier, WebhookSettings
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TAG = "retrain_webhook"
+
+
+def notifier_for(
+    settings: ServerSettings, registry: CollectorRegistry, store_dir: Path | None
+) -> WebhookNotifier | None:
+    """The retraining webhook's notifier, or None when no webhook is configured: neither a
+    URL (server-wide or per model) nor a signing secret for registry-tagged URLs."""
+    secret = settings.webhook_secret
+    if settings.webhook_secret_file is not None:
+        secret = settings.webhook_secret_file.read_text().strip()
+    urls = {settings.models.monitor.retrain_webhook} | {
+        m.monitor.retrain_webhook for m in settings.model_overrides.values()
+    }
+    if secret is None and not any(urls):
+        return None
+    if secret is None:
+        raise ValueError(
+            "a retraining webhook needs a signing secret: set MODELGATE_WEBHOOK_SECRET or "
+            "--webhook-secret-file"
+        )
+    outbox_path = settings.webhook_outbox
+    if outbox_path is None:
+        if store_dir is None:
+            raise ValueError(
+                "with a remote registry, say where the webhook outbox lives: --webhook-outbox"
+            )
+        outbox_path = store_dir / "webhook-outbox.db"
+    webhook = WebhookSettings(
+        secret=secret,
+        retry_period=settings.webhook_retry_period,
+        cooldown=settings.webhook_cooldown,
+        outbox_path=outbox_path,
+    )
+    return WebhookNotifier(webhook, Outbox(outbox_path), registry)
+
+
+class DriftAlerts:
+    """The drift monitor's `on_change`: webhook events for versions that start or stop
+    drifting, a log line for everything."""
+
+    def __init__(
+        self,
+        notifier: WebhookNotifier | None,
+        settings: ServerSettings,
+        deployments: Deployments,
+    ) -> None:
+        self._notifier = notifier
+        self._settings = settings
+        self._deployments = deployments
+
+    async def __call__(self, event: DriftEvent) -> None:
+        report = event.report
+        if event.kind == "learned" or report is None:
+            log.info("%s v%s: reference profile learned from live rows", event.model,
+                     event.version)  # fmt: skip
+            return
+        if self._notifier is None:
+            return
+        window = _window(report)
+        if event.kind == "drifting":
+            url = self._url(event.model, event.version)
+            if not url:
+                return
+            features = [_feature(report, name) for name in report.drifted_features]
+            sent = await self._notifier.notify_drift_started(
+                event.model, event.version, window, features, url=url
+            )
+            if sent is not None:
+                log.warning("%s v%s is drifting (%s): event %s queued", event.model,
+                            event.version, ", ".join(report.drifted_features), sent)  # fmt: skip
+        elif event.kind == "resolved":
+            await self._notifier.notify_drift_resolved(event.model, event.version, window)
+
+    def _url(self, model: str, version: str) -> str:
+        try:
+            tags = self._deployments.get(model, version).record.tags
+        except Exception:  # unloaded meanwhile: the serving config still applies
+            tags = {}
+        if WEBHOOK_TAG in tags:
+            return tags[WEBHOOK_TAG]
+        return self._settings.for_model(model).monitor.retrain_webhook
+
+
+def _window(report: WindowReport) -> dict[str, Any]:
+    return {
+        "start": report.started_at,
+        "end": report.closed_at,
+        "rows": report.rows,
+        "index": report.index,
+        "closed_by": report.closed_by,
+    }
+
+
+def _feature(report: WindowReport, name: str) -> dict[str, Any]:
+    score = report.feature(name)
+    return {
+        "name": name,
+        "role": score.role,
+        "scores": {
+            "psi": score.psi,
+            "js": score.js,
+            "ks": score.ks,
+            "missing_rate": score.missing_rate,
+            "out_of_range_rate": score.out_of_range_rate,
+        },
+        "thresholds": report.thresholds,
+        "reasons": list(score.reasons),
+    }
