@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,7 +41,14 @@ def clean_environment() -> dict[str, str]:
 class ServerProcess:
     """One server subprocess with its log file."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env`: variables added to the clean environment (e.g. a secret)."""
         self.argv = list(argv)
         self.log_path = log_path
         with log_path.open("wb") as log:
@@ -50,7 +57,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_environment(),
+                env={**clean_environment(), **(env or {})},
                 cwd=cwd,
             )
 
@@ -103,6 +110,12 @@ class ServerProcess:
                 return self._popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._popen.kill()
+        return self._popen.wait()
+
+    def kill(self) -> int:
+        """SIGKILL: no drain, no clean-up, as a crash or an OOM kill would end it."""
+        if self._popen.poll() is None:
+            self._popen.kill()
         return self._popen.wait()
 
     def _check_alive(self) -> None:

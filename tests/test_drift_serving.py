@@ -1,0 +1,228 @@
+"""Drift monitoring end to end: a model registered with a reference profile, served; shifted
+live traffic shows in the drift report and metrics and fires a signed retraining webhook to a
+real receiver; normal traffic resolves it. A gateway killed with SIGKILL and restarted still
+delivers what its outbox holds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+import modelzoo
+from conftest import running, sample, scrape
+from gateway.settings import ModelServingSettings, MonitorSettings, ServerSettings
+from loadtest.procs import ServerProcess
+from monitor.drift import DriftSettings
+from monitor.outbox import Outbox
+from monitor.webhook import verify
+from registry.reference import reference_profile
+from registry.store import RegistryStore
+from registry.types import Stage
+from webhook_receiver import Receiver
+
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+FEATURES = modelzoo.FEATURES
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RegistryStore:
+    """The classifier in production, registered with the profile of a N(0, 1) sample."""
+    model = modelzoo.classifier()
+    sample_file = tmp_path / "reference.npy"
+    np.save(sample_file, np.random.default_rng(3).normal(size=(4000, FEATURES)).astype("f4"))
+    registry = RegistryStore(tmp_path / "store")
+    registry.register(
+        "clf", model, stage=Stage.PRODUCTION, reference=reference_profile(model, sample_file)
+    )
+    return registry
+
+
+def _settings(store: RegistryStore, webhook: str, outbox: Path) -> ServerSettings:
+    models = ModelServingSettings(
+        monitor=MonitorSettings(retrain_webhook=webhook),
+        drift=DriftSettings(window_rows=500, min_window_rows=100, consecutive_windows=2),
+    )
+    return ServerSettings(
+        store=store.root, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
+        drain_delay=0.0, poll_interval=0.1, models=models, webhook_secret=SECRET,
+        webhook_outbox=outbox,
+    )  # fmt: skip
+
+
+def _rows(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, object]:
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    x[:, 2] += shift
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [n, FEATURES],
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+
+
+async def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_shifted_traffic_is_reported_and_fires_a_signed_webhook(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = _settings(store, receiver.url, tmp_path / "outbox.db")
+    rng = np.random.default_rng(0)
+    async with running(settings, store) as gw:
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            for _ in range(20):  # 1,280 rows with feature 2 shifted by 1.5 sd
+                response = await http.post("/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+                assert response.status_code == 200  # drift never changes an answer
+            await _until(lambda: receiver.accepted())
+
+            [event] = receiver.accepted()
+            headers = event.headers
+            assert verify(SECRET, headers["webhook-id"], headers["webhook-timestamp"],
+                          event.body, headers["webhook-signature"])  # fmt: skip
+            body = orjson.loads(event.body)
+            assert body["type"] == "model.drift_detected"
+            assert (body["data"]["model"], str(body["data"]["version"])) == ("clf", "1")
+            assert body["data"]["window"]["rows"] >= 500
+            assert [f["name"] for f in body["data"]["features"]] == ["input[2]"]
+            scores = body["data"]["features"][0]["scores"]
+            assert scores["psi"] > 0.2
+
+            report = (await http.get("/v2/models/clf/drift")).json()
+            versioned = (await http.get("/v2/models/clf/versions/1/drift")).json()
+            assert (report["model"], report["version"]) == (versioned["model"], "1")
+            assert report["drifting"] is True
+            assert report["reference"]["source"] == "registered"
+            last = report["windows"][-1]
+            drifted = [f["name"] for f in last["inputs"] if f["drifted"]]
+            assert drifted == ["input[2]"]
+            samples = await scrape(gw)
+            assert sample(samples, "modelgate_drift_drifting", model="clf", version="1") == 1
+            assert sample(samples, "modelgate_drift_psi", model="clf", version="1",
+                          feature="input[2]") > 0.2  # fmt: skip
+            assert sample(samples, "modelgate_drift_psi", model="clf", version="1",
+                          feature="input[0]") < 0.2  # fmt: skip
+
+            for _ in range(20):  # back to normal: two clean windows resolve it
+                await http.post("/v2/models/clf/infer", json=_rows(rng, 64))
+            await _until(lambda: len(receiver.accepted()) == 2)
+            resolved = orjson.loads(receiver.accepted()[1].body)
+            assert resolved["type"] == "model.drift_resolved"
+            assert resolved["data"]["detected_event"] == body["id"]
+            assert (await http.get("/v2/models/clf/drift")).json()["drifting"] is False
+
+            missing = await http.get("/v2/models/nope/drift")
+            assert missing.status_code == 404
+
+
+async def test_bad_values_are_counted_and_monitoring_can_be_off(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = _settings(store, receiver.url, tmp_path / "outbox.db")
+    async with running(settings, store) as gw:
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            x = np.zeros((4, FEATURES), np.float32)
+            x[0, 0], x[1, 1], x[2, 2] = np.nan, np.inf, 1e6
+            raw = x.tobytes()  # binary tensors: JSON cannot carry NaN or Inf
+            header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32",
+                                               "shape": [4, FEATURES],
+                                               "parameters": {"binary_data_size": len(raw)}}]})  # fmt: skip
+            response = await http.post(
+                "/v2/models/clf/infer",
+                content=header + raw,
+                headers={"inference-header-content-length": str(len(header))},
+            )
+            assert response.status_code == 200
+
+            def counted() -> bool:
+                report = gw.service.drift_report("clf", None)
+                return bool(report["rows_seen"] >= 4)
+
+            await _until(counted)
+            samples = await scrape(gw)
+            for feature, kind in (("input[0]", "missing"), ("input[1]", "pos_inf"),
+                                  ("input[2]", "above_max")):  # fmt: skip
+                assert sample(samples, "modelgate_drift_invalid_values_total", model="clf",
+                              version="1", feature=feature, kind=kind) == 1  # fmt: skip
+
+    off = dataclasses.replace(
+        settings,
+        models=dataclasses.replace(settings.models, monitor=MonitorSettings(monitoring=False)),
+    )
+    async with running(off, store) as gw:
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            answer = await http.get("/v2/models/clf/drift")
+            assert answer.status_code == 404
+            assert "not monitored" in answer.json()["error"]
+
+
+def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart(
+    store: RegistryStore, tmp_path: Path
+) -> None:
+    receiver = Receiver()  # not started: the receiver is down at first
+    outbox = tmp_path / "outbox.db"
+    config = tmp_path / "modelgate.toml"
+    config.write_text(
+        f'retrain_webhook = "{receiver.url}"\nwindow_rows = 500\nmin_window_rows = 100\n'
+    )
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(store.root),
+            "--config", str(config), "--webhook-outbox", str(outbox),
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
+    environment = {"MODELGATE_WEBHOOK_SECRET": SECRET}
+
+    def start(log: str) -> tuple[ServerProcess, str]:
+        server = ServerProcess(argv, tmp_path / log, env=environment)
+        found = server.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
+        http = f"http://{found.group(1)}"
+        server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
+        return server, http
+
+    first, http = start("first.log")
+    try:
+        rng = np.random.default_rng(1)
+        for _ in range(20):
+            assert httpx.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64, 1.5)).is_success
+        deadline = time.monotonic() + 30
+        while not Outbox(outbox).pending_count():
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.1)
+        time.sleep(1.5)  # a few failed delivery attempts against the closed port
+    finally:
+        first.kill()
+    [pending] = Outbox(outbox).events()
+    assert pending.attempts >= 1 and pending.delivered_at is None
+
+    receiver.start()
+    second, _ = start("second.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not receiver.accepted():
+            assert time.monotonic() < deadline, second.log_tail()
+            time.sleep(0.1)
+        time.sleep(1.0)  # nothing else should follow
+        [delivered] = receiver.accepted()
+        assert delivered.id == pending.id
+        assert delivered.body == pending.payload
+    finally:
+        assert second.stop() == 0
+        receiver.stop()
