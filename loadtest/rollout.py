@@ -11,8 +11,8 @@ and each stage change is judged from the record:
 - errors: failed requests (the target is none);
 - canary share: the fraction of unkeyed requests the canary answered once the swap landed;
 - sticky: whether any routing key was answered by two versions while the weights held;
-- dip: the worst 250 ms throughput within 3 s of the change, against the median of the
-  2 s before it.
+- dip: how much lower throughput was in the 3 s after the change than in the 3 s before
+  (the stage-change process itself, e.g. the CLI starting up, competes for the same cores).
 
     python -m loadtest.rollout [--clients 6] [--grpc-clients 2] [--via cli|api] [--markdown]
 
@@ -249,15 +249,15 @@ def judge(
     return results
 
 
-def _dip(answers: Sequence[Answer], changed: float, bin_seconds: float = 0.25) -> float | None:
-    """1 - (worst throughput bin within 3 s after the change) / (median of the 2 s before)."""
+def _dip(answers: Sequence[Answer], changed: float, seconds: float = 3.0) -> float | None:
+    """How much lower throughput was in the `seconds` after the change than in the
+    `seconds` before it (0 when it was not lower)."""
     times = np.array([a.at for a in answers])
-    before = np.histogram(times, bins=np.arange(changed - 2.0, changed + 1e-9, bin_seconds))[0]
-    after = np.histogram(times, bins=np.arange(changed, changed + 3.0 + 1e-9, bin_seconds))[0]
-    baseline = float(np.median(before)) if before.size else 0.0
-    if baseline <= 0 or not after.size:
+    before = int(np.count_nonzero((times >= changed - seconds) & (times < changed)))
+    after = int(np.count_nonzero((times >= changed) & (times < changed + seconds)))
+    if before == 0:
         return None
-    return max(0.0, 1.0 - float(after.min()) / baseline)
+    return max(0.0, 1.0 - after / before)
 
 
 async def _settle(

@@ -143,9 +143,9 @@ async def test_bad_values_are_counted_and_monitoring_can_be_off(
             x = np.zeros((4, FEATURES), np.float32)
             x[0, 0], x[1, 1], x[2, 2] = np.nan, np.inf, 1e6
             raw = x.tobytes()  # binary tensors: JSON cannot carry NaN or Inf
-            header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32",
-                                               "shape": [4, FEATURES],
-                                               "parameters": {"binary_data_size": len(raw)}}]})  # fmt: skip
+            tensor = {"name": "input", "datatype": "FP32", "shape": [4, FEATURES],
+                      "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+            header = orjson.dumps({"inputs": [tensor]})
             response = await http.post(
                 "/v2/models/clf/infer",
                 content=header + raw,
