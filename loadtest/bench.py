@@ -7,11 +7,15 @@ under test as a subprocess on 127.0.0.1 and drives it with Triton's perf_analyze
 
     gateway, light model, batching on  (defaults)             gRPC + HTTP JSON, c = 1, 16, 64
     gateway, light model, batching off (--max-batch-size 1)   gRPC + HTTP JSON, c = 64
+    gateway, light model, drift monitoring off                gRPC + HTTP JSON, c = 64
     bare_grpc light (grpc.aio asyncio; uvloop, sync pool)     gRPC, c = 1, 64; variants c = 64
     bare_http light (uvicorn + httptools + uvloop)            HTTP JSON, c = 1, 64
     gateway, heavy model, batching on and off                 gRPC c = 1, 16, 64; HTTP c = 64
 
-and measures both models' in-process ceiling (loadtest/ceiling.py) with the gateway's
+The light model is registered with a reference profile (a sample of its training
+distribution), so the drift monitor works as in production; the heavy one learns its
+reference from its first live rows. The monitoring-off gateway gives monitoring's cost.
+It also measures both models' in-process ceiling (loadtest/ceiling.py) with the gateway's
 session options. For each point it prints req/s, p50/p99 and the CPU used by perf_analyzer
 and by the server (100% = one core), then the ratios the targets are stated in.
 
@@ -36,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from loadtest import ceiling, perf, report
 from loadtest.models import MODELS
@@ -79,6 +85,7 @@ def build_plan(quick: bool, only: str | None, protocols: set[str]) -> list[Serve
     plans = [
         ServerPlan("light", "gateway", "on", light_on),
         ServerPlan("light", "gateway", "off", (("grpc", 64), ("http", 64))),
+        ServerPlan("light", "gateway/monitoring-off", "on", (("grpc", 64), ("http", 64))),
         ServerPlan("light", "bare_grpc", "-", tuple(("grpc", c) for c in levels if c != 16)),
         ServerPlan("light", "bare_http", "-", tuple(("http", c) for c in levels if c != 16)),
     ]
@@ -98,10 +105,12 @@ def build_plan(quick: bool, only: str | None, protocols: set[str]) -> list[Serve
 def server_argv(plan: ServerPlan, stores: dict[str, Path]) -> list[str]:
     """The command line that starts `plan`'s server on free ports of 127.0.0.1."""
     python = sys.executable
-    if plan.server == "gateway":
+    if plan.server.startswith("gateway"):
         argv = [python, "-m", "gateway.cli", "serve", "--store", str(stores[plan.model])]
         argv += ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
         argv += ["--metrics-port", "0", "--drain-delay", "0"]
+        if plan.server.endswith("/monitoring-off"):
+            argv += ["--monitoring", "off"]
         return argv + (["--max-batch-size", "1"] if plan.batching == "off" else [])
     module, _, variant = plan.server.partition("/")
     argv = [python, "-m", f"loadtest.{module}", "--host", "127.0.0.1", "--port", "0"]
@@ -111,7 +120,7 @@ def server_argv(plan: ServerPlan, stores: dict[str, Path]) -> list[str]:
 
 def wait_ready(plan: ServerPlan, server: ServerProcess) -> dict[str, str]:
     """Block until the server serves `plan.model`; its host:port per protocol."""
-    if plan.server == "gateway":
+    if plan.server.startswith("gateway"):
         found = server.wait_for_line(GATEWAY_LINE, READY_TIMEOUT)
         urls = {"http": found.group(1), "grpc": found.group(2)}
         server.wait_http_ok(f"http://{urls['http']}/v2/models/{plan.model}/ready", READY_TIMEOUT)
@@ -190,6 +199,13 @@ def prepare_models(workdir: Path, models: list[str]) -> tuple[dict[str, bytes], 
         stores[name] = workdir / f"store-{name}"
         register = [sys.executable, "-m", "gateway.cli", "registry", "--store"]
         register += [str(stores[name]), "register", name, str(path), "--stage", "production"]
+        if name == "light":
+            from loadtest.drift_quality import REFERENCE_ROWS, LightTraffic
+
+            sample = workdir / "light-reference.npy"
+            inputs, _ = LightTraffic().rows(np.random.default_rng(0), REFERENCE_ROWS)
+            np.save(sample, inputs["input"])
+            register += ["--reference", str(sample)]
         subprocess.run(register, check=True, capture_output=True, timeout=120, cwd=REPO)
     return built, stores
 

@@ -127,6 +127,14 @@ def ratios(points: Sequence[PointResult], ceilings: Sequence[CeilingResult]) -> 
     bare_http = _find(points, "light", "bare_http", "http", "-", 64)
     if gw_http and bare_http:
         lines.append(f"light HTTP c64: gateway / bare_http = {_ratio(gw_http, bare_http):.2f}")
+    for protocol in ("grpc", "http"):
+        on = _find(points, "light", "gateway", protocol, "on", 64)
+        off = _find(points, "light", "gateway/monitoring-off", protocol, "on", 64)
+        if on and off:
+            lines.append(
+                f"light {protocol} c64: drift monitoring on / off = {_ratio(on, off):.3f} "
+                f"({on.requests_per_second:,.0f} / {off.requests_per_second:,.0f} req/s)"
+            )
     heavy_on = _find(points, "heavy", "gateway", "grpc", "on", 64)
     heavy_off = _find(points, "heavy", "gateway", "grpc", "off", 64)
     ceiling = next((c for c in ceilings if c.model == "heavy"), None)
