@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[DriftEvent], Awaitable[None] | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawBatch:
     """A batch's tensors as a batch worker offers them: by reference, to be sketched in
     bulk by the consumer; copied while the version learns its reference."""
@@ -177,12 +177,13 @@ class DriftMonitor:
 
         Never blocks; False when the queue is full, and the drop is counted.
         """
-        with self._lock:
-            if len(self._queue) < self._capacity:
-                self._queue.append((model, version, item))
-                return True
-            state = self._versions.get((model, version))
-            if state is not None:
+        queue = self._queue
+        if len(queue) < self._capacity:  # deque appends are atomic: no lock on this path
+            queue.append((model, version, item))
+            return True
+        state = self._versions.get((model, version))
+        if state is not None:
+            with self._lock:  # counts from several threads
                 state.dropped += 1
         return False
 
@@ -197,22 +198,23 @@ class DriftMonitor:
     async def drain(self) -> None:
         """Fold everything queued so far, then close windows whose time is up."""
         now = self._clock()
-        with self._lock:
-            items, self._queue = self._queue, deque()
+        queue = self._queue
+        items = [queue.popleft() for _ in range(len(queue))]  # producers may append meanwhile
         raw: dict[tuple[str, str], list[RawBatch]] = {}
         for model, version, item in items:
-            state = self._versions.get((model, version))
-            if state is None:
-                continue
-            if not isinstance(item, RawBatch):
-                await self._emit(self._fold(state, item, now))
-            elif state.sketcher is None:
-                self._learn(state, item)
-            else:
+            if type(item) is RawBatch:
                 raw.setdefault((model, version), []).append(item)
+                continue
+            state = self._versions.get((model, version))
+            if state is not None:
+                await self._emit(self._fold(state, item, now))  # type: ignore[arg-type]
         for key, batches in raw.items():
             state = self._versions.get(key)
             if state is None:
+                continue
+            if state.sketcher is None:
+                for batch in batches:
+                    self._learn(state, batch)
                 continue
             for sketch in self._sketch(state, batches):
                 await self._emit(self._fold(state, sketch, now))
@@ -221,27 +223,32 @@ class DriftMonitor:
                 await self._emit(state.window.tick(now))
 
     def _sketch(self, state: _Version, batches: list[RawBatch]) -> Iterator[Sketch]:
-        """Sketches of `batches`, at least `_SKETCH_ROWS` rows each (so windows still close
-        near their row count), from their concatenated tensors: one vectorised pass per
-        chunk."""
+        """Sketches of `batches`: their tensors stacked (one concatenation per tensor), then
+        sketched in chunks of a twentieth of a window, at most `_SKETCH_ROWS` rows, so that
+        windows still close near their row count. One vectorised pass per chunk."""
         sketcher = state.sketcher
         assert sketcher is not None
-        chunk: list[RawBatch] = []
-        rows = 0
-        for i, batch in enumerate(batches):
-            chunk.append(batch)
-            rows += _rows(batch)
-            if rows < _SKETCH_ROWS and i < len(batches) - 1:
-                continue
+        chunk = min(_SKETCH_ROWS, max(1, state.settings.window_rows // 20))
+        try:
+            inputs, outputs = _joined(batches)
+        except ValueError:  # batches that do not stack (shapes differ): one at a time
+            if len(batches) > 1:
+                for batch in batches:
+                    yield from self._sketch(state, [batch])
+            return
+        total = _rows(RawBatch(inputs, outputs))
+        for start in range(0, max(total, 1), chunk):
+            end = start + chunk
             try:
-                inputs, outputs = _joined(chunk)
-                yield sketcher.sketch(inputs, outputs, at=time.time())
-            except Exception:  # a sketcher bug, or batches that do not stack, never
-                # stop the monitor: those rows are counted as refused and skipped
-                log.exception("%s/%s: sketching %d batches failed", state.model,
-                              state.version, len(chunk))  # fmt: skip
-                state.refused += len(chunk)
-            chunk, rows = [], 0
+                yield sketcher.sketch(
+                    {k: v[start:end] for k, v in inputs.items()},
+                    {k: v[start:end] for k, v in outputs.items()},
+                    at=time.time(),
+                )
+            except Exception:  # a sketcher bug never stops the monitor: counted, skipped
+                log.exception("%s/%s: sketching rows %d-%d failed", state.model,
+                              state.version, start, end)  # fmt: skip
+                state.refused += 1
 
     def _fold(self, state: _Version, item: Sketch | bytes, now: float) -> list[DriftEvent]:
         window = state.window
@@ -360,7 +367,7 @@ class DriftMonitor:
         return list(self._versions.values())
 
 
-_SKETCH_ROWS = 64
+_SKETCH_ROWS = 512
 
 
 def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -376,8 +383,12 @@ def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, n
 
 
 def _rows(batch: RawBatch) -> int:
-    for tensor in (*batch.inputs.values(), *batch.outputs.values()):
-        return int(np.shape(tensor)[0]) if np.ndim(tensor) else 1
+    for part in (batch.inputs, batch.outputs):
+        for tensor in part.values():
+            shape = getattr(tensor, "shape", None)
+            if shape is None:
+                shape = np.shape(tensor)
+            return int(shape[0]) if shape else 1
     return 0
 
 
