@@ -9,8 +9,10 @@ and each stage change is judged from the record:
   follows the new stages — the first answer from a version that joined the live split and
   the last answer from one that left it, whichever is later;
 - errors: failed requests (the target is none);
-- canary share: the fraction of unkeyed requests the canary answered once the swap landed;
-- sticky: whether any routing key was answered by two versions while the weights held;
+- canary share: the fraction of unkeyed requests sent after the swap landed that the
+  canary answered;
+- sticky: whether any routing key was answered by two versions among the requests sent
+  while the weights held;
 - dip: how much lower throughput was in the 3 s after the change than in the 3 s before
   (the stage-change process itself, e.g. the CLI starting up, competes for the same cores).
 
@@ -49,11 +51,12 @@ STICKY_KEYS = 200  # keyed requests draw from this many users, so keys repeat
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    at: float  # wall-clock seconds (time.time), comparable with audit records
+    at: float  # when the answer came, wall-clock seconds (comparable with audit records)
     protocol: str
     key: str | None
     version: str | None  # None: the request failed
     error: str = ""
+    sent: float = 0.0  # when the request left: routed no earlier than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,11 @@ class Load:
     def _key(self) -> str | None:
         return f"user-{random.randrange(STICKY_KEYS)}" if random.random() < self.keyed else None
 
+    def _record(
+        self, sent: float, protocol: str, key: str | None, version: str | None, error: str = ""
+    ) -> None:
+        self.answers.append(Answer(time.time(), protocol, key, version, error, sent))
+
     async def _http_client(self) -> None:
         url = f"{self.http}/v2/models/{self.model}/infer"
         async with httpx.AsyncClient(timeout=30) as client:
@@ -131,16 +139,16 @@ class Load:
                 key = self._key()
                 headers = {"x-routing-key": key} if key else {}
                 body = random.choice(self._json)
+                sent = time.time()
                 try:
                     response = await client.post(url, json=body, headers=headers)
-                    if response.status_code == 200:
-                        version = str(response.json()["model_version"])
-                        self.answers.append(Answer(time.time(), "http", key, version))
-                    else:
-                        error = f"{response.status_code} {response.text}"
-                        self.answers.append(Answer(time.time(), "http", key, None, error))
                 except httpx.HTTPError as exc:
-                    self.answers.append(Answer(time.time(), "http", key, None, repr(exc)))
+                    self._record(sent, "http", key, None, repr(exc))
+                    continue
+                if response.status_code == 200:
+                    self._record(sent, "http", key, str(response.json()["model_version"]))
+                else:
+                    self._record(sent, "http", key, None, f"{response.status_code} {response.text}")
 
     async def _grpc_client(self) -> None:
         async with grpc.aio.insecure_channel(self.grpc) as channel:
@@ -152,12 +160,13 @@ class Load:
                 request.inputs.add(name="input", datatype="FP32", shape=[1, row.size])
                 request.raw_input_contents.append(row.tobytes())
                 metadata = (("x-routing-key", key),) if key else None
+                sent = time.time()
                 try:
                     reply = await stub.ModelInfer(request, metadata=metadata, timeout=30)
-                    self.answers.append(Answer(time.time(), "grpc", key, reply.model_version))
                 except grpc.aio.AioRpcError as exc:
-                    error = f"{exc.code().name} {exc.details()}"
-                    self.answers.append(Answer(time.time(), "grpc", key, None, error))
+                    self._record(sent, "grpc", key, None, f"{exc.code().name} {exc.details()}")
+                    continue
+                self._record(sent, "grpc", key, reply.model_version)
 
     async def run(self, http_clients: int, grpc_clients: int) -> None:
         await asyncio.gather(
@@ -220,7 +229,9 @@ def judge(
         until = changes[i + 1] if i + 1 < len(changes) else end
         window = [a for a in answers if changed <= a.at < until]
         swapped = _landed(window, changed, live, step) if step.live != live else changed
-        settled = [a for a in window if a.at > swapped and a.version is not None]
+        # Requests sent after the swap landed were routed by the new table: in-flight ones
+        # answered a little later may still carry the old routing.
+        settled = [a for a in window if a.sent > swapped and a.version is not None]
         unkeyed = [a for a in settled if a.key is None]
         share = None
         if step.stage == "canary" and unkeyed:
