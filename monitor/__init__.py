@@ -1,1 +1,2 @@
-"""Drift monitoring: reference profiles now; batch sketches and drift statistics later."""
+"""Drift monitoring: reference profiles, mergeable batch sketches, drift statistics over
+windows, the monitor task, and the retraining webhook with its durable outbox."""
