@@ -83,19 +83,21 @@ class DriftAlerts:
         if self._notifier is None:
             return
         window = _window(report)
-        if event.kind == "drifting":
+        if event.kind in ("drifting", "still_drifting"):  # the outbox applies the cooldown
             url = self._url(event.model, event.version)
             if not url:
                 return
             features = [_feature(report, name) for name in report.drifted_features]
+            version = int(event.version) if event.version.isdigit() else event.version
             sent = await self._notifier.notify_drift_started(
-                event.model, event.version, window, features, url=url
+                event.model, version, window, features, url=url
             )
             if sent is not None:
                 log.warning("%s v%s is drifting (%s): event %s queued", event.model,
                             event.version, ", ".join(report.drifted_features), sent)  # fmt: skip
         elif event.kind == "resolved":
-            await self._notifier.notify_drift_resolved(event.model, event.version, window)
+            version = int(event.version) if event.version.isdigit() else event.version
+            await self._notifier.notify_drift_resolved(event.model, version, window)
 
     def _url(self, model: str, version: str) -> str:
         try:

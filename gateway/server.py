@@ -131,6 +131,7 @@ class Gateway:
         )
         self._load_task = asyncio.create_task(self._follow_registry())
         self._background.append(asyncio.create_task(self.monitor.run()))
+        self._background.append(asyncio.create_task(self.guard.run()))
         if self.notifier is not None:
             self._background.append(asyncio.create_task(self.notifier.run()))
         return self.addresses
@@ -147,7 +148,7 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self._loaded.set()
-        await asyncio.gather(self.deployments.follow(), self.guard.run())
+        await self.deployments.follow()
 
     async def wait_loaded(self) -> None:
         """Until the registry was read and every version it named has loaded (or failed)."""

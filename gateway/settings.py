@@ -68,10 +68,11 @@ class GuardSettings:
     """The rollout guard: archives a canary or shadow that does worse than production.
 
     Over a sliding window of `guard_window_seconds`, once the version has seen at least
-    `guard_min_requests`: a canary whose server-error rate exceeds `guard_max_error_rate`,
-    or whose p99 latency exceeds `guard_max_p99_ratio` times production's, and a shadow
-    whose answers disagree with production's more often than `guard_max_disagreement`,
-    is moved to `archived` through the registry, with the reason in the audit record.
+    `guard_min_requests`: a canary whose server-error rate exceeds production's by more
+    than `guard_max_error_rate`, or whose p99 latency exceeds `guard_max_p99_ratio` times
+    production's, and a shadow whose answers disagree with production's more often than
+    `guard_max_disagreement`, is moved to `archived` through the registry, with the
+    reason in the audit record.
     """
 
     guard_enabled: bool = False

@@ -191,7 +191,9 @@ class DriftEvent:
 
     model: str
     version: str
-    kind: Literal["drifting", "resolved", "learned"]
+    # drifting / resolved: the state flipped; still_drifting: another drifted window while
+    # drifting; learned: a reference profile was learned from live rows.
+    kind: Literal["drifting", "resolved", "still_drifting", "learned"]
     report: WindowReport | None  # the window that decided it (None for "learned")
     at: float = field(default_factory=time.time)
 
@@ -319,12 +321,14 @@ class VersionMonitor:
             s.name for s in scores if s.drifted and (s.role == "input" or settings.outputs_count)
         )
         window_drifted = len(counted) >= settings.min_drifted_features
-        change: Literal["drifting", "resolved"] | None = None
+        change: Literal["drifting", "resolved", "still_drifting"] | None = None
         # `streak` counts windows that disagree with the current state; M of them flip it.
         self.streak = self.streak + 1 if window_drifted != self.drifting else 0
         if self.streak >= settings.consecutive_windows:
             self.drifting, self.streak = not self.drifting, 0
             change = "drifting" if self.drifting else "resolved"
+        elif self.drifting and window_drifted:
+            change = "still_drifting"  # a webhook may fire again once its cooldown is over
         report = WindowReport(
             model=self.model,
             version=self.version,

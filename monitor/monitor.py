@@ -192,7 +192,10 @@ class DriftMonitor:
     async def run(self) -> None:
         """The one consumer task: drain, fold, close windows by time; until cancelled."""
         while True:
-            await self.drain()
+            try:
+                await self.drain()
+            except Exception:  # one bad fold must not end monitoring for good
+                log.exception("drift monitor: draining the queue failed")
             await asyncio.sleep(self._poll)
 
     async def drain(self) -> None:
@@ -218,6 +221,7 @@ class DriftMonitor:
                 continue
             for sketch in self._sketch(state, batches):
                 await self._emit(self._fold(state, sketch, now))
+                await asyncio.sleep(0)  # this runs on the serving loop: let requests through
         for state in list(self._versions.values()):
             if state.window is not None:
                 await self._emit(state.window.tick(now))
@@ -306,7 +310,10 @@ class DriftMonitor:
 
     async def _emit(self, events: list[DriftEvent]) -> None:
         for event in events:
-            level = logging.WARNING if event.kind == "drifting" else logging.INFO
+            if event.kind == "still_drifting":
+                level = logging.DEBUG
+            else:
+                level = logging.WARNING if event.kind == "drifting" else logging.INFO
             log.log(level, "%s/%s: %s", event.model, event.version, event.kind)
             if self.on_change is None:
                 continue

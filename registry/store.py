@@ -85,6 +85,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss too
+        finally:
+            os.close(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -226,3 +226,25 @@ def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart
     finally:
         assert second.stop() == 0
         receiver.stop()
+
+
+async def test_a_persisting_drift_fires_again_after_the_cooldown(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(
+        _settings(store, receiver.url, tmp_path / "outbox.db"), webhook_cooldown=1.0
+    )
+    rng = np.random.default_rng(5)
+    async with running(settings, store) as gw:
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            deadline = time.monotonic() + 30
+            while len(receiver.accepted()) < 2:
+                assert time.monotonic() < deadline, "no second drift_detected"
+                await http.post("/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+                await asyncio.sleep(0.02)
+    detected = [orjson.loads(r.body) for r in receiver.accepted()]
+    assert [d["type"] for d in detected[:2]] == ["model.drift_detected"] * 2
+    assert detected[0]["id"] != detected[1]["id"]
+    first, second = (r.at for r in receiver.accepted()[:2])
+    assert second - first >= 1.0  # not before the cooldown

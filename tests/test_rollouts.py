@@ -374,3 +374,39 @@ def _loaded_versions(gw: Gateway) -> list[str]:
 
 def _share(gw: Gateway, version: str) -> float | None:
     return next((s.traffic for s in gw.deployments.status("clf") if s.version == version), None)
+
+
+async def test_a_changed_artifact_reloads_the_version_and_retires_the_old_copy(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """(MLflow can attach a sha256 to a version that is already served.) The new copy
+    loads, then the old one is drained and unloaded; nothing is left running."""
+    async with running(settings, store) as gw, client(gw) as http:
+        old = gw.deployments.get("clf", "1")
+        assert old.batcher is not None
+        thread = old.batcher._thread
+        records = store.list_versions("clf")
+        changed = dataclasses.replace(records[0], sha256=records[2].sha256)  # v3's bytes
+        gw.deployments.apply([changed, *records[1:]])
+        await gw.deployments.wait_idle()
+        new = gw.deployments.get("clf", "1")
+        assert new is not old and new.ready
+        assert old.state.value == "UNLOADED" and old.model is None
+        assert not thread.is_alive()
+        assert await _answered_by(http) == "1"
+        assert [d.version for d in gw.deployments.all()] == ["1"]
+
+
+async def test_the_guard_never_archives_a_version_promoted_meanwhile(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """Its routes can be a poll behind the registry: a canary a person has just promoted
+    must stay in production even if its last window looked bad."""
+    async with running(settings, store) as gw:
+        store.transition("clf", 2, Stage.CANARY, traffic=10, actor="t")
+        await _eventually(lambda: _share(gw, "2") == 10)
+        canary = gw.deployments.get("clf", "2")
+        store.transition("clf", 2, Stage.PRODUCTION, actor="t")
+        await gw.guard._archive(canary, "error_rate", "a stale verdict")
+        assert store.get("clf", 2).stage is Stage.PRODUCTION
+        assert store.history("clf")[-1].actor == "t"

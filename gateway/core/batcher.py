@@ -25,6 +25,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,10 @@ class MicroBatcher:
         self._metrics = metrics
         self._queue: deque[PendingRequest] = deque()
         self._queued_rows = 0
-        metrics.queue_depth.set_function(lambda: self._queued_rows)  # read when scraped
+        # Read when scraped, through a weak reference: the gauge outlives the batcher, and
+        # must not keep an unloaded version's model alive.
+        this = weakref.ref(self)
+        metrics.queue_depth.set_function(lambda: getattr(this(), "_queued_rows", 0))
         self._cond = threading.Condition(threading.Lock())
         self._worker_waiting = False
         self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush due

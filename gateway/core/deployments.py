@@ -112,6 +112,7 @@ class Deployments:
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation: str | None = None
         self._stopping = False
+        self._retiring: set[Deployment] = set()  # retirements under way, never two per copy
 
     # --- reads on the request path --------------------------------------------------------
 
@@ -235,8 +236,8 @@ class Deployments:
         """Read the registry once and reconcile: load what entered, route, drain what left."""
         generation = await asyncio.to_thread(self._registry.generation)
         records = await asyncio.to_thread(self._registry.list_versions)
-        self._generation = generation
         self.apply(records)
+        self._generation = generation  # only once applied: a failed apply is retried
 
     def apply(self, records: Iterable[ModelVersion]) -> None:
         """Reconcile with the registry's current records (the served stages among them)."""
@@ -343,10 +344,12 @@ class Deployments:
             self._export_shares(name, previous, routes.get(name))
         self._routes = routes
         for deployment in list(self.all()):
-            if deployment not in retained and deployment.state in (
-                ModelState.READY,
-                ModelState.FAILED,
+            if (
+                deployment not in retained
+                and deployment not in self._retiring
+                and deployment.state in (ModelState.READY, ModelState.FAILED)
             ):
+                self._retiring.add(deployment)
                 self._spawn(self._retire(deployment))
 
     def _export_shares(self, name: str, before: Routes | None, after: Routes | None) -> None:
@@ -381,11 +384,21 @@ class Deployments:
             deployment.failures = previous.failures
         versions = {**self._all.get(record.name, {}), version: deployment}
         self._all = {**self._all, record.name: versions}
-        self._spawn(self._load(deployment))
+        replaced = previous if previous is not None and previous.ready else None
+        self._spawn(self._load(deployment, replaced))
 
-    async def _load(self, deployment: Deployment) -> None:
+    def _current(self, deployment: Deployment) -> bool:
+        """Whether `deployment` is still the copy of its version the gateway keeps."""
+        return self._all.get(deployment.name, {}).get(deployment.version) is deployment
+
+    async def _load(self, deployment: Deployment, replaced: Deployment | None = None) -> None:
+        """Load and warm up a version; `replaced` is a ready copy of the same version (a
+        changed artifact) to retire once this one is ready."""
         try:
             model, warmup_seconds = await asyncio.to_thread(self._build_model, deployment.record)
+            if self._stopping or not self._current(deployment):
+                return  # superseded while loading (or shutting down): never served
+            observe = self._watch(deployment, model)
         except Exception as exc:
             deployment.state = ModelState.FAILED
             deployment.error = str(exc)
@@ -394,8 +407,6 @@ class Deployments:
             self._metrics.model_load_failures.labels(deployment.name, deployment.version).inc()
             log.error("model %s v%s failed to load: %s", deployment.name, deployment.version, exc)
             self._reroute()
-            return
-        if self._stopping:
             return
         serving = self._settings.for_model(deployment.name)
         deployment.model = model
@@ -407,7 +418,7 @@ class Deployments:
             deployment.metrics,
             name=f"batch-{deployment.name}-v{deployment.version}",
             batch_seconds=warmup_seconds,
-            observe=self._watch(deployment, model),
+            observe=observe,
         )
         deployment.state = ModelState.READY
         deployment.error = None
@@ -418,6 +429,9 @@ class Deployments:
             deployment.version,
             "batched" if model.batchable else "fixed batch dimension: unbatched",
         )
+        if replaced is not None and replaced not in self._retiring:
+            self._retiring.add(replaced)
+            self._spawn(self._retire(replaced))
         self._reroute()
 
     def _watch(self, deployment: Deployment, model: OnnxModel) -> BatchObserver | None:
@@ -479,10 +493,12 @@ class Deployments:
         if not await asyncio.to_thread(batcher.join, timeout):
             log.warning("%s v%s did not drain in time", deployment.name, deployment.version)
         deployment.state = ModelState.UNLOADED
-        deployment.metrics.loaded.set(0)
         current = self._all.get(deployment.name, {}).get(deployment.version)
-        if self._monitor is not None and current in (None, deployment):  # not reloaded since
-            self._monitor.unregister(deployment.name, deployment.version)
+        if current in (None, deployment):  # not reloaded since: the version is gone
+            deployment.metrics.loaded.set(0)
+            if self._monitor is not None:
+                self._monitor.unregister(deployment.name, deployment.version)
+        deployment.model = deployment.batcher = None  # free the session now, not at exit
         log.info("model %s v%s unloaded", deployment.name, deployment.version)
 
     async def stop(self, timeout: float) -> None:

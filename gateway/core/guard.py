@@ -5,8 +5,9 @@ snapshot of each watched version's cumulative counters — the request outcomes 
 histogram the metrics already keep, and the shadow comparison totals — and judges the
 difference across a sliding window, so the request path pays nothing for it:
 
-- a canary whose server-side error rate exceeds `guard_max_error_rate`, or whose p99
-  latency exceeds `guard_max_p99_ratio` times production's over the same window;
+- a canary whose server-side error rate exceeds production's by more than
+  `guard_max_error_rate`, or whose p99 latency exceeds `guard_max_p99_ratio` times
+  production's over the same window;
 - a shadow whose label outputs disagree with production's on more than
   `guard_max_disagreement` of rows.
 
@@ -100,8 +101,11 @@ class RolloutGuard:
     async def run(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            for deployment, rule, reason in self.check(time.monotonic()):
-                await self._archive(deployment, rule, reason)
+            try:
+                for deployment, rule, reason in self.check(time.monotonic()):
+                    await self._archive(deployment, rule, reason)
+            except Exception:  # the guard's own failure must never stop it, nor serving
+                log.exception("rollout guard check failed")
 
     def check(self, now: float) -> list[tuple[Deployment, str, str]]:
         """Record a snapshot of every watched version; the versions to archive, and why."""
@@ -129,6 +133,7 @@ class RolloutGuard:
                     verdicts.append((shadow, *verdict))
         for gone in set(self._history) - watched:
             del self._history[gone]
+        self._tripped &= watched  # archived versions leave the routes; forget them
         return [v for v in verdicts if v[0] not in self._tripped]
 
     def _record(self, deployment: Deployment, now: float, guard: GuardSettings) -> None:
@@ -161,10 +166,14 @@ class RolloutGuard:
         if window is None or window.requests < guard.guard_min_requests:
             return None
         error_rate = window.errors / window.requests
-        if error_rate > guard.guard_max_error_rate:
+        baseline = 0.0  # production's own rate: an overload that hits both is no verdict
+        if production is not None and production.requests >= guard.guard_min_requests:
+            baseline = production.errors / production.requests
+        if error_rate - baseline > guard.guard_max_error_rate:
             return "error_rate", (
                 f"error rate {error_rate:.1%} over {window.requests} requests in "
-                f"{window.at:.0f} s exceeds {guard.guard_max_error_rate:.1%}"
+                f"{window.at:.0f} s exceeds production's {baseline:.1%} by more than "
+                f"{guard.guard_max_error_rate:.1%}"
             )
         if production is not None and production.requests >= guard.guard_min_requests:
             ours, theirs = window.p99(), production.p99()
@@ -193,8 +202,15 @@ class RolloutGuard:
     async def _archive(self, deployment: Deployment, rule: str, reason: str) -> None:
         name, version = deployment.name, deployment.version
         self._tripped.add(deployment)
-        log.warning("rollout guard: archiving %s v%s: %s", name, version, reason)
         try:
+            # The routes may be a poll behind: never archive a version that has meanwhile
+            # been promoted (or moved anywhere but canary/shadow) by a person.
+            current = await asyncio.to_thread(self._registry.get, name, int(version))
+            if current.stage not in (Stage.CANARY, Stage.SHADOW):
+                log.info("rollout guard: %s v%s is %s now, not archived", name, version,
+                         current.stage.value)  # fmt: skip
+                return
+            log.warning("rollout guard: archiving %s v%s: %s", name, version, reason)
             await asyncio.to_thread(
                 self._registry.transition,
                 name,
@@ -208,4 +224,4 @@ class RolloutGuard:
             self._tripped.discard(deployment)  # try again on the next check
             return
         self._metrics.guard_rollbacks.labels(name, version, rule).inc()
-        await self._deployments.refresh()
+        # The registry follower sees the change within one poll interval.

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class ShadowMirror:
         self._metrics = metrics
         self._max_inflight = max_inflight
         self._stats: dict[tuple[str, str], ShadowStats] = {}
+        # Mirrors come from every serving loop (gRPC may run on its own, in a thread).
+        self._lock = threading.Lock()
 
     def stats(self, name: str, version: str) -> ShadowStats:
         key = (name, version)
@@ -88,21 +91,26 @@ class ShadowMirror:
                 else:
                     self._failed(shadow, stats, exc)
                 continue
-            stats.inflight += 1
+            with self._lock:
+                stats.inflight += 1
+            names = (primary.model.output_names, model.output_names) if primary.model else None
+            if names is None:
+                continue
             future.add_done_callback(
-                functools.partial(self._compare, shadow, stats, primary, primary_outputs, started)
+                functools.partial(self._compare, shadow, stats, names, primary_outputs, started)
             )
 
     def _compare(
         self,
         shadow: Deployment,
         stats: ShadowStats,
-        primary: Deployment,
+        names: tuple[list[str], list[str]],
         primary_outputs: Outputs,
         started: float,
         done: asyncio.Future[Outputs],
     ) -> None:
-        stats.inflight -= 1
+        with self._lock:
+            stats.inflight -= 1
         if done.cancelled():
             return
         error = done.exception()
@@ -111,9 +119,9 @@ class ShadowMirror:
             return
         m = self._metrics
         m.shadow_latency.labels(shadow.name, shadow.version).observe(time.monotonic() - started)
-        assert primary.model is not None and shadow.model is not None
-        shadow_index = {name: i for i, name in enumerate(shadow.model.output_names)}
-        for i, name in enumerate(primary.model.output_names):
+        primary_names, shadow_names = names
+        shadow_index = {name: i for i, name in enumerate(shadow_names)}
+        for i, name in enumerate(primary_names):
             j = shadow_index.get(name)
             if j is None:
                 continue
@@ -129,19 +137,23 @@ class ShadowMirror:
                     histogram.observe(value)
             else:
                 agree = int(np.count_nonzero((ours == theirs).all(axis=1)))
-                stats.agree_rows += agree
-                stats.disagree_rows += rows - agree
+                with self._lock:
+                    stats.agree_rows += agree
+                    stats.disagree_rows += rows - agree
                 counter = m.shadow_agreement
                 counter.labels(shadow.name, shadow.version, name, "agree").inc(agree)
                 counter.labels(shadow.name, shadow.version, name, "disagree").inc(rows - agree)
-        stats.compared += 1
+        with self._lock:
+            stats.compared += 1
         m.shadow_requests.labels(shadow.name, shadow.version, "compared").inc()
 
     def _dropped(self, shadow: Deployment, stats: ShadowStats) -> None:
-        stats.dropped += 1
+        with self._lock:
+            stats.dropped += 1
         self._metrics.shadow_requests.labels(shadow.name, shadow.version, "dropped").inc()
 
     def _failed(self, shadow: Deployment, stats: ShadowStats, error: BaseException) -> None:
-        stats.errors += 1
+        with self._lock:
+            stats.errors += 1
         self._metrics.shadow_requests.labels(shadow.name, shadow.version, "error").inc()
         log.debug("shadow %s v%s failed: %s", shadow.name, shadow.version, error)
