@@ -78,6 +78,7 @@ class Gateway:
             settings.models.drift,
             self.metrics.registry,
             overrides={name: m.drift for name, m in settings.model_overrides.items()},
+            resume=self._was_drifting if self.notifier is not None else None,
         )
         self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
         self.monitor.on_change = DriftAlerts(self.notifier, settings, self.deployments)
@@ -94,6 +95,10 @@ class Gateway:
         self._load_task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
         self.addresses: Addresses | None = None
+
+    def _was_drifting(self, model: str, version: str) -> bool:
+        assert self.notifier is not None
+        return self.notifier.outbox.episode(model, version).drifting
 
     async def start(self) -> Addresses:
         """Bind and start every endpoint, then load models in the background."""

@@ -95,10 +95,14 @@ class DriftMonitor:
         on_change: OnChange | None = None,
         clock: Callable[[], float] = time.monotonic,
         poll_seconds: float = 0.05,
+        resume: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._overrides = dict(overrides or {})
         self.on_change = on_change  # may be set after construction
+        # Whether a version was drifting when the last process stopped (the webhook outbox
+        # knows): a restarted monitor carries the episode on, so its end is announced.
+        self.resume = resume
         self._clock = clock
         self._poll = poll_seconds
         self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
@@ -304,6 +308,12 @@ class DriftMonitor:
         state.window = VersionMonitor(
             state.model, state.version, profile, state.settings, self._clock()
         )
+        if self.resume is not None:
+            try:
+                state.window.drifting = self.resume(state.model, state.version)
+            except Exception:  # an unreadable outbox: start clear, as with none
+                log.exception("%s/%s: could not read the previous drift state", state.model,
+                              state.version)  # fmt: skip
         state.sketcher = state.window.sketcher
         state.flag_totals = np.zeros((len(profile.features()), len(FLAGS)), dtype=np.int64)
         state.other_totals = np.zeros(len(profile.features()), dtype=np.int64)

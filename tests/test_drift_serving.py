@@ -248,3 +248,26 @@ async def test_a_persisting_drift_fires_again_after_the_cooldown(
     assert detected[0]["id"] != detected[1]["id"]
     first, second = (r.at for r in receiver.accepted()[:2])
     assert second - first >= 1.0  # not before the cooldown
+
+
+async def test_a_restarted_gateway_announces_the_end_of_a_drift_it_inherited(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = _settings(store, receiver.url, tmp_path / "outbox.db")
+    rng = np.random.default_rng(8)
+    async with running(settings, store) as gw:
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            for _ in range(20):
+                await http.post("/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+            await _until(lambda: receiver.accepted())
+    async with running(settings, store) as gw:  # a new process: the outbox remembers
+        assert gw.addresses is not None
+        async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+            assert (await http.get("/v2/models/clf/drift")).json()["drifting"] is True
+            for _ in range(20):
+                await http.post("/v2/models/clf/infer", json=_rows(rng, 64))
+            await _until(lambda: len(receiver.accepted()) == 2)
+    detected, resolved = (orjson.loads(r.body) for r in receiver.accepted())
+    assert resolved["type"] == "model.drift_resolved"
+    assert resolved["data"]["detected_event"] == detected["id"]
