@@ -2,13 +2,12 @@
 
 light: StandardScaler + LogisticRegression on 32 features. Almost free to run, so a benchmark
     on it measures protocol and Python overhead.
-heavy: an untrained MLP (32 -> 8192 -> 4096 -> 1, ~135 MB of weights) whose compute
-    dominates, so a benchmark on it measures how well batching turns spare requests into
-    fuller ONNX Runtime calls. The issue asks for an in-process ceiling below ~3,000 rows/s:
-    with onnxruntime 1.32 and one intra-op thread on the 2-core AMD EPYC benchmark machine it
-    reaches ~2,950 rows/s at batch 256, ~2,370 at batch 64 and ~270 at batch 1
-    (`python -m loadtest.ceiling --model heavy`). Small batches are memory-bound: every call
-    streams all the weights, which is why batching decides its throughput.
+heavy: an untrained deep MLP (32 -> 1024 -> 36 x (1024 x 1024, one weight matrix reused) -> 1,
+    ~38 M multiply-adds per row) whose compute dominates, so a benchmark on it measures how
+    well batching turns spare requests into fuller ONNX Runtime calls. The issue asks for an
+    in-process ceiling below ~3,000 rows/s: with onnxruntime 1.32 and one intra-op thread on
+    the 2-core AMD EPYC benchmark machine it reaches ~2,800-2,970 rows/s at its best batch
+    (64-128) and ~590 at batch 1 (`python -m loadtest.ceiling --model heavy`).
 
 Both take "input" [N, 32] FP32 with a dynamic batch dimension.
 """

@@ -8,7 +8,10 @@ synchronous and blocking; the gateway calls it from a worker thread.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import httpx
 
 from registry.types import ModelVersion, Stage, Transition
 
@@ -65,6 +68,27 @@ class RegistryClient(Protocol):
     def history(self, name: str | None = None) -> list[Transition]:
         """The audit trail of stage changes, oldest first."""
         ...
+
+
+class HttpRegistry:
+    """A registry reached over HTTP: owns its httpx client. Close it, or use it as a
+    context manager; a gateway keeps one for its lifetime."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def open_registry(location: str, *, token: str | None = None) -> RegistryClient:

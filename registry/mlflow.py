@@ -38,12 +38,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from registry.client import HttpRegistry
 from registry.errors import (
     ArtifactIntegrityError,
     AuthError,
@@ -119,7 +119,7 @@ def derive_stages(aliases: dict[str, int], versions: list[dict[str, Any]]) -> di
     return stages
 
 
-class MlflowRegistry:
+class MlflowRegistry(HttpRegistry):
     """The MLflow tracking server at `base_url` (`http(s)://host:port`) as a model registry.
 
     `token` is sent as `Authorization: Bearer`. Blocking, like every `RegistryClient`; one
@@ -143,20 +143,6 @@ class MlflowRegistry:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> MlflowRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- reads ------------------------------------------------------------------------------
 

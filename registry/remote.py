@@ -10,13 +10,13 @@ corrupt store nor anything between the server and this client gets a wrong model
 from __future__ import annotations
 
 import hashlib
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 
+from registry.client import HttpRegistry
 from registry.errors import (
     ArtifactIntegrityError,
     AuthError,
@@ -38,7 +38,7 @@ ERROR_BY_STATUS: dict[int, type[RegistryError]] = {
 }
 
 
-class RemoteRegistry:
+class RemoteRegistry(HttpRegistry):
     """The registry served at `url` (`http(s)://host:port`); `token` for writes/protected reads.
 
     Blocking, like every `RegistryClient`; one instance may be shared between threads.
@@ -49,20 +49,6 @@ class RemoteRegistry:
         self._timeout = timeout
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=f"{self.url}/api/v1/", headers=headers, timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> RemoteRegistry:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- reads ------------------------------------------------------------------------------
 
