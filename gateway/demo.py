@@ -17,14 +17,18 @@ from sklearn.preprocessing import StandardScaler
 
 from gateway.server import Addresses, Gateway
 from gateway.settings import ServerSettings
+from monitor.profile import build_profile
+from registry.reference import run_model
 from registry.store import RegistryStore
 from registry.types import Stage
 
 MODEL_NAME = "iris"
+FEATURE_NAMES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
 
-def train_model() -> bytes:
-    """StandardScaler + LogisticRegression on the iris data set (bundled with scikit-learn)."""
+def train_model() -> tuple[bytes, np.ndarray]:
+    """StandardScaler + LogisticRegression on the iris data set (bundled with scikit-learn);
+    the model and its training features (the drift monitor's reference)."""
     features, labels = load_iris(return_X_y=True)
     features = features.astype(np.float32)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
@@ -35,18 +39,26 @@ def train_model() -> bytes:
         options={id(pipeline): {"zipmap": False}},
         target_opset=17,
     )
-    return bytes(onnx_model.SerializeToString())
+    return bytes(onnx_model.SerializeToString()), features
 
 
 def ensure_registered(store: RegistryStore) -> int:
-    """Register the demo model in production unless that exact artifact already is."""
-    model = train_model()
+    """Register the demo model in production, with the profile of its training data as the
+    drift reference, unless that exact artifact already is."""
+    model, features = train_model()
     sha = hashlib.sha256(model).hexdigest()
     for version in store.list_versions(MODEL_NAME):
         if version.sha256 == sha and version.stage is Stage.PRODUCTION:
             return version.version
+    inputs = {"input": features}
+    profile = build_profile(inputs, run_model(model, inputs), names={"input": FEATURE_NAMES})
     return store.register(
-        MODEL_NAME, model, stage=Stage.PRODUCTION, description="modelgate demo: iris classifier"
+        MODEL_NAME,
+        model,
+        stage=Stage.PRODUCTION,
+        description="modelgate demo: iris classifier",
+        reference=profile.to_json(),
+        actor="modelgate demo",
     ).version
 
 
@@ -73,6 +85,9 @@ request = pb.ModelInferRequest(model_name="{MODEL_NAME}", inputs=[tensor], raw_i
 reply = stub.ModelInfer(request)
 print("version", reply.model_version, "labels", np.frombuffer(reply.raw_output_contents[0], dtype=np.int64))
 EOF
+
+Drift report (the reference is the training data; windows close every 5,000 rows or 60 s):
+curl -s http://{addresses.http}/v2/models/{MODEL_NAME}/drift
 
 Metrics: curl -s http://{addresses.metrics}/metrics | grep modelgate_
 Stop with Ctrl-C.

@@ -178,6 +178,9 @@ def test_demo_prints_commands_that_work_as_printed(tmp_path: Path) -> None:
             env=_env(), cwd=tmp_path,
         )  # fmt: skip
         assert "version 1 labels [0 2]" in grpc_reply.stdout, grpc_reply.stderr
+        drift = process.wait_for(re.compile(r"^curl -s http://\S+/drift")).string.strip()
+        report = subprocess.run(["bash", "-c", drift], capture_output=True, text=True, timeout=30)
+        assert '"source":"registered"' in report.stdout, report
         assert (tmp_path / "modelstore" / "registry.db").exists()
         process.proc.send_signal(signal.SIGINT)
         assert process.proc.wait(30) == 0
