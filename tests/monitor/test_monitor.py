@@ -181,7 +181,12 @@ async def test_without_a_reference_the_first_rows_become_one(rng: np.random.Gene
         "rows": 1000,
         "fingerprint": monitor.sketcher_for("m", "1").fingerprint,  # type: ignore[union-attr]
     }
-    assert report["drifting"] and report["windows"][0]["drifted_features"] == ["c"]
+    # A 500-row window against a 1,000-row learned reference is noisy: other features may
+    # cross a threshold by chance, but the shifted one must, and by far the most.
+    window = report["windows"][0]
+    assert report["drifting"] and "c" in window["drifted_features"]
+    psi = {f["name"]: f["psi"] for f in window["inputs"]}
+    assert max(psi, key=psi.__getitem__) == "c" and psi["c"] > 1.0
     assert [e.kind for e in events] == ["learned", "drifting"]
 
 
