@@ -3,8 +3,11 @@
 #   docker build -t modelgate .
 #   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/modelstore:/models" modelgate
 #
-# The registry lives outside the image (a volume here); `modelgate serve` serves every
-# production version it finds there.
+# The registry lives outside the image (a volume here, or `--registry http://...` /
+# `mlflow+http://...`); the gateway follows its stage changes. With a retraining webhook
+# (`--retrain-webhook URL`, secret in MODELGATE_WEBHOOK_SECRET), undelivered events wait in
+# /models/webhook-outbox.db, so the volume must be writable by uid 10001 (or pass
+# `--webhook-outbox` on another volume).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
