@@ -88,16 +88,14 @@ class DriftAlerts:
             if not url:
                 return
             features = [_feature(report, name) for name in report.drifted_features]
-            version = int(event.version) if event.version.isdigit() else event.version
             sent = await self._notifier.notify_drift_started(
-                event.model, version, window, features, url=url
+                event.model, _number(event.version), window, features, url=url
             )
             if sent is not None:
                 log.warning("%s v%s is drifting (%s): event %s queued", event.model,
                             event.version, ", ".join(report.drifted_features), sent)  # fmt: skip
         elif event.kind == "resolved":
-            version = int(event.version) if event.version.isdigit() else event.version
-            await self._notifier.notify_drift_resolved(event.model, version, window)
+            await self._notifier.notify_drift_resolved(event.model, _number(event.version), window)
 
     def _url(self, model: str, version: str) -> str:
         try:
@@ -107,6 +105,11 @@ class DriftAlerts:
         if WEBHOOK_TAG in tags:
             return tags[WEBHOOK_TAG]
         return self._settings.for_model(model).monitor.retrain_webhook
+
+
+def _number(version: str) -> int | str:
+    """Versions are numbers in events (registry versions are 1, 2, ...)."""
+    return int(version) if version.isdigit() else version
 
 
 def _window(report: WindowReport) -> dict[str, Any]:

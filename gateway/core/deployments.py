@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,13 +84,6 @@ class Routes:
     shadows: tuple[tuple[Deployment, float], ...] = ()
 
 
-@dataclass
-class _Desired:
-    """The registry's served versions at the last read: name -> version -> record."""
-
-    versions: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)
-
-
 class Deployments:
     """The models this gateway serves, following the registry."""
 
@@ -107,7 +100,8 @@ class Deployments:
         self._monitor = monitor
         self._routes: dict[str, Routes] = {}
         self._all: dict[str, dict[str, Deployment]] = {}  # every deployment, any state
-        self._desired = _Desired()
+        # The registry's served versions at the last read: name -> version -> record.
+        self._desired: dict[str, dict[str, ModelVersion]] = {}
         self._synced = False  # until the registry has been read once, no name is unknown
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation: str | None = None
@@ -167,7 +161,7 @@ class Deployments:
         return found
 
     def _desired_production(self, name: str) -> Deployment | None:
-        for version, record in self._desired.versions.get(name, {}).items():
+        for version, record in self._desired.get(name, {}).items():
             if record.stage is Stage.PRODUCTION:
                 return self._all.get(name, {}).get(version)
         return None
@@ -223,7 +217,7 @@ class Deployments:
         primary version."""
         if not self._synced:
             return False
-        for name, versions in self._desired.versions.items():
+        for name, versions in self._desired.items():
             if any(r.stage is Stage.PRODUCTION for r in versions.values()):
                 routes = self._routes.get(name)
                 if routes is None or routes.primary is None or not routes.primary.ready:
@@ -245,7 +239,7 @@ class Deployments:
         for record in records:
             if record.stage in SERVED_STAGES:
                 desired.setdefault(record.name, {})[str(record.version)] = record
-        self._desired = _Desired(desired)
+        self._desired = desired
         now = time.monotonic()
         for name, versions in desired.items():
             for version, record in versions.items():
@@ -287,7 +281,7 @@ class Deployments:
         now = time.monotonic()
         return any(
             d.state is ModelState.FAILED and now >= d.retry_at
-            for name, versions in self._desired.versions.items()
+            for name, versions in self._desired.items()
             for d in (self._all.get(name, {}).get(v) for v in versions)
             if d is not None
         )
@@ -303,9 +297,9 @@ class Deployments:
         """Rebuild every model's routes from the desired stages and what is READY."""
         routes: dict[str, Routes] = {}
         retained: set[Deployment] = set()
-        for name in sorted(set(self._all) | set(self._desired.versions)):
+        for name in sorted(set(self._all) | set(self._desired)):
             versions = self._all.get(name, {})
-            wanted = self._desired.versions.get(name, {})
+            wanted = self._desired.get(name, {})
             by_stage: dict[Stage, list[Deployment]] = {}
             for version, record in wanted.items():
                 deployment = versions.get(version)
