@@ -92,7 +92,8 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
 def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     """A protobuf parameter map as plain Python values (None for a parameter with no value)."""
     out: dict[str, Any] = {}
-    for key, param in params.items():
+    for key in params:  # not .items(): the protobuf map's items view iterates in Python
+        param = params[key]
         choice = param.WhichOneof("parameter_choice")
         out[key] = None if choice is None else getattr(param, choice)
     return out
@@ -153,10 +154,10 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
     outputs = resp.outputs
     if not raw:
         raw = any(tensor.datatype == "FP16" for tensor in outputs)
-    tensors = [_OutputTensor(name=t.name, datatype=t.datatype, shape=t.data.shape) for t in outputs]
-    msg = pb.ModelInferResponse(
-        model_name=resp.model, model_version=resp.version, id=resp.id or "", outputs=tensors
-    )
+    msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
+    add = msg.outputs.add  # built in place: a list of messages given to the constructor is copied
+    for t in outputs:
+        add(name=t.name, datatype=t.datatype, shape=t.data.shape)
     if raw:
         msg.raw_output_contents.extend([array_to_raw(t.data, t.datatype) for t in outputs])
     else:
@@ -167,9 +168,6 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
                 field = _CONTENTS[tensor.datatype][0]
                 getattr(out.contents, field).extend(tensor.data.ravel().tolist())
     return msg
-
-
-_OutputTensor = pb.ModelInferResponse.InferOutputTensor
 
 
 def _as_bytes(data: np.ndarray) -> list[bytes]:

@@ -13,6 +13,12 @@ Where a batch runs depends on what it costs, learned from the batches before it:
 
 Batches grow with load without idle waiting either way: requests that arrive during one loop
 iteration, or while the worker computes, all go together in the next batch.
+
+When cheap batches have mostly held a single request lately (grpc.aio, for one, starts about
+one call per loop iteration), a request that finds the queue empty runs at once, in its own
+handler (`try_now`): queueing it would only add a future, a callback and a wake-up. One such
+request in `PROBE_EVERY` still goes through the queue, so the batcher keeps measuring how
+much company requests have and goes back to batching when it grows.
 Requests may come from any asyncio loop: each carries its loop, and results go back with one
 `call_soon_threadsafe` per loop (or directly, when the batch ran on that very loop).
 """
@@ -70,6 +76,11 @@ class BatchPolicy:
     """
 
     SMOOTHING = 0.1
+    # Requests per inline batch (a faster moving average) below which a lone request runs
+    # at once; it starts above, so batching is the default until company has been measured.
+    COMPANY_SMOOTHING = 0.2
+    ALONE = 1.25
+    PROBE_EVERY = 16
 
     def __init__(
         self, settings: BatchSettings, batchable: bool, batch_seconds: float = 0.0
@@ -79,17 +90,38 @@ class BatchPolicy:
         self.inline_max = settings.inline_max_us / 1e6
         self.batchable = batchable
         self.batch_seconds = batch_seconds
-        # Whether the next batch should run on the event loop rather than the worker; a
-        # plain attribute because every request reads it.
+        self.company = 2.0
+        self._probe = 0
+        # Whether the next batch should run on the event loop rather than the worker, and
+        # whether a lone request may skip the queue; plain attributes: every request reads them.
         self.inline = self._inline()
+        self.eager = self._eager()
 
     def _inline(self) -> bool:
         return self.inline_max > 0 and self.batch_seconds <= self.inline_max
+
+    def _eager(self) -> bool:
+        # Waiting for company (max_delay) is an explicit wish to batch: never skip it.
+        return self.inline and self.max_delay <= 0 and self.company < self.ALONE
 
     def observe(self, seconds: float) -> None:
         """Fold one batch's compute time into the average."""
         self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
         self.inline = self._inline()
+        self.eager = self._eager()
+
+    def observe_company(self, requests: int) -> None:
+        """Fold the number of requests in one queued inline batch into the average."""
+        self.company += self.COMPANY_SMOOTHING * (requests - self.company)
+        self.eager = self._eager()
+
+    def run_alone(self) -> bool:
+        """Whether a request that found the queue empty runs at once; False for every
+        `PROBE_EVERY`-th, which queues so that `company` stays measured."""
+        if not self.eager:
+            return False
+        self._probe += 1
+        return self._probe % self.PROBE_EVERY != 0
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
@@ -208,6 +240,24 @@ class MicroBatcher:
             request.future.add_done_callback(lambda _: handle.cancel())
         return request.future
 
+    def try_now(
+        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+    ) -> Outputs | None:
+        """Run validated `feeds` at once, in the caller, when the request would have batched
+        alone anyway (see the module docstring); None means `submit` it instead.
+
+        Raises `InferenceError` for this request only: UNAVAILABLE when the batcher is
+        stopping, DEADLINE_EXCEEDED when `deadline` has passed, or the run's own error.
+        """
+        if self._queue or not self._policy.run_alone():
+            return None
+        if not self._accepting:
+            raise InferenceError(ErrorCode.UNAVAILABLE, "model version is shutting down")
+        if deadline is not None and deadline <= time.monotonic():
+            raise _deadline_error()
+        self._metrics.queue_wait.observe(0.0)
+        return self._compute(feeds, rows)
+
     def stop(self) -> None:
         """Refuse new work (UNAVAILABLE); queued requests still run, then the worker ends."""
         with self._cond:
@@ -235,6 +285,8 @@ class MicroBatcher:
                 self._queued_rows, self._queue[0].enqueued, time.monotonic()
             )
             batch = self._take() if wait <= 0 else []
+            if batch:
+                self._policy.observe_company(len(batch))
             again = bool(self._queue)
             if again:
                 self._flushing.add(loop)
@@ -315,9 +367,8 @@ class MicroBatcher:
             feeds = live[0].feeds
         else:
             feeds = {n: np.concatenate([r.feeds[n] for r in live]) for n in self._input_names}
-        started = time.monotonic()
         try:
-            outputs = self._run(feeds)
+            outputs = self._compute(feeds, sum(sizes))
             pieces = split_outputs(outputs, sizes)
         except InferenceError as exc:
             if len(live) > 1 and exc.code is ErrorCode.INVALID_ARGUMENT:
@@ -329,14 +380,21 @@ class MicroBatcher:
             log.exception("model run failed")
             error = InferenceError(ErrorCode.INTERNAL, f"model run failed: {exc}")
             return [(r, None, error) for r in live]
+        return [(r, piece, None) for r, piece in zip(live, pieces, strict=True)]
+
+    def _compute(self, feeds: dict[str, np.ndarray], rows: int) -> Outputs:
+        """One ONNX Runtime run, timed and recorded; successful ones go to the observer."""
+        started = time.monotonic()
+        try:
+            outputs = self._run(feeds)
         finally:
             elapsed = time.monotonic() - started
             self._policy.observe(elapsed)
             self._metrics.compute.observe(elapsed)
-            self._metrics.batch_rows.observe(sum(sizes))
+            self._metrics.batch_rows.observe(rows)
         if self._observe is not None:
             self._observe(feeds, outputs)  # must not raise nor block: the drift monitor's
-        return [(r, piece, None) for r, piece in zip(live, pieces, strict=True)]
+        return outputs
 
 
 def _deadline_error() -> InferenceError:

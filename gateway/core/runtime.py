@@ -60,6 +60,7 @@ class OnnxModel:
         self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
+        self.output_index = {name: i for i, name in enumerate(self.output_names)}
         self.input_by_name = {spec.name: spec for spec in self.inputs}
         self.batchable = all(
             len(s.shape) > 0 and s.shape[0] == -1 for s in self.inputs + self.outputs

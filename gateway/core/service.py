@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.core.deployments import Deployment, Deployments
 from gateway.core.errors import ErrorCode, InferenceError, invalid
+from gateway.core.runtime import OnnxModel
 from gateway.core.shadow import ShadowMirror
 from gateway.core.types import (
     InferRequest,
@@ -135,9 +136,11 @@ class InferenceService:
             batcher = deployment.batcher
             assert model is not None and batcher is not None
             feeds, rows = model_feeds(request.inputs, model)
-            wanted = _output_indices(request.outputs, model.output_names)
+            wanted = _output_indices(request.outputs, model)
             deadline = None if request.timeout is None else started + request.timeout
-            results = await batcher.submit(feeds, rows, deadline)
+            results = batcher.try_now(feeds, rows, deadline)
+            if results is None:
+                results = await batcher.submit(feeds, rows, deadline)
             if request.version is None:
                 routes = self._deployments.routes(request.model)
                 if routes is not None and routes.shadows and deployment is routes.primary:
@@ -156,13 +159,11 @@ def _without_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs)
 
 
-def _output_indices(requested: list[str] | None, names: list[str]) -> range | list[int]:
+def _output_indices(requested: list[str] | None, model: OnnxModel) -> range | list[int]:
     if not requested:
-        return range(len(names))
-    indices = []
-    for name in requested:
-        try:
-            indices.append(names.index(name))
-        except ValueError:
-            raise invalid(f"unknown output {name!r} (model outputs: {', '.join(names)})") from None
-    return indices
+        return range(len(model.outputs))
+    try:
+        return [model.output_index[name] for name in requested]
+    except KeyError as exc:
+        known = ", ".join(model.output_names)
+        raise invalid(f"unknown output {exc.args[0]!r} (model outputs: {known})") from None

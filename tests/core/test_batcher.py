@@ -70,6 +70,29 @@ def test_policy_runs_cheap_batches_inline_as_it_learns_their_cost() -> None:
     ).inline
 
 
+def test_policy_runs_lone_requests_at_once_only_while_batches_lack_company() -> None:
+    policy = BatchPolicy(BatchSettings(inline_max_us=250), batchable=True, batch_seconds=1e-5)
+    assert not policy.eager  # batching until company has been measured
+    for _ in range(30):
+        policy.observe_company(1)
+    assert policy.eager
+    runs = [policy.run_alone() for _ in range(4 * BatchPolicy.PROBE_EVERY)]
+    assert runs.count(False) == 4  # every PROBE_EVERY-th request queues, to keep measuring
+    for _ in range(5):
+        policy.observe_company(8)
+    assert not policy.eager
+    assert not policy.run_alone()
+
+
+def test_policy_never_skips_the_queue_when_asked_to_wait_or_off_the_loop() -> None:
+    waiting = BatchPolicy(BatchSettings(max_delay_us=500), batchable=True, batch_seconds=1e-5)
+    on_worker = BatchPolicy(BatchSettings(inline_max_us=0), batchable=True, batch_seconds=1e-5)
+    for policy in (waiting, on_worker):
+        for _ in range(30):
+            policy.observe_company(1)
+        assert not policy.eager
+
+
 def test_split_outputs_rejects_a_wrong_row_count() -> None:
     with pytest.raises(InferenceError) as err:
         split_outputs([np.zeros((5, 2))], [2, 2])
@@ -207,6 +230,74 @@ async def test_cheap_batches_run_inline_on_the_loop_batched_and_in_order(
     assert len(run.batches) < len(inputs)  # submitted in one loop iteration: batched
     assert max(run.batches) <= 16
     batcher.stop()
+    assert batcher.join(5)
+
+
+async def test_lone_requests_run_at_once_and_concurrent_ones_batch_again(
+    rng: np.random.Generator,
+) -> None:
+    """Requests that come one per loop iteration skip the queue (counted like batches);
+    once requests come together, the probes see it and they batch again."""
+    run = Recorder()
+    batcher = _batcher(run, max_batch_size=16, inline_max_us=10_000)
+    metrics = batcher._metrics
+    for _ in range(3 * BatchPolicy.PROBE_EVERY):  # one at a time: company is 1
+        x = rng.normal(size=(1, 3))
+        outputs = batcher.try_now({"x": x}, 1, None)
+        if outputs is None:
+            outputs = await batcher.submit({"x": x}, 1, None)
+        np.testing.assert_array_equal(outputs[0], x * 2)
+    ran_at_once = 0
+    for _ in range(BatchPolicy.PROBE_EVERY):
+        x = rng.normal(size=(2, 3))
+        outputs = batcher.try_now({"x": x}, 2, None)
+        if outputs is not None:
+            ran_at_once += 1
+            np.testing.assert_array_equal(outputs[0], x * 2)
+    assert ran_at_once == BatchPolicy.PROBE_EVERY - 1
+    counts, rows = metrics.batch_rows.snapshot()
+    assert counts.sum() == len(run.batches) and rows == sum(run.batches)
+    assert metrics.queue_wait.snapshot()[0].sum() == len(run.batches)
+
+    for _ in range(2 * BatchPolicy.PROBE_EVERY):  # many per iteration: probes gather company
+        pending = []
+        for _ in range(8):
+            x = rng.normal(size=(1, 3))
+            now = batcher.try_now({"x": x}, 1, None)
+            pending.append((x, now if now is not None else batcher.submit({"x": x}, 1, None)))
+        for x, answer in pending:
+            outputs = answer if isinstance(answer, list) else await answer
+            np.testing.assert_array_equal(outputs[0], x * 2)
+    assert batcher.try_now({"x": rng.normal(size=(1, 3))}, 1, None) is None
+    batcher.stop()
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": rng.normal(size=(1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.UNAVAILABLE
+    assert batcher.join(5)
+
+
+async def test_a_lone_request_run_at_once_fails_alone_with_its_error() -> None:
+    def picky(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        x = feeds["x"]
+        if (x < 0).any():
+            raise InferenceError(ErrorCode.INVALID_ARGUMENT, "negative value")
+        return [x * 2, x.sum(axis=1)]
+
+    batcher = _batcher(picky, inline_max_us=10_000)
+    for _ in range(30):
+        batcher._policy.observe_company(1)
+    with pytest.raises(InferenceError) as err:
+        batcher.try_now({"x": -np.ones((1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(InferenceError) as err:
+        batcher.try_now({"x": np.ones((1, 3))}, 1, time.monotonic() - 1)
+    assert err.value.code is ErrorCode.DEADLINE_EXCEEDED
+    outputs = batcher.try_now({"x": np.ones((1, 3))}, 1, None)
+    assert outputs is not None and outputs[1].tolist() == [3.0]
+    batcher.stop()
+    with pytest.raises(InferenceError) as err:
+        batcher.try_now({"x": np.ones((1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.UNAVAILABLE
     assert batcher.join(5)
 
 
