@@ -107,19 +107,16 @@ class BareInference:
 
     def encode(self, request: Any, results: list[np.ndarray]) -> Any:
         """ORT outputs -> ModelInferResponse with raw_output_contents."""
-        outputs = self.model.outputs
-        return pb.ModelInferResponse(
+        response = pb.ModelInferResponse(
             model_name=self.model.name,
             model_version="1",
             id=request.id,
-            outputs=[
-                pb.ModelInferResponse.InferOutputTensor(
-                    name=s.name, datatype=s.datatype, shape=a.shape
-                )
-                for s, a in zip(outputs, results, strict=True)
-            ],
             raw_output_contents=[a.tobytes() for a in results],
         )
+        add = response.outputs.add  # in place: the constructor would copy a list of messages
+        for s, a in zip(self.model.outputs, results, strict=True):
+            add(name=s.name, datatype=s.datatype, shape=a.shape)
+        return response
 
 
 class AioServicer(pb_grpc.GRPCInferenceServiceServicer):

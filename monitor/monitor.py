@@ -166,7 +166,11 @@ class DriftMonitor:
         if state is None:
             return False
         if state.sketcher is not None:
-            return self.offer(model, version, RawBatch(inputs, outputs))
+            queue = self._queue
+            if len(queue) < self._capacity:  # `offer`, inlined: this runs once per batch
+                queue.append((model, version, RawBatch(inputs, outputs)))
+                return True
+            return self.offer(model, version, RawBatch(inputs, outputs))  # counts the drop
         learning = state.learning
         if learning is None or learning.building or learning.rows >= learning.needed:
             return False
@@ -391,12 +395,12 @@ def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, n
     """The batches' tensors stacked along the rows."""
     if len(batches) == 1:
         return dict(batches[0].inputs), dict(batches[0].outputs)
-
-    def stack(part: str) -> dict[str, np.ndarray]:
-        names = getattr(batches[0], part).keys()
-        return {n: np.concatenate([getattr(b, part)[n] for b in batches]) for n in names}
-
-    return stack("inputs"), stack("outputs")
+    inputs = [b.inputs for b in batches]
+    outputs = [b.outputs for b in batches]
+    return (
+        {n: np.concatenate([t[n] for t in inputs]) for n in inputs[0]},
+        {n: np.concatenate([t[n] for t in outputs]) for n in outputs[0]},
+    )
 
 
 def _rows(batch: RawBatch) -> int:

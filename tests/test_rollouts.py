@@ -11,12 +11,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
 import modelzoo
 from conftest import running, sample, scrape
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.server import Gateway
 from gateway.settings import GuardSettings, ModelServingSettings, ServerSettings
 from registry.errors import UnavailableError
@@ -125,6 +128,39 @@ async def test_canary_takes_its_share_and_keys_stay_put(
                       role="canary") == 80.0  # fmt: skip
         assert sample(samples, "modelgate_traffic_share_percent", model="clf", version="1",
                       role="primary") == 20.0  # fmt: skip
+
+
+async def test_grpc_routing_keys_pick_a_version_only_while_traffic_is_split(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    x = np.zeros((1, FEATURES), np.float32)
+    request = pb.ModelInferRequest(
+        model_name="clf",
+        inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="input", datatype="FP32", shape=[1, FEATURES])],
+        raw_input_contents=[x.tobytes()],
+    )  # fmt: skip
+    async with running(settings, store) as gw, client(gw) as http:
+        assert gw.addresses is not None
+        async with grpc.aio.insecure_channel(gw.addresses.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def version_for(key: str) -> str:
+                reply = await stub.ModelInfer(request, metadata=(("x-routing-key", key),))
+                return str(reply.model_version)
+
+            keys = [f"user-{i}" for i in range(40)]
+            assert {await version_for(k) for k in keys} == {"1"}
+            store.transition("clf", 2, Stage.CANARY, traffic=50, actor="t")
+
+            async def canary_serving() -> bool:
+                return (await _stage_of(http, "2")).get("traffic") == 50.0
+
+            await _eventually(canary_serving)
+            pinned = {k: await version_for(k) for k in keys}
+            assert set(pinned.values()) == {"1", "2"}
+            for _ in range(3):
+                assert {k: await version_for(k) for k in keys} == pinned
 
 
 async def test_promotion_and_rollback_swap_without_failures(

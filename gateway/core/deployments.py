@@ -110,6 +110,11 @@ class Deployments:
 
     # --- reads on the request path --------------------------------------------------------
 
+    def split(self, name: str) -> bool:
+        """Whether `name`'s traffic is split between versions (so a routing key matters)."""
+        routes = self._routes.get(name)
+        return routes is not None and len(routes.split.arms) > 1
+
     def resolve(self, name: str, version: str | None, routing_key: str | None = None) -> Deployment:
         """The deployment a request for (`name`, `version`) goes to, or the error to answer."""
         routes = self._routes.get(name)

@@ -122,6 +122,11 @@ class InferenceService:
 
     # --- inference ----------------------------------------------------------------------------
 
+    def uses_routing_key(self, model: str) -> bool:
+        """Whether a routing key can change which version answers `model` (its traffic is
+        split): front ends where reading the key costs something read it only then."""
+        return self._deployments.split(model)
+
     async def infer(self, request: InferRequest) -> InferResponse:
         """Route, validate, queue into the version's micro-batcher and answer `request`;
         live requests the primary answered are mirrored to the model's shadows.

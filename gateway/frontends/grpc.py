@@ -132,14 +132,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             infer_request.timeout is None or remaining < infer_request.timeout
         ):
             infer_request.timeout = remaining
-        key = self._routing_key
-        for metadatum in context.invocation_metadata() or ():
-            if metadatum[0] == key:
-                value = metadatum[1]
-                infer_request.routing_key = value if isinstance(value, str) else value.decode()
-                break
+        if self._service.uses_routing_key(infer_request.model):  # metadata is built per call
+            infer_request.routing_key = _metadata_value(context, self._routing_key)
         response = await self._service.infer(infer_request)
         return codec.encode_infer_response(response, raw)
+
+
+def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for metadatum in context.invocation_metadata() or ():
+        if metadatum[0] == key:
+            value = metadatum[1]
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
