@@ -84,7 +84,7 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
         version=msg.model_version or None,
         id=msg.id or None,
         outputs=[out.name for out in msg.outputs[:]] if msg.outputs else None,
-        timeout=timeout_from_parameters(params) if params else None,
+        timeout=timeout_from_parameters(params) if "timeout" in params else None,
         protocol="grpc",
         parameters=params,
     )

@@ -107,8 +107,10 @@ class BatchPolicy:
     def observe(self, seconds: float) -> None:
         """Fold one batch's compute time into the average."""
         self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
-        self.inline = self._inline()
-        self.eager = self._eager()
+        inline = self._inline()
+        if inline != self.inline:  # rare: only then can eagerness change with it
+            self.inline = inline
+            self.eager = self._eager()
 
     def observe_company(self, requests: int) -> None:
         """Fold the number of requests in one queued inline batch into the average."""
