@@ -58,6 +58,9 @@ class _Learning:
     building: bool = False
 
 
+_Tapped = tuple[Mapping[str, np.ndarray], Sequence[np.ndarray], tuple[str, ...]]
+
+
 @dataclass(slots=True)
 class _Version:
     """Everything the monitor keeps for one model version."""
@@ -75,6 +78,8 @@ class _Version:
     refused: int = 0  # sketches built against another profile
     flag_totals: np.ndarray | None = None  # cumulative `Sketch.flags`
     other_totals: np.ndarray | None = None  # cumulative "other" bucket per feature
+    # Batches a `tap` queued while sketching: (inputs, outputs in model order, output names).
+    tapped: deque[_Tapped] = field(default_factory=deque)
 
 
 class DriftMonitor:
@@ -184,21 +189,24 @@ class DriftMonitor:
         self, model: str, version: str, output_names: Sequence[str]
     ) -> Callable[[Mapping[str, np.ndarray], Sequence[np.ndarray]], bool]:
         """`observe` bound to one version, for its batch worker: outputs come as the model's
-        list, in `output_names` order. The common case (sketching, room in the queue) is one
-        look-up and an append."""
+        list, in `output_names` order. The common case (sketching) is one look-up and an
+        append of the arrays as they are, to the version's own queue; the consumer names and
+        stacks them, many batches at a time."""
         key = (model, version)
         names = tuple(output_names)
         versions = self._versions
-        queue = self._queue
         capacity = self._capacity
 
         def observe(inputs: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
-            named = dict(zip(names, outputs, strict=True))
             state = versions.get(key)
-            if state is not None and state.sketcher is not None and len(queue) < capacity:
-                queue.append((model, version, RawBatch(inputs, named)))
+            if state is None or state.sketcher is None:  # unknown, or learning: copies
+                return self.observe(model, version, inputs, dict(zip(names, outputs, strict=True)))
+            if len(state.tapped) < capacity:  # deque appends are atomic: no lock here
+                state.tapped.append((inputs, outputs, names))
                 return True
-            return self.observe(model, version, inputs, named)
+            with self._lock:
+                state.dropped += 1
+            return False
 
         return observe
 
@@ -241,6 +249,11 @@ class DriftMonitor:
             state = self._versions.get((model, version))
             if state is not None:
                 await self._emit(self._fold(state, item, now))  # type: ignore[arg-type]
+        for key, state in list(self._versions.items()):
+            tapped = state.tapped
+            if tapped:
+                taken = [tapped.popleft() for _ in range(len(tapped))]
+                raw.setdefault(key, []).extend(_stacked(taken))
         for key, batches in raw.items():
             state = self._versions.get(key)
             if state is None:
@@ -423,6 +436,23 @@ def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, n
         {n: np.concatenate([t[n] for t in inputs]) for n in inputs[0]},
         {n: np.concatenate([t[n] for t in outputs]) for n in outputs[0]},
     )
+
+
+def _stacked(tapped: list[_Tapped]) -> list[RawBatch]:
+    """Tapped batches as one batch of named, stacked tensors (or one per batch, when their
+    shapes do not stack)."""
+    inputs = [item[0] for item in tapped]
+    outputs = [item[1] for item in tapped]
+    names = tapped[0][2]
+    try:
+        return [
+            RawBatch(
+                {n: np.concatenate([t[n] for t in inputs]) for n in inputs[0]},
+                {n: np.concatenate([o[i] for o in outputs]) for i, n in enumerate(names)},
+            )
+        ]
+    except (ValueError, KeyError):
+        return [RawBatch(i, dict(zip(n, o, strict=True))) for i, o, n in tapped]
 
 
 def _rows(batch: RawBatch) -> int:

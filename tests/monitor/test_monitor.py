@@ -116,6 +116,43 @@ async def test_a_full_queue_drops_and_counts_without_blocking(
     assert not monitor.observe("m", "unknown", inputs, outputs)
 
 
+async def test_a_tap_sees_what_observe_sees_and_counts_its_drops(
+    profile: ReferenceProfile, rng: np.random.Generator
+) -> None:
+    """The batch worker's tap (outputs as the model's list) folds the same rows into the
+    same windows as `observe`, stacks batches of different sizes, and drops when full."""
+    batches = [_rows(rng, int(n), shift=1.0) for n in rng.integers(1, 40, size=60)]
+    rows = sum(len(inputs["x"]) for inputs, _ in batches)
+    reports = []
+    for use_tap in (False, True):
+        monitor = DriftMonitor(DriftSettings(window_rows=500), CollectorRegistry())
+        monitor.register("m", "1", profile)
+        tap = monitor.tap("m", "1", ["label"])
+        for inputs, outputs in batches:
+            if use_tap:
+                assert tap(inputs, [outputs["label"]])
+            else:
+                assert monitor.observe("m", "1", inputs, outputs)
+        await monitor.drain()
+        reports.append(monitor.report("m", "1"))
+    plain, tapped = reports
+    assert plain is not None and tapped is not None
+    assert plain["rows_seen"] == tapped["rows_seen"] == rows
+    assert [w["inputs"] for w in plain["windows"]] == [w["inputs"] for w in tapped["windows"]]
+    assert plain["drifting"] == tapped["drifting"]
+    assert tapped["windows"][0]["drifted_features"] == ["x[2]"]
+
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(DriftSettings(queue_size=3), registry)
+    monitor.register("m", "1", profile)
+    tap = monitor.tap("m", "1", ["label"])
+    inputs, outputs = _rows(rng, 8)
+    assert [tap(inputs, [outputs["label"]]) for _ in range(5)] == [True] * 3 + [False] * 2
+    labels = {"model": "m", "version": "1"}
+    assert registry.get_sample_value("modelgate_drift_sketches_dropped_total", labels) == 2
+    assert not monitor.tap("m", "unknown", ["label"])(inputs, [outputs["label"]])
+
+
 async def test_sketches_from_another_process_arrive_as_bytes(
     profile: ReferenceProfile, rng: np.random.Generator
 ) -> None:
