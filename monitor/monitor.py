@@ -1,10 +1,11 @@
 """The drift monitor: one asyncio task folding every model version's sketches into windows.
 
-Producers (ONNX Runtime worker threads, the event loop, or a receiver of sketches from other
-serving processes) call `offer`, which never blocks: a bounded queue under a lock held for
-an append, and a full queue drops the item and counts it against its model version. The
-consumer (`run`) drains the queue every `poll_seconds` instead of being woken per item, so a
-producer never pays for a cross-thread wake-up.
+Producers never block and never sketch. A batch worker hands each batch's arrays, by
+reference, to its version's bounded queue (`tap`, or `observe`); a receiver of sketches from
+other serving processes calls `offer`. A full queue drops the item and counts it against its
+model version. The consumer (`run`) drains the queues every `poll_seconds` instead of being
+woken per item, so a producer never pays for a cross-thread wake-up, and it stacks the
+queued batches to sketch them in one vectorised pass.
 
 A version registered without a reference profile learns one: until `learn_rows` live rows
 have arrived, `sketcher_for` answers None and producers offer `RawBatch`es (copies) instead
@@ -171,11 +172,7 @@ class DriftMonitor:
         if state is None:
             return False
         if state.sketcher is not None:
-            queue = self._queue
-            if len(queue) < self._capacity:  # `offer`, inlined: this runs once per batch
-                queue.append((model, version, RawBatch(inputs, outputs)))
-                return True
-            return self.offer(model, version, RawBatch(inputs, outputs))  # counts the drop
+            return self._queue_tapped(state, (inputs, list(outputs.values()), tuple(outputs)))
         learning = state.learning
         if learning is None or learning.building or learning.rows >= learning.needed:
             return False
@@ -201,14 +198,20 @@ class DriftMonitor:
             state = versions.get(key)
             if state is None or state.sketcher is None:  # unknown, or learning: copies
                 return self.observe(model, version, inputs, dict(zip(names, outputs, strict=True)))
-            if len(state.tapped) < capacity:  # deque appends are atomic: no lock here
+            if len(state.tapped) < capacity:  # `_queue_tapped`, inlined: once per batch
                 state.tapped.append((inputs, outputs, names))
                 return True
-            with self._lock:
-                state.dropped += 1
-            return False
+            return self._queue_tapped(state, (inputs, outputs, names))  # counts the drop
 
         return observe
+
+    def _queue_tapped(self, state: _Version, batch: _Tapped) -> bool:
+        if len(state.tapped) < self._capacity:  # deque appends are atomic: no lock here
+            state.tapped.append(batch)
+            return True
+        with self._lock:  # counts from several threads
+            state.dropped += 1
+        return False
 
     def offer(self, model: str, version: str, item: Sketch | RawBatch | bytes) -> bool:
         """Queue a sketch (or its `to_bytes` form, from another process) or a learning batch.
@@ -241,61 +244,47 @@ class DriftMonitor:
         now = self._clock()
         queue = self._queue
         items = [queue.popleft() for _ in range(len(queue))]  # producers may append meanwhile
-        raw: dict[tuple[str, str], list[RawBatch]] = {}
         for model, version, item in items:
-            if type(item) is RawBatch:
-                raw.setdefault((model, version), []).append(item)
-                continue
             state = self._versions.get((model, version))
-            if state is not None:
+            if state is None:
+                continue
+            if type(item) is not RawBatch:
                 await self._emit(self._fold(state, item, now))  # type: ignore[arg-type]
-        for key, state in list(self._versions.items()):
+            elif state.sketcher is None:
+                self._learn(state, item)
+            else:  # a learning copy that came up after its profile was built
+                await self._fold_batch(state, item, now)
+        for state in list(self._versions.values()):
             tapped = state.tapped
             if tapped:
                 taken = [tapped.popleft() for _ in range(len(tapped))]
-                raw.setdefault(key, []).extend(_stacked(taken))
-        for key, batches in raw.items():
-            state = self._versions.get(key)
-            if state is None:
-                continue
-            if state.sketcher is None:
-                for batch in batches:
-                    self._learn(state, batch)
-                continue
-            for sketch in self._sketch(state, batches):
-                await self._emit(self._fold(state, sketch, now))
-                await asyncio.sleep(0)  # this runs on the serving loop: let requests through
+                for batch in _stacked(taken):
+                    await self._fold_batch(state, batch, now)
         for state in list(self._versions.values()):
             if state.window is not None:
                 await self._emit(state.window.tick(now))
 
-    def _sketch(self, state: _Version, batches: list[RawBatch]) -> Iterator[Sketch]:
-        """Sketches of `batches`: their tensors stacked (one concatenation per tensor), then
-        sketched in chunks of a twentieth of a window, at most `_SKETCH_ROWS` rows, so that
-        windows still close near their row count. One vectorised pass per chunk."""
+    async def _fold_batch(self, state: _Version, batch: RawBatch, now: float) -> None:
+        """Sketch `batch` in chunks of a twentieth of a window, at most `_SKETCH_ROWS` rows
+        (so that windows still close near their row count), and fold each sketch in."""
         sketcher = state.sketcher
         assert sketcher is not None
         chunk = min(_SKETCH_ROWS, max(1, state.settings.window_rows // 20))
-        try:
-            inputs, outputs = _joined(batches)
-        except ValueError:  # batches that do not stack (shapes differ): one at a time
-            if len(batches) > 1:
-                for batch in batches:
-                    yield from self._sketch(state, [batch])
-            return
-        total = _rows(RawBatch(inputs, outputs))
-        for start in range(0, max(total, 1), chunk):
+        for start in range(0, max(_rows(batch), 1), chunk):
             end = start + chunk
             try:
-                yield sketcher.sketch(
-                    {k: v[start:end] for k, v in inputs.items()},
-                    {k: v[start:end] for k, v in outputs.items()},
+                sketch = sketcher.sketch(
+                    {k: v[start:end] for k, v in batch.inputs.items()},
+                    {k: v[start:end] for k, v in batch.outputs.items()},
                     at=time.time(),
                 )
             except Exception:  # a sketcher bug never stops the monitor: counted, skipped
                 log.exception("%s/%s: sketching rows %d-%d failed", state.model,
                               state.version, start, end)  # fmt: skip
                 state.refused += 1
+                continue
+            await self._emit(self._fold(state, sketch, now))
+            await asyncio.sleep(0)  # this runs on the serving loop: let requests through
 
     def _fold(self, state: _Version, item: Sketch | bytes, now: float) -> list[DriftEvent]:
         window = state.window
@@ -426,21 +415,9 @@ class DriftMonitor:
 _SKETCH_ROWS = 512
 
 
-def _joined(batches: list[RawBatch]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The batches' tensors stacked along the rows."""
-    if len(batches) == 1:
-        return dict(batches[0].inputs), dict(batches[0].outputs)
-    inputs = [b.inputs for b in batches]
-    outputs = [b.outputs for b in batches]
-    return (
-        {n: np.concatenate([t[n] for t in inputs]) for n in inputs[0]},
-        {n: np.concatenate([t[n] for t in outputs]) for n in outputs[0]},
-    )
-
-
 def _stacked(tapped: list[_Tapped]) -> list[RawBatch]:
-    """Tapped batches as one batch of named, stacked tensors (or one per batch, when their
-    shapes do not stack)."""
+    """Queued batches as one batch of named tensors stacked along the rows, so that they
+    are sketched in one vectorised pass (or one per batch, when their shapes do not stack)."""
     inputs = [item[0] for item in tapped]
     outputs = [item[1] for item in tapped]
     names = tapped[0][2]

@@ -74,6 +74,17 @@ def _rows(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, obj
                         "data": x.ravel().tolist()}]}  # fmt: skip
 
 
+async def _send(
+    http: httpx.AsyncClient, rng: np.random.Generator, shift: float = 0.0, batches: int = 20
+) -> list[int]:
+    """`batches` requests of 64 rows (feature 2 shifted by `shift` sd); their statuses."""
+    statuses = []
+    for _ in range(batches):
+        response = await http.post("/v2/models/clf/infer", json=_rows(rng, 64, shift))
+        statuses.append(response.status_code)
+    return statuses
+
+
 async def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -89,9 +100,8 @@ async def test_shifted_traffic_is_reported_and_fires_a_signed_webhook(
     async with running(settings, store) as gw:
         assert gw.addresses is not None
         async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
-            for _ in range(20):  # 1,280 rows with feature 2 shifted by 1.5 sd
-                response = await http.post("/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
-                assert response.status_code == 200  # drift never changes an answer
+            # 1,280 rows with feature 2 shifted by 1.5 sd; drift never changes an answer
+            assert await _send(http, rng, shift=1.5) == [200] * 20
             await _until(lambda: receiver.accepted())
 
             [event] = receiver.accepted()
@@ -121,8 +131,7 @@ async def test_shifted_traffic_is_reported_and_fires_a_signed_webhook(
             assert sample(samples, "modelgate_drift_psi", model="clf", version="1",
                           feature="input[0]") < 0.2  # fmt: skip
 
-            for _ in range(20):  # back to normal: two clean windows resolve it
-                await http.post("/v2/models/clf/infer", json=_rows(rng, 64))
+            await _send(http, rng)  # back to normal: two clean windows resolve it
             await _until(lambda: len(receiver.accepted()) == 2)
             resolved = orjson.loads(receiver.accepted()[1].body)
             assert resolved["type"] == "model.drift_resolved"
@@ -258,15 +267,13 @@ async def test_a_restarted_gateway_announces_the_end_of_a_drift_it_inherited(
     async with running(settings, store) as gw:
         assert gw.addresses is not None
         async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
-            for _ in range(20):
-                await http.post("/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+            await _send(http, rng, shift=1.5)
             await _until(lambda: receiver.accepted())
     async with running(settings, store) as gw:  # a new process: the outbox remembers
         assert gw.addresses is not None
         async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
             assert (await http.get("/v2/models/clf/drift")).json()["drifting"] is True
-            for _ in range(20):
-                await http.post("/v2/models/clf/infer", json=_rows(rng, 64))
+            await _send(http, rng)
             await _until(lambda: len(receiver.accepted()) == 2)
     detected, resolved = (orjson.loads(r.body) for r in receiver.accepted())
     assert resolved["type"] == "model.drift_resolved"

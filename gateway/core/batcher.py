@@ -19,6 +19,7 @@ one call per loop iteration), a request that finds the queue empty runs at once,
 handler (`try_now`): queueing it would only add a future, a callback and a wake-up. One such
 request in `PROBE_EVERY` still goes through the queue, so the batcher keeps measuring how
 much company requests have and goes back to batching when it grows.
+
 Requests may come from any asyncio loop: each carries its loop, and results go back with one
 `call_soon_threadsafe` per loop (or directly, when the batch ran on that very loop).
 """

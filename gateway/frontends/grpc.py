@@ -136,9 +136,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         # Maps its errors itself rather than through `_mapped`: one coroutine less per call.
         try:
-            if isinstance(request, MalformedMessage):
-                raise invalid(f"malformed protobuf message: {request.error}")
-            infer_request, raw = codec.decode_infer_request(request)
+            infer_request, raw = codec.decode_infer_request(_parsed(request))
             remaining = context.time_remaining()
             if remaining is not None and (
                 infer_request.timeout is None or remaining < infer_request.timeout
