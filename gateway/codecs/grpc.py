@@ -8,8 +8,6 @@ request used; FP16 has no typed field, so a response holding FP16 is always raw.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -24,7 +22,7 @@ from gateway.core.types import (
     Tensor,
     TensorSpec,
 )
-from gateway.core.validation import timeout_from_parameters
+from gateway.core.validation import timeout_seconds
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import model_config_pb2 as mc
 
@@ -77,28 +75,23 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
             f"raw_input_contents has {len(raw_contents)} entries for {len(tensors)} "
             f"inputs ({names}): give one per input, in input order"
         )
-    params = _parameters(msg.parameters) if msg.parameters else {}
+    params = msg.parameters
     request = InferRequest(
-        model=msg.model_name,
-        inputs=inputs,
-        version=msg.model_version or None,
-        id=msg.id or None,
-        outputs=[out.name for out in msg.outputs[:]] if msg.outputs else None,
-        timeout=timeout_from_parameters(params) if "timeout" in params else None,
-        protocol="grpc",
-        parameters=params,
+        msg.model_name,
+        inputs,
+        msg.model_version or None,
+        msg.id or None,
+        [out.name for out in msg.outputs[:]] if msg.outputs else None,
+        _timeout(params["timeout"]) if "timeout" in params else None,
+        "grpc",
     )
     return request, raw
 
 
-def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
-    """A protobuf parameter map as plain Python values (None for a parameter with no value)."""
-    out: dict[str, Any] = {}
-    for key in params:  # not .items(): the protobuf map's items view iterates in Python
-        param = params[key]
-        choice = param.WhichOneof("parameter_choice")
-        out[key] = None if choice is None else getattr(param, choice)
-    return out
+def _timeout(param: pb.InferParameter) -> float | None:
+    """The `timeout` parameter: the only request parameter the gateway acts on."""
+    choice = param.WhichOneof("parameter_choice")
+    return timeout_seconds(None if choice is None else getattr(param, choice))
 
 
 def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:

@@ -17,7 +17,7 @@ import orjson
 from gateway.codecs.tensors import array_from_json, array_from_raw, array_to_raw, check_shape
 from gateway.core.errors import invalid
 from gateway.core.types import InferRequest, InferResponse, ModelConfig, ModelMetadata, Tensor
-from gateway.core.validation import timeout_from_parameters
+from gateway.core.validation import timeout_seconds
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -99,9 +99,8 @@ def decode_infer_request(
         inputs=inputs,
         id=request_id,
         outputs=outputs,
-        timeout=timeout_from_parameters(params),
+        timeout=timeout_seconds(params.get("timeout")),
         protocol="http",
-        parameters=params,
     )
     return request, encoding
 

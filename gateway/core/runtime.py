@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -43,6 +44,15 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
+def _direct_run(session: ort.InferenceSession) -> Callable[..., list[np.ndarray]]:
+    """The session's native `run(output_names, feeds, run_options)`, without the Python
+    wrapper's checks (every input given, no device values), which `model_feeds` has made:
+    about 0.7 µs of a 4 µs run for a light model. The public method if a future
+    onnxruntime moves the binding."""
+    native = getattr(getattr(session, "_sess", None), "run", None)
+    return native if callable(native) else session.run
+
+
 class OnnxModel:
     """One ONNX Runtime session and the signature clients see.
 
@@ -66,11 +76,12 @@ class OnnxModel:
             len(s.shape) > 0 and s.shape[0] == -1 for s in self.inputs + self.outputs
         )
         self._warmup_runs = settings.warmup_runs
+        self._call = _direct_run(self._session)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs, in `self.outputs` order. Called from a batch worker thread."""
         try:
-            return self._session.run(self.output_names, feeds)
+            return self._call(self.output_names, feeds, None)
         except Exception as exc:
             # ORT rejects values the model cannot take (e.g. an unknown category): the
             # batch failed as a whole, the process and the session are fine.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,6 @@ class InferRequest:
     timeout: float | None = None
     protocol: str = "http"
     routing_key: str | None = None  # sticky traffic assignment (canaries) when given
-    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

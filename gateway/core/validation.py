@@ -57,9 +57,9 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
     return feeds, max(rows, 1)
 
 
-def timeout_from_parameters(params: dict[str, Any]) -> float | None:
-    """The V2 `timeout` parameter is in microseconds (as Triton defines it)."""
-    timeout = params.get("timeout")
+def timeout_seconds(timeout: Any) -> float | None:
+    """The value of the V2 `timeout` parameter in seconds; it is in microseconds (as Triton
+    defines it), None when not given."""
     if timeout is None:
         return None
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:

@@ -144,13 +144,14 @@ def test_request_fields_and_parameters(rng: np.random.Generator) -> None:
     )
     assert [t.name for t in request.inputs] == ["a", "b"]
     assert request.outputs == ["y"]
-    assert request.timeout == pytest.approx(1.5)
-    assert request.parameters == {"timeout": 1_500_000, "flag": True, "tag": "blue", "ratio": 0.25}
+    assert request.timeout == pytest.approx(1.5)  # the other parameters are accepted, unused
 
     bare, _ = decode_infer_request(raw_request({"a": ("FP32", np.zeros((1, 1), np.float32))}))
-    assert (bare.version, bare.id, bare.outputs, bare.timeout, bare.parameters) == (
-        None, None, None, None, {},
-    )  # fmt: skip
+    assert (bare.version, bare.id, bare.outputs, bare.timeout) == (None, None, None, None)
+
+    unset = raw_request({"a": ("FP32", np.zeros((1, 1), np.float32))})
+    unset.parameters["timeout"].SetInParent()  # present, with no value: as if not given
+    assert decode_infer_request(unset)[0].timeout is None
 
 
 def test_bad_timeout_is_invalid() -> None:
