@@ -77,13 +77,13 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
         )
     params = msg.parameters
     request = InferRequest(
-        msg.model_name,
-        inputs,
-        msg.model_version or None,
-        msg.id or None,
-        [out.name for out in msg.outputs[:]] if msg.outputs else None,
-        _timeout(params["timeout"]) if "timeout" in params else None,
-        "grpc",
+        model=msg.model_name,
+        inputs=inputs,
+        version=msg.model_version or None,
+        id=msg.id or None,
+        outputs=[out.name for out in msg.outputs[:]] if msg.outputs else None,
+        timeout=_timeout(params["timeout"]) if "timeout" in params else None,
+        protocol="grpc",
     )
     return request, raw
 
