@@ -30,7 +30,8 @@ from registry.types import Stage
 
 @pytest.fixture(scope="module")
 def slow_model() -> bytes:
-    return modelzoo.slow()
+    # ~0.35 s a batch here: wide enough that the tests' steps fit inside one computation
+    return modelzoo.slow(iterations=500_000)
 
 
 @pytest.fixture
@@ -67,6 +68,16 @@ def _grpc_request(x: np.ndarray) -> pb.ModelInferRequest:
     request.inputs.add(name="x", datatype="FP32", shape=x.shape)
     request.raw_input_contents.append(x.tobytes())
     return request
+
+
+async def _queue_depth_reaches(gateway: Gateway, rows: int, within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        metrics = await scrape(gateway)
+        if sample(metrics, "modelgate_queue_depth_rows", model="slow", version="1") == rows:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"the queue never held {rows} rows"
+        await asyncio.sleep(0.005)
 
 
 async def _batches(gateway: Gateway) -> float:
@@ -118,11 +129,9 @@ async def test_a_full_queue_is_refused_at_once(
     async with running(limited, slow_store) as gateway, _clients(gateway) as (http, stub):
         x = rng.normal(size=(1, 4)).astype(np.float32)
         computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the worker has taken it
         queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
-        await asyncio.sleep(0.05)
-        metrics = await scrape(gateway)
-        assert sample(metrics, "modelgate_queue_depth_rows", model="slow", version="1") == 1
+        await _queue_depth_reaches(gateway, 1)  # polled: a busy machine may take a while
         refused = await http.post("/v2/models/slow/infer", json=_body(x))
         assert refused.status_code == 503
         assert "queue full" in refused.json()["error"]
