@@ -107,7 +107,9 @@ def test_bytes_round_trip_and_other_profiles_are_refused(
 def test_bad_values_are_counted_not_raised(
     light: ort.InferenceSession, sketcher: Sketcher, rng: np.random.Generator
 ) -> None:
-    x = rng.normal(size=(8, 32)).astype(np.float32)
+    # Well inside the reference's range (5,000 normal draws), so that only the planted values
+    # are flagged: an unclipped draw falls outside it about once in a thousand runs.
+    x = np.clip(rng.normal(size=(8, 32)), -1.0, 1.0).astype(np.float32)
     outputs = run(light, x)
     x[0, 0], x[1, 0], x[2, 0] = np.nan, np.inf, -np.inf
     x[3, 1] = 1e6
