@@ -192,16 +192,12 @@ class DriftMonitor:
         key = (model, version)
         names = tuple(output_names)
         versions = self._versions
-        capacity = self._capacity
 
         def observe(inputs: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
             state = versions.get(key)
             if state is None or state.sketcher is None:  # unknown, or learning: copies
                 return self.observe(model, version, inputs, dict(zip(names, outputs, strict=True)))
-            if len(state.tapped) < capacity:  # `_queue_tapped`, inlined: once per batch
-                state.tapped.append((inputs, outputs, names))
-                return True
-            return self._queue_tapped(state, (inputs, outputs, names))  # counts the drop
+            return self._queue_tapped(state, (inputs, outputs, names))
 
         return observe
 
