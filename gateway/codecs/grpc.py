@@ -76,12 +76,13 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
             f"inputs ({names}): give one per input, in input order"
         )
     params = msg.parameters
+    requested = msg.outputs[:]
     request = InferRequest(
         model=msg.model_name,
         inputs=inputs,
         version=msg.model_version or None,
         id=msg.id or None,
-        outputs=[out.name for out in msg.outputs[:]] if msg.outputs else None,
+        outputs=[out.name for out in requested] if requested else None,
         timeout=_timeout(params["timeout"]) if "timeout" in params else None,
         protocol="grpc",
     )
