@@ -1,6 +1,6 @@
 """Bare gRPC reference server: what grpcio reaches with no gateway at all.
 
-Decodes ModelInferRequest (`np.frombuffer` on raw_input_contents, or the typed contents),
+Decodes ModelInferRequest (an array over raw_input_contents, or the typed contents),
 makes one ONNX Runtime call, encodes ModelInferResponse with raw_output_contents. Also
 answers ServerLive/ServerReady/ModelReady/ServerMetadata/ModelMetadata/ModelConfig, which
 perf_analyzer needs before it sends load. Three variants, to measure which is fastest:
@@ -88,13 +88,13 @@ class BareInference:
         try:
             for index, tensor in enumerate(request.inputs[:]):
                 sig = self.model.inputs[tensor.name]
-                if raw:
-                    flat = np.frombuffer(raw[index], dtype=sig.dtype)
+                shape = tuple(tensor.shape)
+                if raw:  # as the gateway reads it: an array over the bytes, shaped at once
+                    feeds[sig.name] = np.ndarray(shape, sig.dtype, raw[index])
                 else:
                     values = getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype])
-                    flat = np.asarray(values, dtype=sig.dtype)
-                feeds[sig.name] = flat.reshape(tuple(tensor.shape))
-        except (KeyError, IndexError, ValueError) as exc:
+                    feeds[sig.name] = np.asarray(values, dtype=sig.dtype).reshape(shape)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:  # TypeError: too few bytes
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"bad input: {exc!r}") from None
         return feeds
 
