@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from loadtest.drift_quality import LightTraffic, null_run, windows_to_detection
-from monitor.drift import DriftSettings, VersionMonitor, js_distance, ks_binned, psi
+from monitor.drift import (
+    DriftSettings,
+    VersionMonitor,
+    WindowScorer,
+    js_distance,
+    ks_binned,
+    psi,
+)
 from monitor.profile import ReferenceProfile, build_profile
 from monitor.sketch import Sketch
 
@@ -27,6 +34,50 @@ def test_statistics_on_known_distributions() -> None:
     q = counts / 100
     assert psi(p, counts, eps=0) == pytest.approx(np.sum((q - p) * np.log(q / p)))
     assert ks_binned(p, counts) == pytest.approx(0.2)
+
+
+def test_a_window_is_scored_as_the_statistics_score_each_feature(
+    rng: np.random.Generator,
+) -> None:
+    """`WindowScorer` scores all features at once; each score is what `psi`, `js_distance`
+    and `ks_binned` give for that feature alone: numeric and categorical features of
+    different bin counts, a feature with nothing binned, and flags."""
+    n = 2000
+    inputs = {"x": rng.normal(size=(n, 3)).astype(np.float32), "c": rng.integers(0, 4, size=n)}
+    profile = build_profile(inputs, {"label": rng.integers(0, 2, size=n)})
+    monitor = VersionMonitor("m", "1", profile, DriftSettings(window_rows=10**9), 0.0)
+    sketcher = monitor.sketcher
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    x[:, 1] += 0.7
+    x[:5, 2] = np.nan
+    x[:, 0] = np.nan  # nothing binned for x[0]
+    c = rng.integers(1, 6, size=300)  # 4 and 5 were never seen: "other"
+    sketch = sketcher.sketch({"x": x, "c": c}, {"label": rng.integers(0, 2, size=300)})
+    settings = DriftSettings()
+    roles = ["input"] * 4 + ["output"]
+    scores = WindowScorer(sketcher.features, sketcher.bin_slices).score(
+        sketch.bins, sketch.flags, sketch.rows, roles, settings
+    )
+    assert [s.name for s in scores] == ["x[0]", "x[1]", "x[2]", "c", "label"]
+    for i, (feature, score) in enumerate(zip(sketcher.features, scores, strict=True)):
+        counts = sketch.bins[sketcher.bin_slices[i]]
+        reference = np.asarray(feature.proportions)
+        assert score.reference == pytest.approx(reference.tolist())
+        assert score.current == pytest.approx((counts / max(counts.sum(), 1)).tolist())
+        assert score.counts["missing"] == sketch.flags[i][0]
+        if counts.sum() == 0:
+            assert (score.psi, score.js, score.ks) == (None, None, None)
+            continue
+        assert score.psi == pytest.approx(psi(reference, counts, settings.epsilon), rel=1e-9)
+        js = js_distance(reference, counts, settings.epsilon)
+        assert score.js == pytest.approx(js, rel=1e-9)
+        if feature.kind == "numeric":
+            assert score.ks == pytest.approx(ks_binned(reference, counts), rel=1e-9)
+        else:
+            assert score.ks is None
+    assert "psi" in scores[1].reasons and not scores[2].reasons
+    assert scores[0].missing_rate == 1.0 and "missing_rate" in scores[0].reasons
+    assert scores[3].counts["other"] == np.count_nonzero(c >= 4)
 
 
 @pytest.fixture(scope="module")
