@@ -72,6 +72,7 @@ class LoadSpec:
     concurrency: int
     window_ms: int
     trials: int
+    request_rate: int | None = None  # requests/s at a fixed rate instead of a concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,11 @@ def write_input_data(path: Path, rows: int = 16) -> None:
 
 def command(spec: LoadSpec, csv_path: Path, input_data: Path) -> list[str]:
     """The perf_analyzer command line for `spec`: fixed windows, stability check off."""
+    if spec.request_rate is None:
+        load = ["--concurrency-range", f"{spec.concurrency}:{spec.concurrency}"]
+    else:  # enough sending threads to hold the rate while earlier requests are in flight
+        rate = f"{spec.request_rate}:{spec.request_rate}"
+        load = ["--request-rate-range", rate, "--max-threads", "16"]
     args = [
         "-m",
         spec.model,
@@ -102,8 +108,7 @@ def command(spec: LoadSpec, csv_path: Path, input_data: Path) -> list[str]:
         spec.url,
         "-i",
         spec.protocol,
-        "--concurrency-range",
-        f"{spec.concurrency}:{spec.concurrency}",
+        *load,
         "--measurement-mode",
         "time_windows",
         "-p",

@@ -24,9 +24,11 @@ class ServerError(RuntimeError):
     """A server under test exited early or did not become ready in time."""
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, all its threads, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a live process, all its threads, from /proc/<pid>/stat;
+    of one of its threads with `thread` (its id; the main thread's is the pid)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    stat = Path(path).read_text()
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / _CLOCK_TICKS
