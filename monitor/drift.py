@@ -51,22 +51,39 @@ def _proportions(counts: np.ndarray) -> np.ndarray:
 def psi(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
     """Population stability index of `counts` against the reference proportions."""
     p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return float(_psi_rows(p, q, True))
 
 
 def js_distance(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
     """Jensen-Shannon distance (base 2, so within [0, 1]) of `counts` from the reference."""
     p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
-    m = (p + q) / 2
-    divergence = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
-    return float(np.sqrt(max(divergence, 0.0)))
+    return float(_js_rows(p, q, True))
 
 
 def ks_binned(ref_props: np.ndarray, counts: np.ndarray) -> float:
     """Kolmogorov-Smirnov statistic on the binned CDFs: the largest gap between them."""
-    p = _proportions(ref_props)
-    q = _proportions(counts)
-    return float(np.max(np.abs(np.cumsum(p) - np.cumsum(q)), initial=0.0))
+    return float(_ks_rows(_proportions(ref_props), _proportions(counts)))
+
+
+# The statistics over the last axis, for one feature's proportions or for a [features, bins]
+# matrix of them (`WindowScorer`). `mask` marks real bins: padding (False) adds nothing.
+
+
+def _psi_rows(p: np.ndarray, q: np.ndarray, mask: np.ndarray | bool) -> np.ndarray:
+    ratio = np.divide(q, p, out=np.ones_like(p), where=mask)
+    return np.sum((q - p) * np.log(ratio), axis=-1)
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray, mask: np.ndarray | bool) -> np.ndarray:
+    m = (p + q) / 2
+    p_m = np.divide(p, m, out=np.ones_like(p), where=mask)
+    q_m = np.divide(q, m, out=np.ones_like(q), where=mask)
+    divergence = 0.5 * np.sum(p * np.log2(p_m), axis=-1) + 0.5 * np.sum(q * np.log2(q_m), axis=-1)
+    return np.sqrt(np.maximum(divergence, 0.0))
+
+
+def _ks_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.max(np.abs(np.cumsum(p, axis=-1) - np.cumsum(q, axis=-1)), axis=-1, initial=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +228,7 @@ class WindowScorer:
         sizes = np.array([s.stop - s.start for s in bin_slices], dtype=np.intp)
         width = int(sizes.max(initial=1))
         self.mask = np.arange(width) < sizes[:, None]  # [features, width]: real bins
-        self.sizes = sizes.astype(np.float64)
+        self.sizes = sizes.astype(np.float64)  # the smoothing's bin counts
         # Where each feature's bins sit in a sketch's flat `bins`, and in the padded matrix.
         self._source = np.array([i for s in bin_slices for i in range(s.start, s.stop)], np.intp)
         self._target = np.flatnonzero(self.mask)
@@ -222,6 +239,7 @@ class WindowScorer:
         self.numeric = np.array([f.kind == "numeric" for f in features], dtype=bool)
         self._reference_tuples = tuple(tuple(float(p) for p in f.proportions) for f in features)
         self._last = [s.stop - 1 for s in bin_slices]  # "other", for categorical features
+        self._widths = sizes.tolist()
 
     def _padded(self, flat: np.ndarray) -> np.ndarray:
         out = np.zeros(self.mask.shape, dtype=np.float64)
@@ -245,22 +263,14 @@ class WindowScorer:
         counts = self._padded(np.asarray(bins, dtype=np.float64)[self._source])
         binned = counts.sum(axis=1)
         current = counts / np.where(binned > 0, binned, 1.0)[:, None]  # `_proportions`
-        eps, mask = settings.epsilon, self.mask
+        eps = settings.epsilon
         with np.errstate(divide="ignore", invalid="ignore"):  # a feature with no bins at all
             p = self._smoothed(self.reference, self.reference_sums, eps)
             q = self._smoothed(current, current.sum(axis=1), eps)
-            # Padding: ratios of 1 (log 0) times differences or masses of 0 add nothing.
-            ratio = np.divide(q, p, out=np.ones_like(p), where=mask)
-            psi_values = np.sum((q - p) * np.log(ratio), axis=1)
-            m = (p + q) / 2
-            p_m = np.divide(p, m, out=np.ones_like(p), where=mask)
-            q_m = np.divide(q, m, out=np.ones_like(p), where=mask)
-            divergence = 0.5 * np.sum(p * np.log2(p_m), axis=1)
-            divergence += 0.5 * np.sum(q * np.log2(q_m), axis=1)
-        js_values = np.sqrt(np.maximum(divergence, 0.0))
+            psi_values = _psi_rows(p, q, self.mask)
+            js_values = _js_rows(p, q, self.mask)
         sums = np.where(self.reference_sums > 0, self.reference_sums, 1.0)[:, None]
-        reference_cdf = np.cumsum(self.reference / sums, axis=1)
-        ks_values = np.max(np.abs(reference_cdf - np.cumsum(current, axis=1)), axis=1)
+        ks_values = _ks_rows(self.reference / sums, current)
         scored = (binned > 0) & (self.reference_sums > 0)
         flags = np.asarray(flags)
         missing = (flags[:, MISSING] + flags[:, INVALID]) / max(rows, 1)  # no rows: no flags
@@ -272,8 +282,7 @@ class WindowScorer:
         )
         scores = []
         flag_rows, currents = flags.tolist(), current.tolist()
-        for i, feature in enumerate(self.features):
-            size = int(self.sizes[i])
+        for i, (feature, size) in enumerate(zip(self.features, self._widths, strict=True)):
             values: dict[str, float | None] = {"psi": None, "js": None, "ks": None}
             reasons: list[str] = []
             if scored[i]:
