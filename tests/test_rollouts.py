@@ -106,7 +106,7 @@ async def test_canary_takes_its_share_and_keys_stay_put(
         await _eventually(canary_serving)
         counts = collections.Counter([await _answered_by(http) for _ in range(600)])
         assert set(counts) == {"1", "2"}
-        assert counts["2"] / 600 == pytest.approx(0.30, abs=0.07)
+        assert counts["2"] / 600 == pytest.approx(0.30, abs=0.10)  # 5 sd of 600 draws
 
         pinned = {f"user-{i}": await _answered_by(http, f"user-{i}") for i in range(60)}
         assert {await _answered_by(http, k) for k in pinned for _ in range(2)} <= {"1", "2"}

@@ -77,7 +77,8 @@ async def test_batches_from_worker_threads_become_windows_events_and_metrics(
     assert report["drifting"] and report["rows_seen"] == 2000
     assert report["reference"]["source"] == "registered"
     assert [w["window"] for w in report["windows"]] == [2, 1]
-    assert report["windows"][0]["drifted_features"] == ["x[2]"]
+    drifted = report["windows"][0]["drifted_features"]
+    assert "x[2]" in drifted  # shifted by 1.5 sd; the others may cross a threshold by chance
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"model": "m", "version": "1", **labels})
@@ -86,8 +87,8 @@ async def test_batches_from_worker_threads_become_windows_events_and_metrics(
     assert value("modelgate_drift_rows_total") == 2000
     assert value("modelgate_drift_windows_total") == 2
     assert value("modelgate_drift_sketches_dropped_total") == 0
-    assert value("modelgate_drift_feature_drifted", feature="x[2]") == 1.0
-    assert value("modelgate_drift_feature_drifted", feature="x[0]") == 0.0
+    for feature in ("x[0]", "x[1]", "x[2]", "x[3]"):
+        assert value("modelgate_drift_feature_drifted", feature=feature) == (feature in drifted)
     psi = value("modelgate_drift_psi", feature="x[2]")
     assert psi is not None and psi > 0.2
     assert value("modelgate_drift_ks", feature="label") is None
@@ -141,7 +142,8 @@ async def test_a_tap_sees_what_observe_sees_and_counts_its_drops(
     assert plain["rows_seen"] == tapped["rows_seen"] == rows
     assert [w["inputs"] for w in plain["windows"]] == [w["inputs"] for w in tapped["windows"]]
     assert plain["drifting"] == tapped["drifting"]
-    assert tapped["windows"][0]["drifted_features"] == ["x[2]"]
+    assert plain["windows"][0]["drifted_features"] == tapped["windows"][0]["drifted_features"]
+    assert "x[2]" in tapped["windows"][0]["drifted_features"]
 
     registry = CollectorRegistry()
     monitor = DriftMonitor(DriftSettings(queue_size=3), registry)
@@ -181,6 +183,9 @@ async def test_taps_from_threads_while_the_consumer_drains_lose_nothing(
     settings = DriftSettings(queue_size=256, window_rows=600, keep_reports=1000)
     per_thread, rows = 3000, 2
     inputs, outputs = _rows(rng, rows)
+    # Inside the reference's range: the counts of values beyond it are raw counts, which
+    # differ between windows of 600 and 628 rows where proportions do not.
+    inputs["x"] = np.clip(inputs["x"], -1.0, 1.0)
     # The batch's window, unthreaded and unstacked:
     alone = DriftMonitor(dataclasses.replace(settings, queue_size=1), CollectorRegistry())
     alone.register("m", "1", profile)
