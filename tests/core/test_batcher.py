@@ -106,8 +106,10 @@ class Recorder:
         self.batches: list[int] = []
         self.delay = delay
         self.gate = gate
+        self.entered = threading.Event()  # a batch has reached the model (and the gate)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         x = feeds["x"]
@@ -167,9 +169,10 @@ async def test_a_wrong_output_count_fails_the_batch() -> None:
 
 async def test_a_full_queue_refuses_at_once() -> None:
     gate = threading.Event()
-    batcher = _batcher(Recorder(gate=gate), max_batch_size=4, max_queue=4)
+    run = Recorder(gate=gate)
+    batcher = _batcher(run, max_batch_size=4, max_queue=4)
     first = batcher.submit({"x": np.ones((1, 3))}, 1, None)
-    await asyncio.sleep(0.05)  # the worker holds the first request at the gate
+    assert await asyncio.to_thread(run.entered.wait, 5)  # the worker holds it at the gate
     queued = [batcher.submit({"x": np.ones((2, 3))}, 2, None) for _ in range(2)]
     with pytest.raises(InferenceError) as err:
         batcher.submit({"x": np.ones((1, 3))}, 1, None)
@@ -184,7 +187,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() 
     run = Recorder(gate=gate)
     batcher = _batcher(run, max_batch_size=1)
     blocker = batcher.submit({"x": np.ones((1, 3))}, 1, None)
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(run.entered.wait, 5)
     late = batcher.submit({"x": np.full((1, 3), 7.0)}, 1, time.monotonic() + 0.05)
     with pytest.raises(InferenceError) as err:
         await late

@@ -80,6 +80,18 @@ async def _queue_depth_reaches(gateway: Gateway, rows: int, within: float = 10.0
         await asyncio.sleep(0.005)
 
 
+async def _computing(gateway: Gateway, within: float = 10.0) -> None:
+    """Until a batch has left the queue: its queue wait is recorded as it starts to run."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        metrics = await scrape(gateway)
+        labels = {"model": "slow", "version": "1"}
+        if sample(metrics, "modelgate_queue_wait_seconds_count", **labels) == 1:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "no batch started"
+        await asyncio.sleep(0.005)
+
+
 async def _batches(gateway: Gateway) -> float:
     return sample(
         await scrape(gateway), "modelgate_batch_size_rows_count", model="slow", version="1"
@@ -96,7 +108,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_504_and_never_com
     ):
         x = rng.normal(size=(1, 4)).astype(np.float32)
         first = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
-        await asyncio.sleep(0.05)  # the first request is computing now
+        await _computing(gateway)  # the first request is computing now
         late = rng.normal(size=(1, 4)).astype(np.float32)
         if how == "grpc":
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -129,7 +141,7 @@ async def test_a_full_queue_is_refused_at_once(
     async with running(limited, slow_store) as gateway, _clients(gateway) as (http, stub):
         x = rng.normal(size=(1, 4)).astype(np.float32)
         computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
-        await asyncio.sleep(0.05)  # the worker has taken it
+        await _computing(gateway)  # the worker has taken it
         queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
         await _queue_depth_reaches(gateway, 1)  # polled: a busy machine may take a while
         refused = await http.post("/v2/models/slow/infer", json=_body(x))

@@ -220,9 +220,10 @@ async def test_failed_answers_are_retried_with_the_same_id_and_body(
 async def test_retry_after_is_the_minimum_wait(
     receiver: Receiver, outbox: Outbox, form: str
 ) -> None:
-    # An HTTP date has whole seconds: two from now is more than one.
-    in_two = email.utils.formatdate(time.time() + 2, usegmt=True)
-    value = "1" if form == "seconds" else in_two
+    # An HTTP date has whole seconds: three from now, cut to the second, is still over two
+    # ahead when the first request leaves (one is not, after a slow start).
+    in_three = email.utils.formatdate(time.time() + 3, usegmt=True)
+    value = "1" if form == "seconds" else in_three
     receiver.answer((429, {"retry-after": value}))
     async with delivering(fast(receiver.url), outbox) as notifier:
         await notifier.notify_drift_started("churn", 1, WINDOW, FEATURES)
@@ -264,7 +265,8 @@ async def test_receiver_down_then_up_gets_every_event_exactly_once(outbox: Outbo
 async def test_an_event_is_dead_after_the_retry_period(receiver: Receiver, outbox: Outbox) -> None:
     receiver.answer(*[500] * 1000)
     registry = CollectorRegistry()
-    async with delivering(fast(receiver.url, retry_period=0.5), outbox, registry) as notifier:
+    # 1.5 s: room for a retry after the 0.05 s backoff even when the first attempt is slow
+    async with delivering(fast(receiver.url, retry_period=1.5), outbox, registry) as notifier:
         event_id = await notifier.notify_drift_started("churn", 1, WINDOW, FEATURES)
         await until(lambda: deliveries(registry, "dead") == 1)
         # A Retry-After reaching past the retry period gives up at once.
