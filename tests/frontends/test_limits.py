@@ -83,9 +83,9 @@ async def _queue_depth_reaches(gateway: Gateway, rows: int, within: float = 10.0
 async def _computing(gateway: Gateway, within: float = 10.0) -> None:
     """Until a batch has left the queue: its queue wait is recorded as it starts to run."""
     deadline = asyncio.get_running_loop().time() + within
+    labels = {"model": "slow", "version": "1"}
     while True:
         metrics = await scrape(gateway)
-        labels = {"model": "slow", "version": "1"}
         if sample(metrics, "modelgate_queue_wait_seconds_count", **labels) == 1:
             return
         assert asyncio.get_running_loop().time() < deadline, "no batch started"
