@@ -236,6 +236,8 @@ class WindowScorer:
             np.array([p for f in features for p in f.proportions], dtype=np.float64)
         )
         self.reference_sums = self.reference.sum(axis=1)
+        sums = np.where(self.reference_sums > 0, self.reference_sums, 1.0)[:, None]
+        self._reference_props = self.reference / sums  # `_proportions`, for KS
         self.numeric = np.array([f.kind == "numeric" for f in features], dtype=bool)
         self._reference_tuples = tuple(tuple(float(p) for p in f.proportions) for f in features)
         self._last = [s.stop - 1 for s in bin_slices]  # "other", for categorical features
@@ -269,8 +271,7 @@ class WindowScorer:
             q = self._smoothed(current, current.sum(axis=1), eps)
             psi_values = _psi_rows(p, q, self.mask)
             js_values = _js_rows(p, q, self.mask)
-        sums = np.where(self.reference_sums > 0, self.reference_sums, 1.0)[:, None]
-        ks_values = _ks_rows(self.reference / sums, current)
+        ks_values = _ks_rows(self._reference_props, current)
         scored = (binned > 0) & (self.reference_sums > 0)
         flags = np.asarray(flags)
         missing = (flags[:, MISSING] + flags[:, INVALID]) / max(rows, 1)  # no rows: no flags
