@@ -13,6 +13,7 @@ import tritonclient.grpc.service_pb2 as triton_pb
 from tritonclient.utils import serialize_byte_tensor
 
 from gateway.codecs.grpc import (
+    InferResponseSerializer,
     decode_infer_request,
     encode_infer_response,
     encode_model_config,
@@ -259,6 +260,35 @@ def test_string_outputs_from_onnx_runtime_are_utf8(raw: bool) -> None:
         assert list(answer.outputs[0].contents.bytes_contents) == encoded
 
 
+@pytest.mark.parametrize("raw", [True, False])
+def test_serialized_answers_are_the_encoded_messages(raw: bool, rng: np.random.Generator) -> None:
+    """Answers of one version share a serialized head per output shapes; each must still
+    parse to exactly the message `encode_infer_response` builds, whatever came before."""
+    serialize = InferResponseSerializer()
+    answers = []
+    for rows in (1, 3, 1, 2, 3):
+        for request_id in (None, f"r{rows}"):
+            label = random_array("INT64", (rows,), rng)
+            scores = random_array("FP32", (rows, 2), rng)
+            outputs = [Tensor("label", "INT64", label), Tensor("scores", "FP32", scores)]
+            answers.append(InferResponse("m", "1", outputs, request_id))
+            answers.append(InferResponse("m", "2", outputs[1:], request_id))  # a subset
+            half = random_array("FP16", (rows,), rng)
+            answers.append(InferResponse("m", "1", [Tensor("h", "FP16", half)], request_id))
+    for answer in answers:
+        got = pb.ModelInferResponse.FromString(serialize(answer, raw))
+        assert got == encode_infer_response(answer, raw)
+
+
+def test_serializer_keeps_a_bounded_number_of_heads(rng: np.random.Generator) -> None:
+    serialize = InferResponseSerializer()
+    for rows in range(1, InferResponseSerializer.MAX_HEADS + 20):
+        answer = InferResponse("m", "1", [Tensor("y", "FP32", random_array("FP32", (rows,), rng))])
+        got = pb.ModelInferResponse.FromString(serialize(answer, raw=True))
+        assert got == encode_infer_response(answer, raw=True)
+    assert 0 < len(serialize._heads) <= InferResponseSerializer.MAX_HEADS
+
+
 @pytest.mark.parametrize("datatype", DATATYPES)
 def test_tritonclient_interop(datatype: str, rng: np.random.Generator) -> None:
     """Triton's own messages and BYTES encoding decode here; our answers decode there."""
@@ -273,8 +303,8 @@ def test_tritonclient_interop(datatype: str, rng: np.random.Generator) -> None:
     assert raw and request.version == "2" and request.timeout == pytest.approx(0.002)
     assert_same(request.inputs[0].data, x, datatype)
 
-    answer = encode_infer_response(InferResponse("m", "2", request.inputs, id="t"), raw=True)
-    result = triton.InferResult(triton_pb.ModelInferResponse.FromString(answer.SerializeToString()))
+    answer = InferResponseSerializer()(InferResponse("m", "2", request.inputs, id="t"), raw=True)
+    result = triton.InferResult(triton_pb.ModelInferResponse.FromString(answer))
     np.testing.assert_array_equal(result.as_numpy("x"), x)
     assert result.get_response().id == "t"
 
