@@ -72,6 +72,10 @@ class Deployment:
         return self.state is ModelState.READY
 
 
+# Shadow versions with the percent of requests mirrored to each.
+Shadows = tuple[tuple[Deployment, float], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Routes:
     """How one model's requests flow right now; replaced whole, never edited."""
@@ -79,7 +83,7 @@ class Routes:
     versions: dict[str, Deployment]
     primary: Deployment | None
     split: TrafficSplit[Deployment]
-    shadows: tuple[tuple[Deployment, float], ...] = ()
+    shadows: Shadows = ()
 
 
 class Deployments:
@@ -97,6 +101,7 @@ class Deployments:
         self._metrics = metrics
         self._monitor = monitor
         self._routes: dict[str, Routes] = {}
+        self._split: frozenset[str] = frozenset()  # models whose traffic is split, of `_routes`
         self._all: dict[str, dict[str, Deployment]] = {}  # every deployment, any state
         # The registry's served versions at the last read: name -> version -> record.
         self._desired: dict[str, dict[str, ModelVersion]] = {}
@@ -110,20 +115,26 @@ class Deployments:
 
     def split(self, name: str) -> bool:
         """Whether `name`'s traffic is split between versions (so a routing key matters)."""
-        routes = self._routes.get(name)
-        return routes is not None and len(routes.split.arms) > 1
+        return name in self._split
 
-    def resolve(self, name: str, version: str | None, routing_key: str | None = None) -> Deployment:
-        """The deployment a request for (`name`, `version`) goes to, or the error to answer."""
+    def resolve(
+        self, name: str, version: str | None, routing_key: str | None = None
+    ) -> tuple[Deployment, Shadows]:
+        """The deployment a request for (`name`, `version`) goes to, or the error to answer;
+        with the shadows its answer is mirrored to (a request that named no version and
+        went to the primary is)."""
         routes = self._routes.get(name)
         if routes is None:
             raise self._unknown(name)
+        shadows: Shadows = ()
         if version is None:
             deployment = routes.split.choose(routing_key)
             if deployment is None:
                 raise InferenceError(
                     ErrorCode.UNAVAILABLE, f"model {name!r} is not ready ({self._why(name)})"
                 )
+            if deployment is routes.primary:
+                shadows = routes.shadows
         else:
             deployment = routes.versions.get(version)
             if deployment is None:
@@ -136,9 +147,9 @@ class Deployments:
                 f"model {name!r} version {deployment.version} is not ready "
                 f"({deployment.state.value.lower()})",
             )
-        return deployment
+        return deployment, shadows
 
-    def shadows(self, name: str) -> tuple[tuple[Deployment, float], ...]:
+    def shadows(self, name: str) -> Shadows:
         """The shadow versions of `name` with the percent of requests mirrored to each."""
         routes = self._routes.get(name)
         return routes.shadows if routes is not None else ()
@@ -340,6 +351,7 @@ class Deployments:
                 routes[name] = Routes(live, primary, split, shadows)
             self._export_shares(name, previous, routes.get(name))
         self._routes = routes
+        self._split = frozenset(name for name, r in routes.items() if len(r.split.arms) > 1)
         for deployment in list(self.all()):
             if (
                 deployment not in retained

@@ -134,7 +134,9 @@ class InferenceService:
         Raises `InferenceError`; the front end maps its code to the wire status.
         """
         started = time.monotonic()
-        deployment = self._deployments.resolve(request.model, request.version, request.routing_key)
+        deployment, shadows = self._deployments.resolve(
+            request.model, request.version, request.routing_key
+        )
         outcome = "OK"
         try:
             model = deployment.model
@@ -146,12 +148,15 @@ class InferenceService:
             results = batcher.try_now(feeds, rows, deadline)
             if results is None:
                 results = await batcher.submit(feeds, rows, deadline)
-            if request.version is None:
-                routes = self._deployments.routes(request.model)
-                if routes is not None and routes.shadows and deployment is routes.primary:
-                    self._mirror.mirror(request.inputs, deployment, results, routes.shadows)
+            if shadows:
+                self._mirror.mirror(request.inputs, deployment, results, shadows)
             specs = model.outputs
-            outputs = [Tensor(specs[i].name, specs[i].datatype, results[i]) for i in wanted]
+            if wanted is None:
+                outputs = [
+                    Tensor(s.name, s.datatype, r) for s, r in zip(specs, results, strict=True)
+                ]
+            else:
+                outputs = [Tensor(specs[i].name, specs[i].datatype, results[i]) for i in wanted]
             return InferResponse(request.model, deployment.version, outputs, request.id)
         except InferenceError as exc:
             outcome = exc.code.value
@@ -164,9 +169,11 @@ def _without_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs)
 
 
-def _output_indices(requested: list[str] | None, model: OnnxModel) -> range | list[int]:
-    if not requested:
-        return range(len(model.outputs))
+def _output_indices(requested: list[str] | None, model: OnnxModel) -> list[int] | None:
+    """Where the requested outputs are among the model's; None for all of them, in order
+    (no request, or the usual one naming them all)."""
+    if not requested or requested == model.output_names:
+        return None
     try:
         return [model.output_index[name] for name in requested]
     except KeyError as exc:

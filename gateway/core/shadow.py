@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.core.deployments import Deployment
+from gateway.core.deployments import Deployment, Shadows
 from gateway.core.errors import ErrorCode, InferenceError
 from gateway.core.types import Tensor
 from gateway.core.validation import model_feeds
@@ -68,7 +68,7 @@ class ShadowMirror:
         inputs: list[Tensor],
         primary: Deployment,
         primary_outputs: Outputs,
-        shadows: tuple[tuple[Deployment, float], ...],
+        shadows: Shadows,
     ) -> None:
         """Queue a copy of a request the primary has answered for each sampled shadow."""
         for shadow, share in shadows:
