@@ -169,7 +169,7 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
 
 
 class InferResponseSerializer:
-    """ModelInfer answers as wire bytes, the same bytes' worth as `encode_infer_response`.
+    """ModelInfer answers as wire bytes: what `encode_infer_response` builds, serialized.
 
     A raw answer's head (model name, version, and each output's name, datatype and shape)
     is the same for every answer a version gives with the same output shapes. It is
