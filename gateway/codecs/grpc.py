@@ -152,10 +152,9 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
     outputs = resp.outputs
     if not raw:
         raw = any(tensor.datatype == "FP16" for tensor in outputs)
-    msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
-    add = msg.outputs.add  # built in place: a list of messages given to the constructor is copied
-    for t in outputs:
-        add(name=t.name, datatype=t.datatype, shape=t.data.shape)
+    msg = _answer_head(resp)
+    if resp.id is not None:
+        msg.id = resp.id
     if raw:
         msg.raw_output_contents.extend([array_to_raw(t.data, t.datatype) for t in outputs])
     else:
@@ -165,6 +164,15 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
             else:
                 field = _CONTENTS[tensor.datatype][0]
                 getattr(out.contents, field).extend(tensor.data.ravel().tolist())
+    return msg
+
+
+def _answer_head(resp: InferResponse) -> pb.ModelInferResponse:
+    """A ModelInfer answer's model, version and output metadata: no id, no contents."""
+    msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version)
+    add = msg.outputs.add  # built in place: a list of messages given to the constructor is copied
+    for t in resp.outputs:
+        add(name=t.name, datatype=t.datatype, shape=t.data.shape)
     return msg
 
 
@@ -201,13 +209,9 @@ class InferResponseSerializer:
         )
 
     def _head(self, key: tuple[object, ...], resp: InferResponse) -> bytes:
-        msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version)
-        add = msg.outputs.add
-        for t in resp.outputs:
-            add(name=t.name, datatype=t.datatype, shape=t.data.shape)
         if len(self._heads) >= self.MAX_HEADS:
             self._heads.clear()
-        head = self._heads[key] = msg.SerializeToString()
+        head = self._heads[key] = _answer_head(resp).SerializeToString()
         return head
 
 

@@ -108,7 +108,7 @@ class BatchPolicy:
     def observe(self, seconds: float) -> None:
         """Fold one batch's compute time into the average."""
         self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
-        inline = self.inline_max > 0 and self.batch_seconds <= self.inline_max  # as `_inline`
+        inline = self._inline()
         if inline != self.inline:  # rare: only then can eagerness change with it
             self.inline = inline
             self.eager = self._eager()

@@ -81,8 +81,12 @@ def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def _parsed(request: Req) -> Req:
     if isinstance(request, MalformedMessage):
-        raise invalid(f"malformed protobuf message: {request.error}")
+        raise _malformed(request.error)
     return request
+
+
+def _malformed(error: Exception) -> InferenceError:
+    return invalid(f"malformed protobuf message: {error}")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
@@ -141,7 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 message = pb.ModelInferRequest.FromString(request)
             except Exception as exc:  # as in `_lenient`
-                raise invalid(f"malformed protobuf message: {exc}") from None
+                raise _malformed(exc) from None
             infer_request, raw = codec.decode_infer_request(message)
             remaining = context.time_remaining()
             if remaining is not None and (
