@@ -11,6 +11,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY modelgate modelgate
 COPY gateway gateway
 COPY registry registry
 COPY monitor monitor

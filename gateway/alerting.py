@@ -15,11 +15,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gateway.core.deployments import Deployments
-from gateway.settings import ServerSettings
-from monitor.drift import DriftEvent, WindowReport
-from monitor.outbox import Outbox
-from monitor.webhook import WebhookNotifier, WebhookSettings
+from modelgate.gateway.core.deployments import Deployments
+from modelgate.gateway.settings import ServerSettings
+from modelgate.monitor.drift import DriftEvent, WindowReport
+from modelgate.monitor.outbox import Outbox
+from modelgate.monitor.webhook import WebhookNotifier, WebhookSettings
 
 log = logging.getLogger(__name__)
 

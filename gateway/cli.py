@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import (
+from modelgate.gateway.settings import (
     BatchSettings,
     RuntimeSettings,
     ServerSettings,
@@ -145,7 +145,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway import server
+    from modelgate.gateway import server
 
     settings = _settings(args)
     _configure_logging(settings.log_level)
@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from modelgate.gateway import demo
 
     settings = _settings(args)
     _configure_logging(settings.log_level)
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(demo)
     demo.set_defaults(handler=_demo)
 
-    from registry import cli as registry_cli
+    from modelgate.registry import cli as registry_cli
 
     registry_cli.add_parser(commands)
     return parser

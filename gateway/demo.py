@@ -15,12 +15,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gateway.server import Addresses, Gateway
-from gateway.settings import ServerSettings
-from monitor.profile import build_profile
-from registry.reference import run_model
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.server import Addresses, Gateway
+from modelgate.gateway.settings import ServerSettings
+from modelgate.monitor.profile import build_profile
+from modelgate.registry.reference import run_model
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 MODEL_NAME = "iris"
 FEATURE_NAMES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -77,7 +77,7 @@ curl -s -X POST http://{addresses.http}/v2/models/{MODEL_NAME}/infer -H 'content
 gRPC (Python, with the stubs modelgate ships):
 python - <<'EOF'
 import grpc, numpy as np
-from gateway.protocol import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
 stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel("{addresses.grpc}"))
 x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)

@@ -22,17 +22,17 @@ from wsgiref.simple_server import WSGIServer
 import uvicorn
 from prometheus_client import start_http_server
 
-from gateway.alerting import DriftAlerts, notifier_for
-from gateway.core.deployments import Deployments
-from gateway.core.guard import RolloutGuard
-from gateway.core.service import InferenceService
-from gateway.core.shadow import ShadowMirror
-from gateway.frontends.grpc import GrpcFrontend
-from gateway.frontends.http import HttpFrontend
-from gateway.metrics import Metrics
-from gateway.settings import ServerSettings
-from monitor.monitor import DriftMonitor
-from registry.client import RegistryClient, open_registry
+from modelgate.gateway.alerting import DriftAlerts, notifier_for
+from modelgate.gateway.core.deployments import Deployments
+from modelgate.gateway.core.guard import RolloutGuard
+from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.core.shadow import ShadowMirror
+from modelgate.gateway.frontends.grpc import GrpcFrontend
+from modelgate.gateway.frontends.http import HttpFrontend
+from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.settings import ServerSettings
+from modelgate.monitor.monitor import DriftMonitor
+from modelgate.registry.client import RegistryClient, open_registry
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.drift import DriftSettings
+from modelgate.monitor.drift import DriftSettings
 
 ENV_PREFIX = "MODELGATE_"
 

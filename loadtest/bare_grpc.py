@@ -21,8 +21,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from loadtest.bare_model import (
     BareModel,
     announce,
@@ -31,6 +29,8 @@ from loadtest.bare_model import (
     parser,
     run_on_loop,
 )
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),

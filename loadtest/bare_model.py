@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from gateway.core.datatypes import ORT_TO_V2, numpy_dtype
-from gateway.core.runtime import session_options
-from gateway.settings import RuntimeSettings
 from loadtest.models import MODELS
+from modelgate.gateway.core.datatypes import ORT_TO_V2, numpy_dtype
+from modelgate.gateway.core.runtime import session_options
+from modelgate.gateway.settings import RuntimeSettings
 
 PLATFORM = "onnxruntime_onnx"
 

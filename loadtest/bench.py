@@ -106,7 +106,7 @@ def server_argv(plan: ServerPlan, stores: dict[str, Path]) -> list[str]:
     """The command line that starts `plan`'s server on free ports of 127.0.0.1."""
     python = sys.executable
     if plan.server.startswith("gateway"):
-        argv = [python, "-m", "gateway.cli", "serve", "--store", str(stores[plan.model])]
+        argv = [python, "-m", "modelgate", "serve", "--store", str(stores[plan.model])]
         argv += ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
         argv += ["--metrics-port", "0", "--drain-delay", "0"]
         if plan.server.endswith("/monitoring-off"):
@@ -197,7 +197,7 @@ def prepare_models(workdir: Path, models: list[str]) -> tuple[dict[str, bytes], 
         path = workdir / f"{name}.onnx"
         path.write_bytes(built[name])
         stores[name] = workdir / f"store-{name}"
-        register = [sys.executable, "-m", "gateway.cli", "registry", "--store"]
+        register = [sys.executable, "-m", "modelgate", "registry", "--store"]
         register += [str(stores[name]), "register", name, str(path), "--stage", "production"]
         if name == "light":
             from loadtest.drift_quality import REFERENCE_ROWS, LightTraffic

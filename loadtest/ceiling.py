@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from gateway.core.runtime import session_options
-from gateway.settings import RuntimeSettings
 from loadtest.models import FEATURES, MODELS
+from modelgate.gateway.core.runtime import session_options
+from modelgate.gateway.settings import RuntimeSettings
 
 BATCH_SIZES: tuple[int, ...] = tuple(2**i for i in range(9))  # 1 .. 256
 

@@ -21,8 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest.models import _SEED, FEATURES, build_light
-from monitor.drift import DriftSettings, VersionMonitor, WindowReport
-from monitor.profile import ReferenceProfile, build_profile
+from modelgate.monitor.drift import DriftSettings, VersionMonitor, WindowReport
+from modelgate.monitor.profile import ReferenceProfile, build_profile
 
 REFERENCE_ROWS = 20_000
 BATCH = 64

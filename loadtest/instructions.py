@@ -39,13 +39,18 @@ from typing import Any
 import numpy as np
 import uvloop
 
-from gateway.frontends.grpc import InferenceServicer
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.server import Gateway
-from gateway.settings import BatchSettings, ModelServingSettings, MonitorSettings, ServerSettings
 from loadtest.bare_grpc import AioServicer, BareInference
 from loadtest.bare_model import load, parser
 from loadtest.bench import REPO, prepare_models
+from modelgate.gateway.frontends.grpc import InferenceServicer
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import (
+    BatchSettings,
+    ModelServingSettings,
+    MonitorSettings,
+    ServerSettings,
+)
 
 SERVERS = ("gateway/monitoring-off", "gateway", "bare_grpc")
 DEFAULT_SERVERS = ("gateway/monitoring-off", "bare_grpc")

@@ -39,11 +39,11 @@ import grpc
 import httpx
 import numpy as np
 
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from loadtest.procs import ServerProcess
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 LISTENING = r"modelgate listening http=(\S+) grpc=(\S+) metrics=(\S+)"
 STICKY_KEYS = 200  # keyed requests draw from this many users, so keys repeat
@@ -194,7 +194,7 @@ async def transition(store: Path, model: str, step: Step, via: str = "cli") -> f
             actor="rollout-script",
         )
         return registry.history(model)[-1].at
-    argv = [sys.executable, "-m", "gateway.cli", "registry", "--store", str(store), "transition",
+    argv = [sys.executable, "-m", "modelgate", "registry", "--store", str(store), "transition",
             model, str(step.version), step.stage, "--actor", "rollout-script"]  # fmt: skip
     if step.traffic is not None:
         argv += ["--traffic", f"{step.traffic:g}"]
@@ -369,7 +369,7 @@ async def _main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="modelgate-rollout-") as tmp:
         root = prepare_store(Path(tmp) / "store", build_light())
         log = Path(tmp) / "gateway.log"
-        argv = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(root),
+        argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(root),
                 "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
         server = ServerProcess(argv, log)
         try:

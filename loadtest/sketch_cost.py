@@ -12,7 +12,7 @@ import timeit
 import numpy as np
 
 from loadtest.drift_quality import LightTraffic
-from monitor.sketch import Sketcher
+from modelgate.monitor.sketch import Sketcher
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from monitor.profile import FeatureProfile, ReferenceProfile
-from monitor.sketch import (
+from modelgate.monitor.profile import FeatureProfile, ReferenceProfile
+from modelgate.monitor.sketch import (
     ABOVE_MAX,
     BELOW_MIN,
     FLAGS,

@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.drift import DriftEvent, DriftSettings, VersionMonitor
-from monitor.profile import ReferenceProfile, build_profile
-from monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
+from modelgate.monitor.drift import DriftEvent, DriftSettings, VersionMonitor
+from modelgate.monitor.profile import ReferenceProfile, build_profile
+from modelgate.monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
 
 log = logging.getLogger(__name__)
 

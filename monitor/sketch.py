@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.profile import FeatureProfile, ReferenceProfile, numeric_bins
+from modelgate.monitor.profile import FeatureProfile, ReferenceProfile, numeric_bins
 
 # Columns of `Sketch.flags`, one row per feature (inputs then outputs, as in the profile).
 FLAGS = ("missing", "pos_inf", "neg_inf", "below_min", "above_max", "invalid")

@@ -60,7 +60,7 @@ import httpx
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from monitor.outbox import DriftEpisode, Outbox, OutboxEvent
+from modelgate.monitor.outbox import DriftEpisode, Outbox, OutboxEvent
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.client import RegistryClient, open_registry
-from registry.errors import RegistryError
-from registry.signature import InvalidModelError
-from registry.types import ModelVersion, Stage, TensorSignature, Transition
+from modelgate.registry.client import RegistryClient, open_registry
+from modelgate.registry.errors import RegistryError
+from modelgate.registry.signature import InvalidModelError
+from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition
 
 TOKEN_ENV = "MODELGATE_REGISTRY_TOKEN"
 _STAGES = ", ".join(s.value for s in Stage)
@@ -129,7 +129,7 @@ def _open(args: argparse.Namespace) -> RegistryClient:
 def _serve(args: argparse.Namespace) -> int:
     if args.registry is not None:
         raise ValueError("serve needs a --store directory, not --registry")
-    from registry import server
+    from modelgate.registry import server
 
     server.run(
         Path(args.store),
@@ -151,7 +151,7 @@ def _register(registry: RegistryClient, args: argparse.Namespace) -> int:
     model = _read_file(args.model, "model file")
     reference = None
     if args.reference is not None:
-        from registry.reference import reference_profile
+        from modelgate.registry.reference import reference_profile
 
         reference = reference_profile(model, args.reference)
     version = registry.register(

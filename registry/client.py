@@ -13,7 +13,7 @@ from typing import Any, Protocol, Self
 
 import httpx
 
-from registry.types import ModelVersion, Stage, Transition
+from modelgate.registry.types import ModelVersion, Stage, Transition
 
 # Stages whose versions a gateway loads; the others are never served.
 SERVED_STAGES = frozenset({Stage.PRODUCTION, Stage.CANARY, Stage.SHADOW, Stage.STAGING})
@@ -94,13 +94,13 @@ class HttpRegistry:
 def open_registry(location: str, *, token: str | None = None) -> RegistryClient:
     """The registry at `location`: a directory, an `http(s)://` server or `mlflow+http(s)://`."""
     if location.startswith(("mlflow+http://", "mlflow+https://")):
-        from registry.mlflow import MlflowRegistry
+        from modelgate.registry.mlflow import MlflowRegistry
 
         return MlflowRegistry(location.removeprefix("mlflow+"), token=token)
     if location.startswith(("http://", "https://")):
-        from registry.remote import RemoteRegistry
+        from modelgate.registry.remote import RemoteRegistry
 
         return RemoteRegistry(location, token=token)
-    from registry.store import RegistryStore
+    from modelgate.registry.store import RegistryStore
 
     return RegistryStore(location)

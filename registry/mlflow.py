@@ -43,8 +43,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from registry.client import HttpRegistry
-from registry.errors import (
+from modelgate.registry.client import HttpRegistry
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     AuthError,
     ConflictError,
@@ -53,8 +53,8 @@ from registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from registry.signature import InvalidModelError, read_signature
-from registry.types import ModelVersion, Stage, Transition, traffic_share
+from modelgate.registry.signature import InvalidModelError, read_signature
+from modelgate.registry.types import ModelVersion, Stage, Transition, traffic_share
 
 log = logging.getLogger(__name__)
 

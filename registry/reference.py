@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from monitor.profile import DEFAULT_BINS, DEFAULT_MAX_CATEGORIES, build_profile
-from registry.errors import InvalidRequestError
-from registry.signature import InvalidModelError, read_signature
-from registry.types import TensorSignature
+from modelgate.monitor.profile import DEFAULT_BINS, DEFAULT_MAX_CATEGORIES, build_profile
+from modelgate.registry.errors import InvalidRequestError
+from modelgate.registry.signature import InvalidModelError, read_signature
+from modelgate.registry.types import TensorSignature
 
 _NUMPY_TYPES: dict[str, type[Any]] = {
     "BOOL": np.bool_,

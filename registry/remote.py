@@ -16,8 +16,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from registry.client import HttpRegistry
-from registry.errors import (
+from modelgate.registry.client import HttpRegistry
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     AuthError,
     ConflictError,
@@ -26,7 +26,7 @@ from registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from registry.types import ModelVersion, Stage, Transition
+from modelgate.registry.types import ModelVersion, Stage, Transition
 
 ERROR_BY_STATUS: dict[int, type[RegistryError]] = {
     400: InvalidRequestError,

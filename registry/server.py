@@ -59,8 +59,8 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import uvicorn
 
-from registry.client import RegistryClient
-from registry.errors import (
+from modelgate.registry.client import RegistryClient
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     AuthError,
     ConflictError,
@@ -69,8 +69,8 @@ from registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from registry.signature import InvalidModelError
-from registry.types import ModelVersion, Stage
+from modelgate.registry.signature import InvalidModelError
+from modelgate.registry.types import ModelVersion, Stage
 
 log = logging.getLogger(__name__)
 
@@ -670,7 +670,7 @@ def run(
     """
     import uvloop
 
-    from registry.store import RegistryStore
+    from modelgate.registry.store import RegistryStore
 
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the registry server must run in the main thread (signal handling)")

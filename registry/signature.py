@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from registry.types import TensorSignature
+from modelgate.registry.types import TensorSignature
 
 _ONNX_TO_V2: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",

@@ -27,8 +27,8 @@ from typing import Any
 
 import onnxruntime as ort
 
-from monitor.profile import ReferenceProfile
-from registry.errors import (
+from modelgate.monitor.profile import ReferenceProfile
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
     InvalidRequestError,
@@ -36,8 +36,8 @@ from registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from registry.signature import InvalidModelError, read_signature
-from registry.types import ModelVersion, Stage, TensorSignature, Transition, traffic_share
+from modelgate.registry.signature import InvalidModelError, read_signature
+from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition, traffic_share
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (

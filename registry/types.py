@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.errors import InvalidRequestError
+from modelgate.registry.errors import InvalidRequestError
 
 
 class Stage(enum.Enum):

@@ -15,11 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import modelzoo
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.server import Gateway
-from gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 DATATYPES = tuple(modelzoo.ONNX_TYPES)
 

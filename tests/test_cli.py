@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-MODELGATE = [sys.executable, "-m", "gateway.cli"]
+MODELGATE = [sys.executable, "-m", "modelgate"]
 LISTENING = re.compile(r"modelgate listening http=(\S+) grpc=(\S+) metrics=(\S+)")
 
 

@@ -20,14 +20,14 @@ import pytest
 
 import modelzoo
 from conftest import running, sample, scrape
-from gateway.settings import ModelServingSettings, MonitorSettings, ServerSettings
 from loadtest.procs import ServerProcess
-from monitor.drift import DriftSettings
-from monitor.outbox import Outbox
-from monitor.webhook import verify
-from registry.reference import reference_profile
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.settings import ModelServingSettings, MonitorSettings, ServerSettings
+from modelgate.monitor.drift import DriftSettings
+from modelgate.monitor.outbox import Outbox
+from modelgate.monitor.webhook import verify
+from modelgate.registry.reference import reference_profile
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 from webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -206,7 +206,7 @@ def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart
     config.write_text(
         f'retrain_webhook = "{receiver.url}"\nwindow_rows = 500\nmin_window_rows = 100\n'
     )
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(store.root),
+    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
             "--config", str(config), "--webhook-outbox", str(outbox),
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
     environment = {"MODELGATE_WEBHOOK_SECRET": SECRET}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import sample, scrape
-from gateway.metrics import Observations
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.server import Gateway
+from modelgate.gateway.metrics import Observations
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.server import Gateway
 
 
 async def test_requests_latency_batches_and_loaded_models_are_exported(

@@ -21,7 +21,7 @@ def gateway(tmp_path: Path) -> tuple[ServerProcess, Path, dict[str, str]]:
     root = prepare_store(
         tmp_path / "store", modelzoo.classifier(), shadow_model=modelzoo.classifier(first=4)
     )
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(root),
+    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(root),
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
     server = ServerProcess(argv, tmp_path / "gateway.log")
     found = server.wait_for_line(LISTENING, timeout=60)

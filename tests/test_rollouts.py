@@ -18,13 +18,13 @@ import pytest
 
 import modelzoo
 from conftest import running, sample, scrape
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.server import Gateway
-from gateway.settings import GuardSettings, ModelServingSettings, ServerSettings
-from registry.errors import UnavailableError
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import GuardSettings, ModelServingSettings, ServerSettings
+from modelgate.registry.errors import UnavailableError
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 FEATURES = modelzoo.FEATURES
 

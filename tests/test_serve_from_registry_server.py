@@ -31,7 +31,10 @@ def _free_port() -> int:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "modelgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -52,7 +55,7 @@ class Registry:
 
     def start(self) -> None:
         self.starts += 1
-        argv = [sys.executable, "-m", "gateway.cli", "registry", "--store", str(self.store),
+        argv = [sys.executable, "-m", "modelgate", "registry", "--store", str(self.store),
                 "serve", "--port", str(self.port), "--token-file", str(self.tokens)]  # fmt: skip
         self.process = ServerProcess(argv, self.log_dir / f"registry-{self.starts}.log")
         self.process.wait_for_line(REGISTRY, timeout=60)
@@ -107,7 +110,7 @@ def test_a_gateway_follows_a_registry_server_through_an_outage(
     _register(registry, model, "--stage", "production")
     _register(registry, model)
 
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--registry", registry.url,
+    argv = [sys.executable, "-m", "modelgate", "serve", "--registry", registry.url,
             "--registry-token-file", str(registry.secret), "--store", str(tmp_path / "unused"),
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
     gateway = ServerProcess(argv, tmp_path / "gateway.log")

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import SETTING_NAMES, BatchSettings, build_settings, load_config_file
+from modelgate.gateway.settings import (
+    SETTING_NAMES,
+    BatchSettings,
+    build_settings,
+    load_config_file,
+)
 
 
 def test_defaults() -> None:

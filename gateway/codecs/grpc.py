@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from gateway.codecs.tensors import array_from_raw, array_to_raw
-from gateway.core.datatypes import V2_TO_NUMPY
-from gateway.core.errors import invalid
-from gateway.core.types import (
+from modelgate.gateway.codecs.tensors import array_from_raw, array_to_raw
+from modelgate.gateway.core.datatypes import V2_TO_NUMPY
+from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.types import (
     InferRequest,
     InferResponse,
     ModelConfig,
@@ -22,9 +22,9 @@ from gateway.core.types import (
     Tensor,
     TensorSpec,
 )
-from gateway.core.validation import timeout_seconds
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import model_config_pb2 as mc
+from modelgate.gateway.core.validation import timeout_seconds
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import model_config_pb2 as mc
 
 # The typed contents field of each datatype and the NumPy dtype of that field's elements.
 _CONTENTS: dict[str, tuple[str, np.dtype]] = {

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.core.datatypes import V2_TO_NUMPY, numpy_dtype
-from gateway.core.errors import invalid
+from modelgate.gateway.core.datatypes import V2_TO_NUMPY, numpy_dtype
+from modelgate.gateway.core.errors import invalid
 
 # Which inferred NumPy kinds may become which target kinds without losing meaning.
 _ALLOWED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}

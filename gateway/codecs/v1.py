@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.codecs.tensors import array_from_nested
-from gateway.core.errors import invalid
-from gateway.core.types import InferRequest, InferResponse, Tensor, TensorSpec
+from modelgate.gateway.codecs.tensors import array_from_nested
+from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.types import InferRequest, InferResponse, Tensor, TensorSpec
 
 
 def decode_predict_request(

@@ -14,10 +14,21 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.codecs.tensors import array_from_json, array_from_raw, array_to_raw, check_shape
-from gateway.core.errors import invalid
-from gateway.core.types import InferRequest, InferResponse, ModelConfig, ModelMetadata, Tensor
-from gateway.core.validation import timeout_seconds
+from modelgate.gateway.codecs.tensors import (
+    array_from_json,
+    array_from_raw,
+    array_to_raw,
+    check_shape,
+)
+from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.types import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    Tensor,
+)
+from modelgate.gateway.core.validation import timeout_seconds
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

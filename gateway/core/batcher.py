@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.metrics import VersionMetrics
-from gateway.settings import BatchSettings
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.metrics import VersionMetrics
+from modelgate.gateway.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 

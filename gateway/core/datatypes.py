@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.core.errors import invalid
+from modelgate.gateway.core.errors import invalid
 
 # V2 name -> NumPy dtype. BYTES tensors are object arrays of `bytes` (or `str` for ORT).
 V2_TO_NUMPY: dict[str, np.dtype] = {

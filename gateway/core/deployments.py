@@ -23,18 +23,18 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.batcher import BatchObserver, MicroBatcher
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.core.router import TrafficSplit
-from gateway.core.runtime import ModelLoadError, OnnxModel
-from gateway.core.types import VersionStatus
-from gateway.metrics import Metrics, VersionMetrics
-from gateway.settings import BatchSettings, ServerSettings
-from monitor.monitor import DriftMonitor
-from monitor.profile import ReferenceProfile
-from registry.client import SERVED_STAGES, RegistryClient
-from registry.errors import UnavailableError
-from registry.types import ModelVersion, Stage
+from modelgate.gateway.core.batcher import BatchObserver, MicroBatcher
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.router import TrafficSplit
+from modelgate.gateway.core.runtime import ModelLoadError, OnnxModel
+from modelgate.gateway.core.types import VersionStatus
+from modelgate.gateway.metrics import Metrics, VersionMetrics
+from modelgate.gateway.settings import BatchSettings, ServerSettings
+from modelgate.monitor.monitor import DriftMonitor
+from modelgate.monitor.profile import ReferenceProfile
+from modelgate.registry.client import SERVED_STAGES, RegistryClient
+from modelgate.registry.errors import UnavailableError
+from modelgate.registry.types import ModelVersion, Stage
 
 log = logging.getLogger(__name__)
 

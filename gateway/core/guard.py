@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.core.deployments import Deployment, Deployments
-from gateway.core.errors import ErrorCode
-from gateway.core.shadow import ShadowMirror
-from gateway.metrics import LATENCY_BUCKETS, Metrics
-from gateway.settings import GuardSettings, ServerSettings
-from registry.client import RegistryClient
-from registry.types import Stage
+from modelgate.gateway.core.deployments import Deployment, Deployments
+from modelgate.gateway.core.errors import ErrorCode
+from modelgate.gateway.core.shadow import ShadowMirror
+from modelgate.gateway.metrics import LATENCY_BUCKETS, Metrics
+from modelgate.gateway.settings import GuardSettings, ServerSettings
+from modelgate.registry.client import RegistryClient
+from modelgate.registry.types import Stage
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from gateway.core.datatypes import ORT_TO_V2, numpy_dtype
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.core.types import TensorSpec
-from gateway.settings import RuntimeSettings
+from modelgate.gateway.core.datatypes import ORT_TO_V2, numpy_dtype
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.types import TensorSpec
+from modelgate.gateway.settings import RuntimeSettings
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

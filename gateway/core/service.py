@@ -7,11 +7,11 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from gateway.core.deployments import Deployment, Deployments
-from gateway.core.errors import ErrorCode, InferenceError, invalid
-from gateway.core.runtime import OnnxModel
-from gateway.core.shadow import ShadowMirror
-from gateway.core.types import (
+from modelgate.gateway.core.deployments import Deployment, Deployments
+from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
+from modelgate.gateway.core.runtime import OnnxModel
+from modelgate.gateway.core.shadow import ShadowMirror
+from modelgate.gateway.core.types import (
     InferRequest,
     InferResponse,
     ModelConfig,
@@ -19,8 +19,8 @@ from gateway.core.types import (
     Tensor,
     TensorSpec,
 )
-from gateway.core.validation import model_feeds
-from monitor.monitor import DriftMonitor
+from modelgate.gateway.core.validation import model_feeds
+from modelgate.monitor.monitor import DriftMonitor
 
 PLATFORM = "onnxruntime_onnx"
 # Protocol extensions both front ends advertise in server metadata.

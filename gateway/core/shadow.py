@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.core.deployments import Deployment, Shadows
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.core.types import Tensor
-from gateway.core.validation import model_feeds
-from gateway.metrics import Metrics
+from modelgate.gateway.core.deployments import Deployment, Shadows
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.types import Tensor
+from modelgate.gateway.core.validation import model_feeds
+from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.core.errors import invalid
-from gateway.core.runtime import OnnxModel
-from gateway.core.types import Tensor
+from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.runtime import OnnxModel
+from modelgate.gateway.core.types import Tensor
 
 
 def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.ndarray], int]:

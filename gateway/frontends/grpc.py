@@ -20,13 +20,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from gateway.codecs import grpc as codec
-from gateway.core.errors import ErrorCode, InferenceError, invalid
-from gateway.core.service import InferenceService
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.protocol import model_config_pb2 as mc
-from gateway.settings import ServerSettings
+from modelgate.gateway.codecs import grpc as codec
+from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
+from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.protocol import model_config_pb2 as mc
+from modelgate.gateway.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.codecs import v1, v2_http
-from gateway.core.errors import ErrorCode, InferenceError, invalid
-from gateway.core.service import InferenceService
-from gateway.core.types import InferRequest
+from modelgate.gateway.codecs import v1, v2_http
+from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
+from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.core.types import InferRequest
 
 log = logging.getLogger(__name__)
 

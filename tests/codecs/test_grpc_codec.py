@@ -12,17 +12,23 @@ import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton_pb
 from tritonclient.utils import serialize_byte_tensor
 
-from gateway.codecs.grpc import (
+from modelgate.gateway.codecs.grpc import (
     InferResponseSerializer,
     decode_infer_request,
     encode_infer_response,
     encode_model_config,
     encode_model_metadata,
 )
-from gateway.core.datatypes import V2_TO_NUMPY
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.core.types import InferResponse, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.core.datatypes import V2_TO_NUMPY
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.types import (
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    Tensor,
+    TensorSpec,
+)
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 
 DATATYPES = tuple(V2_TO_NUMPY)
 TYPED = tuple(d for d in DATATYPES if d != "FP16")

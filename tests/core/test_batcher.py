@@ -10,10 +10,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from gateway.core.batcher import BatchPolicy, MicroBatcher, PendingRequest, split_outputs
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.metrics import Metrics
-from gateway.settings import BatchSettings
+from modelgate.gateway.core.batcher import BatchPolicy, MicroBatcher, PendingRequest, split_outputs
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.settings import BatchSettings
 
 
 def _pending(rows: int, enqueued: float = 0.0) -> PendingRequest:

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from gateway.core.router import Arm, TrafficSplit
+from modelgate.gateway.core.router import Arm, TrafficSplit
 
 
 def _split(canaries: dict[str, float]) -> TrafficSplit[str]:

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 import modelzoo
-from gateway.core.errors import ErrorCode, InferenceError
-from gateway.core.runtime import OnnxModel, _direct_run
-from gateway.settings import RuntimeSettings
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.runtime import OnnxModel, _direct_run
+from modelgate.gateway.settings import RuntimeSettings
 
 
 def test_the_native_run_answers_like_the_public_one() -> None:

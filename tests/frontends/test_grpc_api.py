@@ -17,11 +17,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from conftest import running
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.server import Gateway
-from gateway.settings import ServerSettings
-from registry.store import RegistryStore
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import ServerSettings
+from modelgate.registry.store import RegistryStore
 
 pytestmark = pytest.mark.usefixtures("gateway")
 

@@ -20,12 +20,12 @@ import pytest
 
 import modelzoo
 from conftest import running, sample, scrape, with_batching
-from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.server import Gateway
-from gateway.settings import ServerSettings
-from registry.store import RegistryStore
-from registry.types import Stage
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import ServerSettings
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 
 @pytest.fixture(scope="module")

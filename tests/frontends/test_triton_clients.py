@@ -17,7 +17,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from gateway.server import Gateway
+from modelgate.gateway.server import Gateway
 
 Reference = Callable[[bytes, dict[str, np.ndarray]], list[np.ndarray]]
 T = TypeVar("T")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from loadtest.drift_quality import LightTraffic, null_run, windows_to_detection
-from monitor.drift import (
+from modelgate.monitor.drift import (
     DriftSettings,
     VersionMonitor,
     WindowScorer,
@@ -17,8 +17,8 @@ from monitor.drift import (
     ks_binned,
     psi,
 )
-from monitor.profile import ReferenceProfile, build_profile
-from monitor.sketch import Sketch
+from modelgate.monitor.profile import ReferenceProfile, build_profile
+from modelgate.monitor.sketch import Sketch
 
 
 def test_statistics_on_known_distributions() -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.drift import DriftEvent, DriftSettings
-from monitor.monitor import DriftMonitor
-from monitor.profile import ReferenceProfile, build_profile
+from modelgate.monitor.drift import DriftEvent, DriftSettings
+from modelgate.monitor.monitor import DriftMonitor
+from modelgate.monitor.profile import ReferenceProfile, build_profile
 
 
 def _rows(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[dict, dict]:

@@ -7,7 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from monitor.profile import FeatureProfile, ReferenceProfile, build_profile, profile_feature
+from modelgate.monitor.profile import (
+    FeatureProfile,
+    ReferenceProfile,
+    build_profile,
+    profile_feature,
+)
 
 
 def test_numeric_bins_hold_about_equal_shares_of_the_reference(rng: np.random.Generator) -> None:

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from loadtest.models import build_light
-from monitor.profile import build_profile
-from monitor.sketch import (
+from modelgate.monitor.profile import build_profile
+from modelgate.monitor.sketch import (
     ABOVE_MAX,
     BELOW_MIN,
     INVALID,

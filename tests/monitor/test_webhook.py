@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loadtest.procs import ServerProcess
-from monitor.outbox import DEAD, DELIVERED, Outbox, OutboxEvent
-from monitor.webhook import (
+from modelgate.monitor.outbox import DEAD, DELIVERED, Outbox, OutboxEvent
+from modelgate.monitor.webhook import (
     DRIFT_DETECTED,
     DRIFT_RESOLVED,
     WebhookNotifier,
@@ -378,8 +378,8 @@ async def test_urls_per_model_and_resolved_goes_where_detected_went(
 _PROCESS = """
 import asyncio, json, sys
 from prometheus_client import CollectorRegistry
-from monitor.outbox import Outbox
-from monitor.webhook import WebhookNotifier, WebhookSettings
+from modelgate.monitor.outbox import Outbox
+from modelgate.monitor.webhook import WebhookNotifier, WebhookSettings
 
 async def main(path, url, secret, count):
     settings = WebhookSettings(url=url, secret=secret, initial_backoff=0.05, max_backoff=0.2,

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.client import open_registry
-from registry.errors import (
+from modelgate.registry.client import open_registry
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
     InvalidRequestError,
@@ -32,8 +32,8 @@ from registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from registry.mlflow import MlflowRegistry
-from registry.types import Stage
+from modelgate.registry.mlflow import MlflowRegistry
+from modelgate.registry.types import Stage
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[test,mlflow]'")
 from mlflow import MlflowClient  # noqa: E402
@@ -436,7 +436,7 @@ def test_a_gateway_follows_mlflow_aliases(
     v1, _ = publish(client, tmp_path, name, files)
     v2, _ = publish(client, tmp_path, name, files)
     client.set_registered_model_alias(name, "champion", v1)
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--registry", f"mlflow+{mlflow_url}",
+    argv = [sys.executable, "-m", "modelgate", "serve", "--registry", f"mlflow+{mlflow_url}",
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
     gateway = ServerProcess(argv, tmp_path / "gateway.log")
     try:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from monitor.profile import ReferenceProfile
-from registry.reference import ReferenceDataError, reference_profile
+from modelgate.monitor.profile import ReferenceProfile
+from modelgate.registry.reference import ReferenceDataError, reference_profile
 
 Reference = Callable[[bytes, dict[str, np.ndarray]], list[np.ndarray]]
 

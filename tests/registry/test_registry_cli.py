@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.cli import main
-from registry import cli as registry_cli
-from registry.store import RegistryStore
-from registry.types import ModelVersion, Stage
+from modelgate.gateway.cli import main
+from modelgate.registry import cli as registry_cli
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import ModelVersion, Stage
 
 
 def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "registry", *args],
+        [sys.executable, "-m", "modelgate", "registry", *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -188,10 +188,10 @@ def test_serve_hands_the_store_to_the_registry_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls: list[tuple[Any, ...]] = []
-    fake = types.ModuleType("registry.server")
+    fake = types.ModuleType("modelgate.registry.server")
     fake.run = lambda store, **options: calls.append((store, options))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "registry.server", fake)
-    monkeypatch.setattr("registry.server", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "modelgate.registry.server", fake)
+    monkeypatch.setattr("modelgate.registry.server", fake, raising=False)
     tokens = tmp_path / "tokens"
     store = tmp_path / "store"
     assert main(["registry", "--store", str(store), "serve", "--port", "8081"]) == 0

@@ -23,9 +23,9 @@ import pytest
 import uvloop
 
 import modelzoo
-from monitor.profile import build_profile
-from registry.client import open_registry
-from registry.errors import (
+from modelgate.monitor.profile import build_profile
+from modelgate.registry.client import open_registry
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     AuthError,
     ConflictError,
@@ -33,10 +33,10 @@ from registry.errors import (
     NotFoundError,
     UnavailableError,
 )
-from registry.remote import RemoteRegistry
-from registry.server import RegistryApp, RegistryServer, build_app, load_tokens
-from registry.store import RegistryStore
-from registry.types import ModelVersion, Stage
+from modelgate.registry.remote import RemoteRegistry
+from modelgate.registry.server import RegistryApp, RegistryServer, build_app, load_tokens
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import ModelVersion, Stage
 
 WRITER = "s3cret-ci"
 TOKENS = f"# who may write\nci:{WRITER}\n\nalice : pw-alice\n"

@@ -15,17 +15,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from monitor.profile import build_profile
-from registry.errors import (
+from modelgate.monitor.profile import build_profile
+from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     UnavailableError,
 )
-from registry.signature import InvalidModelError
-from registry.store import RegistryStore
-from registry.types import ModelVersion, Stage, Transition
+from modelgate.registry.signature import InvalidModelError
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import ModelVersion, Stage, Transition
 
 
 def _stages(store: RegistryStore, name: str) -> list[tuple[Stage, float | None]]:
