@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import onnx
 
+from modelgate.registry.model_check import InvalidModelError, parse_model
 from modelgate.registry.types import TensorSignature
+
+__all__ = ["InvalidModelError", "read_signature"]
 
 _ONNX_TO_V2: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
@@ -23,10 +26,6 @@ _ONNX_TO_V2: dict[int, str] = {
 }
 
 
-class InvalidModelError(ValueError):
-    """The artifact is not an ONNX model the gateway can describe."""
-
-
 def _signature(value: onnx.ValueInfoProto) -> TensorSignature:
     tensor = value.type.tensor_type
     datatype = _ONNX_TO_V2.get(tensor.elem_type)
@@ -37,12 +36,9 @@ def _signature(value: onnx.ValueInfoProto) -> TensorSignature:
 
 
 def read_signature(model: bytes) -> tuple[tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
-    """(inputs, outputs) of an ONNX model; initialisers listed as inputs are left out."""
-    try:
-        proto = onnx.load_from_string(model)
-    except Exception as exc:
-        raise InvalidModelError(f"not an ONNX model: {exc}") from exc
-    graph = proto.graph
+    """(inputs, outputs) of an ONNX model; initialisers listed as inputs are left out.
+    A model that is not self-contained is refused (see model_check)."""
+    graph = parse_model(model).graph
     if not graph.output:
         raise InvalidModelError("not an ONNX model: the graph has no outputs")
     initialisers = {init.name for init in graph.initializer}

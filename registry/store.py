@@ -36,6 +36,7 @@ from modelgate.registry.errors import (
     RegistryError,
     UnavailableError,
 )
+from modelgate.registry.model_check import ONNX_FORMAT_ONLY
 from modelgate.registry.signature import InvalidModelError, read_signature
 from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition, traffic_share
 
@@ -407,6 +408,7 @@ def _check_loads(model: bytes) -> None:
     """Refuse a model ONNX Runtime cannot load, before anything is written."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry(*ONNX_FORMAT_ONLY)
     try:
         ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:

