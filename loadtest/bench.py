@@ -21,7 +21,7 @@ and by the server (100% = one core), then the ratios the targets are stated in.
 
     bash loadtest/install_perf_analyzer.sh          # once: perf_analyzer in /tmp/pa-venv
     python -m loadtest.bench --quick                 # smoke run, about 1.5 minutes
-    python -m loadtest.bench --repeat 3 --markdown   # medians of 3 full runs, README table
+    python -m loadtest.bench --repeat 3 --markdown   # medians of 3 full runs, docs/performance.md
     python -m loadtest.bench --only light --protocols grpc
 
 Results (every run and the medians) go to loadtest/results/bench-<timestamp>.json.

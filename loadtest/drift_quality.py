@@ -8,7 +8,7 @@ sketched and fed to a `VersionMonitor` with the default settings.
 
     python -m loadtest.drift_quality            # every feature shifted, then the null run
 
-Also used by tests/monitor to check the two claims in the README.
+Also used by tests/monitor to check the two claims in the README and docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark results: the records, medians over repeats, the ratios the targets need, tables.
 
-Text and Markdown tables share one column list, so the README table and the terminal output
-cannot drift apart.
+Text and Markdown tables share one column list, so the table in docs/performance.md and the
+terminal output cannot drift apart.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A thin adapter: it routes, reads the body, decodes with the codecs, calls the on
 `InferenceService`, encodes, and maps `InferenceError` codes to HTTP statuses in one table.
 It is a bare ASGI callable rather than a framework app because on a 2-core machine the
 per-request cost of a framework's routing and request objects is a large share of the
-serving budget (see the README's performance notes).
+serving budget (see docs/performance.md).
 """
 
 from __future__ import annotations
