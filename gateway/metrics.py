@@ -96,6 +96,14 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.model_state = Gauge(
+            "modelgate_model_state",
+            "1 for the state each model is in, 0 for the others: serving (requests that name "
+            "no version are answered), loading (its production version's first load), failed "
+            "(its production version failed to load and is retried), no_production.",
+            ["model", "state"],
+            registry=r,
+        )
         self.model_load_failures = Counter(
             "modelgate_model_load_failures",
             "Model versions that failed to load.",

@@ -143,6 +143,10 @@ class ServerSettings:
     grpc_workers: str = "shared"  # shared: the HTTP loop; thread: own asyncio loop in a thread
     drain_delay: float = 1.0  # seconds a draining server still takes new requests
     drain_seconds: float = 10.0
+    # Readiness (/v2/health/ready, gRPC ServerReady and health): by default ready once startup
+    # has settled, whatever single models do; strict: only while every model in production
+    # serves (Triton's rule). See gateway/core/readiness.py.
+    strict_readiness: bool = False
     log_level: str = "info"
     models: ModelServingSettings = field(default_factory=ModelServingSettings)
     model_overrides: dict[str, ModelServingSettings] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from typing import Any
 
 from modelgate.gateway.core.batcher import BatchObserver, MicroBatcher
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.readiness import ModelHealth, ModelReport, Readiness, ServerReadiness
 from modelgate.gateway.core.router import TrafficSplit
 from modelgate.gateway.core.runtime import ModelLoadError, OnnxModel
 from modelgate.gateway.core.types import VersionStatus
@@ -110,6 +111,7 @@ class Deployments:
         self._generation: str | None = None
         self._stopping = False
         self._retiring: set[Deployment] = set()  # retirements under way, never two per copy
+        self._readiness = ServerReadiness(metrics.model_state, strict=settings.strict_readiness)
 
     # --- reads on the request path --------------------------------------------------------
 
@@ -226,17 +228,9 @@ class Deployments:
             for d in sorted(routes.versions.values(), key=lambda d: int(d.version))
         ]
 
-    def ready(self) -> bool:
-        """True once the registry was read and every model in production has a READY
-        primary version."""
-        if not self._synced:
-            return False
-        for name, versions in self._desired.items():
-            if any(r.stage is Stage.PRODUCTION for r in versions.values()):
-                routes = self._routes.get(name)
-                if routes is None or routes.primary is None or not routes.primary.ready:
-                    return False
-        return True
+    def readiness(self) -> Readiness:
+        """The server's readiness as the models stand (see `core.readiness`)."""
+        return self._readiness.current
 
     # --- following the registry -------------------------------------------------------------
 
@@ -310,6 +304,7 @@ class Deployments:
     def _reroute(self) -> None:
         """Rebuild every model's routes from the desired stages and what is READY."""
         routes: dict[str, Routes] = {}
+        reports: list[ModelReport] = []
         retained: set[Deployment] = set()
         for name in sorted(set(self._all) | set(self._desired)):
             versions = self._all.get(name, {})
@@ -349,9 +344,11 @@ class Deployments:
             live = {v: d for v, d in versions.items() if d.state is not ModelState.UNLOADED}
             if live or wanted:
                 routes[name] = Routes(live, primary, split, shadows)
+                reports.append(_report(name, production, primary))
             self._export_shares(name, previous, routes.get(name))
         self._routes = routes
         self._split = frozenset(name for name, r in routes.items() if len(r.split.arms) > 1)
+        self._readiness.update(reports, synced=self._synced)
         for deployment in list(self.all()):
             if (
                 deployment not in retained
@@ -391,6 +388,7 @@ class Deployments:
         )
         if previous is not None and previous.state is ModelState.FAILED:
             deployment.failures = previous.failures
+            deployment.error = previous.error  # still the last error while it retries
         versions = {**self._all.get(record.name, {}), version: deployment}
         self._all = {**self._all, record.name: versions}
         replaced = previous if previous is not None and previous.ready else None
@@ -510,6 +508,18 @@ class Deployments:
         self._stopping = True
         await self.wait_idle()
         await asyncio.gather(*(self._drain(d, timeout) for d in self.all()))
+
+
+def _report(name: str, production: list[Deployment], primary: Deployment | None) -> ModelReport:
+    """Whether `name` answers requests that name no version, and if not, why."""
+    if primary is not None:
+        return ModelReport(name, ModelHealth.SERVING, primary.version)
+    if not production:
+        return ModelReport(name, ModelHealth.NO_PRODUCTION)
+    deployment = production[0]
+    if deployment.state is ModelState.FAILED or deployment.failures:
+        return ModelReport(name, ModelHealth.FAILED, deployment.version, deployment.error)
+    return ModelReport(name, ModelHealth.LOADING, deployment.version)
 
 
 def _served_role(deployment: Deployment, routes: Routes) -> str:

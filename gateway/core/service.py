@@ -58,8 +58,9 @@ class InferenceService:
         return True
 
     def ready(self) -> bool:
-        """Ready to take traffic: not draining, and every model's serving version loaded."""
-        return self._accepting and self._deployments.ready()
+        """Ready to take traffic: not draining, and the readiness rule holds (see
+        `core.readiness`: by default, startup has settled)."""
+        return self._accepting and self._deployments.readiness().ready
 
     def begin_drain(self) -> None:
         """Report not-ready so load balancers stop sending; requests still get served."""
