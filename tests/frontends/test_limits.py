@@ -197,7 +197,8 @@ async def test_a_model_that_failed_to_load_is_503_and_the_others_serve(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ModelInfer(pb.ModelInferRequest(model_name="broken"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert (await http.get("/v2/health/ready")).status_code == 503
+        # One model's failure does not take the server out of rotation (tests/test_readiness.py)
+        assert (await http.get("/v2/health/ready")).status_code == 200
         x = rng.normal(size=(1, 8)).astype(np.float32)
         body = {
             "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]

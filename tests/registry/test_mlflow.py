@@ -466,3 +466,33 @@ def test_a_gateway_follows_mlflow_aliases(
         eventually({v2})
     finally:
         assert gateway.stop() == 0
+
+
+def test_a_champion_with_no_onnx_file_leaves_the_gateway_ready(
+    client: MlflowClient, mlflow_url: str, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """Issue 13: a version that cannot load, set to production in MLflow, used to turn
+    `/v2/health/ready` to 503 for every model. Now that model alone is not ready, says why
+    in the log, and the gateway stays in rotation."""
+    from loadtest.procs import ServerProcess
+
+    good, bad = f"good-{uuid.uuid4().hex[:8]}", f"bad-{uuid.uuid4().hex[:8]}"
+    client.set_registered_model_alias(
+        good, "champion", publish(client, tmp_path, good, {"model.onnx": model_files["lookup"]})[0]
+    )
+    bad_version, _ = publish(client, tmp_path, bad, {"weights.bin": b"\0"})
+    client.set_registered_model_alias(bad, "champion", bad_version)
+    argv = [sys.executable, "-m", "modelgate", "serve", "--registry", f"mlflow+{mlflow_url}",
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
+    gateway = ServerProcess(argv, tmp_path / "gateway.log")
+    try:
+        found = gateway.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
+        http = f"http://{found.group(1)}"
+        gateway.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
+        assert httpx.get(f"{http}/v2/models/{good}/ready").status_code == 200
+        assert httpx.get(f"{http}/v2/models/{bad}/ready").status_code == 503
+        gateway.wait_for_line(
+            rf"model '{bad}' version {bad_version} failed to load: .*no \.onnx file", timeout=60
+        )
+    finally:
+        assert gateway.stop() == 0
