@@ -38,6 +38,8 @@ from modelgate.registry.types import Stage
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[test,mlflow]'")
 from mlflow import MlflowClient  # noqa: E402
 
+from loadtest.procs import ServerProcess  # noqa: E402
+
 STARTUP_SECONDS = 90.0
 
 
@@ -424,24 +426,31 @@ def test_an_unreachable_server_is_unavailable() -> None:
             MlflowRegistry(url, timeout=0.5).list_versions()
 
 
-def test_a_gateway_follows_mlflow_aliases(
-    client: MlflowClient, mlflow_url: str, tmp_path: Path, model_files: dict[str, bytes]
-) -> None:
-    """`modelgate serve --registry mlflow+http://...` as a subprocess: moving aliases and the
-    traffic tag in MLflow is a rollout."""
-    from loadtest.procs import ServerProcess
-
-    name = f"gw-{uuid.uuid4().hex[:8]}"
-    files = {"model.onnx": model_files["classifier"]}
-    v1, _ = publish(client, tmp_path, name, files)
-    v2, _ = publish(client, tmp_path, name, files)
-    client.set_registered_model_alias(name, "champion", v1)
+@contextlib.contextmanager
+def _serving(mlflow_url: str, tmp_path: Path) -> Iterator[tuple[str, ServerProcess]]:
+    """`modelgate serve --registry mlflow+http://...` as a subprocess: its HTTP address and
+    the process (for its log); always stopped afterwards."""
     argv = [sys.executable, "-m", "modelgate", "serve", "--registry", f"mlflow+{mlflow_url}",
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
     gateway = ServerProcess(argv, tmp_path / "gateway.log")
     try:
         found = gateway.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
-        http = f"http://{found.group(1)}"
+        yield f"http://{found.group(1)}", gateway
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_a_gateway_follows_mlflow_aliases(
+    client: MlflowClient, mlflow_url: str, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """`modelgate serve --registry mlflow+http://...` as a subprocess: moving aliases and the
+    traffic tag in MLflow is a rollout."""
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    files = {"model.onnx": model_files["classifier"]}
+    v1, _ = publish(client, tmp_path, name, files)
+    v2, _ = publish(client, tmp_path, name, files)
+    client.set_registered_model_alias(name, "champion", v1)
+    with _serving(mlflow_url, tmp_path) as (http, gateway):
         gateway.wait_http_ok(f"{http}/v2/models/{name}/ready", timeout=60)
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8],
                             "data": [0.5] * 8}]}  # fmt: skip
@@ -464,8 +473,6 @@ def test_a_gateway_follows_mlflow_aliases(
         client.delete_registered_model_alias(name, "challenger")
         client.set_registered_model_alias(name, "champion", v2)
         eventually({v2})
-    finally:
-        assert gateway.stop() == 0
 
 
 def test_a_champion_with_no_onnx_file_leaves_the_gateway_ready(
@@ -474,25 +481,16 @@ def test_a_champion_with_no_onnx_file_leaves_the_gateway_ready(
     """Issue 13: a version that cannot load, set to production in MLflow, used to turn
     `/v2/health/ready` to 503 for every model. Now that model alone is not ready, says why
     in the log, and the gateway stays in rotation."""
-    from loadtest.procs import ServerProcess
-
     good, bad = f"good-{uuid.uuid4().hex[:8]}", f"bad-{uuid.uuid4().hex[:8]}"
     client.set_registered_model_alias(
         good, "champion", publish(client, tmp_path, good, {"model.onnx": model_files["lookup"]})[0]
     )
     bad_version, _ = publish(client, tmp_path, bad, {"weights.bin": b"\0"})
     client.set_registered_model_alias(bad, "champion", bad_version)
-    argv = [sys.executable, "-m", "modelgate", "serve", "--registry", f"mlflow+{mlflow_url}",
-            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
-    gateway = ServerProcess(argv, tmp_path / "gateway.log")
-    try:
-        found = gateway.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
-        http = f"http://{found.group(1)}"
+    with _serving(mlflow_url, tmp_path) as (http, gateway):
         gateway.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
         assert httpx.get(f"{http}/v2/models/{good}/ready").status_code == 200
         assert httpx.get(f"{http}/v2/models/{bad}/ready").status_code == 503
         gateway.wait_for_line(
             rf"model '{bad}' version {bad_version} failed to load: .*no \.onnx file", timeout=60
         )
-    finally:
-        assert gateway.stop() == 0
