@@ -2,6 +2,7 @@
 
 modelgate registry [--store DIR | --registry URL] register NAME FILE [--stage S] ...
 modelgate registry ... transition NAME VERSION STAGE [--traffic P] [--keep] [--reason R]
+    [--allow-signature-change]
 modelgate registry ... list [NAME] | history [NAME] | show NAME VERSION [--json]
 modelgate registry --store DIR serve --port P [--token-file F] [--protect-reads]
 
@@ -57,6 +58,8 @@ def add_parser(commands: Any) -> None:
         "--reference", type=Path, help="reference sample (.npy, .npz or .csv) to profile"
     )
     register.add_argument("--actor", help="who registers (default: the OS user)")
+    register.add_argument("--reason", default="", help="why, for the audit trail of --stage")
+    _allow_flag(register)
 
     transition = sub.add_parser("transition", help="move a version to another stage")
     transition.add_argument("name")
@@ -74,6 +77,7 @@ def add_parser(commands: Any) -> None:
     )
     transition.add_argument("--actor", help="who moves it (default: the OS user)")
     transition.add_argument("--reason", default="", help="why, for the audit trail")
+    _allow_flag(transition)
 
     listing = sub.add_parser("list", help="versions with stage, traffic and artifact sha256")
     listing.add_argument("name", nargs="?")
@@ -94,6 +98,15 @@ def add_parser(commands: Any) -> None:
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
     parser.set_defaults(handler=run)
+
+
+def _allow_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="to canary, shadow or production: accept inputs/outputs that differ from the "
+        "production version's (needs --reason, recorded in the audit trail)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +176,8 @@ def _register(registry: RegistryClient, args: argparse.Namespace) -> int:
         tags=tags,
         reference=reference,
         actor=args.actor or _os_user(),
+        reason=args.reason,
+        allow_signature_change=args.allow_signature_change,
     )
     print(_row(version))
     return 0
@@ -177,6 +192,7 @@ def _transition(registry: RegistryClient, args: argparse.Namespace) -> int:
         actor=args.actor or _os_user(),
         reason=args.reason,
         keep=args.keep,
+        allow_signature_change=args.allow_signature_change,
     )
     # The whole model afterwards: a promotion also moves the previous production version.
     _print_versions(registry.list_versions(args.name))

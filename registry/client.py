@@ -47,8 +47,11 @@ class RegistryClient(Protocol):
         tags: dict[str, str] | None = None,
         reference: dict[str, Any] | None = None,
         actor: str = "",
+        reason: str = "",
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
-        """Store `model` as the next version of `name` (1, 2, ...), optionally in a stage."""
+        """Store `model` as the next version of `name` (1, 2, ...), optionally in a stage
+        (by the rules of `transition`)."""
         ...
 
     def transition(
@@ -61,8 +64,14 @@ class RegistryClient(Protocol):
         actor: str = "",
         reason: str = "",
         keep: bool = False,
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
-        """Move a version to `stage` (with a traffic share for canary/shadow), audited."""
+        """Move a version to `stage` (with a traffic share for canary/shadow), audited.
+
+        To canary, shadow or production, a version whose inputs or outputs differ from the
+        production version's is refused (SignatureMismatchError) unless
+        `allow_signature_change`, with a `reason` for the audit trail.
+        """
         ...
 
     def history(self, name: str | None = None) -> list[Transition]:

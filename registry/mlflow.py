@@ -33,6 +33,7 @@ alias, stage, tag, description or version and never otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,8 +54,20 @@ from modelgate.registry.errors import (
     RegistryError,
     UnavailableError,
 )
-from modelgate.registry.signature import InvalidModelError, read_signature
-from modelgate.registry.types import ModelVersion, Stage, Transition, traffic_share
+from modelgate.registry.signature import (
+    InvalidModelError,
+    allowed_reason,
+    check_allowance,
+    check_fit,
+    read_signature,
+)
+from modelgate.registry.types import (
+    SIGNATURE_CHANGE_TAG,
+    ModelVersion,
+    Stage,
+    Transition,
+    traffic_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +253,8 @@ class MlflowRegistry(HttpRegistry):
         tags: dict[str, str] | None = None,
         reference: dict[str, Any] | None = None,
         actor: str = "",
+        reason: str = "",
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
         """Refused: MLflow is the source of truth for versions."""
         raise RegistryError(
@@ -257,8 +272,15 @@ class MlflowRegistry(HttpRegistry):
         actor: str = "",
         reason: str = "",
         keep: bool = False,
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
         """Move a version to `stage` with MLflow aliases, so that `get` then reports `stage`.
+
+        To canary, shadow or production, the version's signature must fit the production
+        version's (both files are read to compare them), or the change be allowed with a
+        reason: then the version gets the tag `modelgate.signature_change` (the reason),
+        which gateways need to route it. Alias moves made in MLflow itself are not checked
+        here; gateways refuse to route a canary or shadow that does not fit.
 
         PRODUCTION/CANARY/SHADOW set the alias `production`/`canary`/`shadow` on the version
         (MLflow moves it from the previous holder in one step) after writing the traffic tag
@@ -276,11 +298,13 @@ class MlflowRegistry(HttpRegistry):
                 "MLflow has no modelgate 'staging': its legacy Staging stage means canary here"
             )
         share = traffic_share(stage, traffic)
+        check_allowance(allow_signature_change, reason)
         model = self._get_json("mlflow/registered-models/get", {"name": name})["registered_model"]
         aliases = _aliases_by_name(model)
         before = {mv.version: mv for mv in self.list_versions(name)}
         if version not in before:
             raise NotFoundError(f"model {name!r} has no version {version} in MLflow")
+        changed = self._check_signature(before, version, stage, allow_signature_change)
         if stage is Stage.CANARY and share is not None:
             # The version holding `canary` loses it when it moves here, so its share goes too.
             leaving = {n for a, n in aliases.items() if a.lower() == "canary"}
@@ -293,6 +317,9 @@ class MlflowRegistry(HttpRegistry):
                 raise ConflictError(
                     f"canary shares of {name!r} would add up to {others + share:g}%, over 100%"
                 )
+        if changed:  # before the alias moves, so that a gateway routes the version at once
+            self._set_tag(name, version, SIGNATURE_CHANGE_TAG, reason)
+            reason = allowed_reason(changed, reason)
         if share is not None:
             self._set_tag(name, version, TRAFFIC_TAG, f"{share:g}")
         elif TRAFFIC_TAG in before[version].tags:
@@ -321,6 +348,32 @@ class MlflowRegistry(HttpRegistry):
         return self.get(name, version)
 
     # --- transition steps -------------------------------------------------------------------
+
+    def _check_signature(
+        self, versions: dict[int, ModelVersion], version: int, stage: Stage, allow: bool
+    ) -> tuple[str, ...]:
+        """`signature.check_fit` against the production version, read from both files."""
+        if stage not in (Stage.CANARY, Stage.SHADOW, Stage.PRODUCTION):
+            return ()
+        production = next(
+            (v for v in versions.values() if v.stage is Stage.PRODUCTION and v.version != version),
+            None,
+        )
+        if production is None:
+            return ()
+        theirs, ours = (self._signed(v) for v in (production, versions[version]))
+        return check_fit(
+            theirs, ours, name=ours.name, version=version,
+            production_version=production.version, allow=allow,
+        )  # fmt: skip
+
+    def _signed(self, version: ModelVersion) -> ModelVersion:
+        """`version` with the signature of its file (MLflow's records have none)."""
+        try:
+            inputs, outputs = read_signature(self.read_artifact(version))
+        except InvalidModelError as exc:
+            raise ArtifactIntegrityError(f"{version.name} v{version.version}: {exc}") from exc
+        return dataclasses.replace(version, inputs=inputs, outputs=outputs)
 
     def _archive(
         self,

@@ -1,7 +1,8 @@
 """A registry server (registry/server.py) as a `RegistryClient`, over HTTP/JSON with httpx.
 
 Every failure is a registry error with the server's own message: the HTTP status picks the
-class (400/413 invalid, 401/403 auth, 404 not found, 409 conflict, 502 artifact integrity),
+class (400/413 invalid, 401/403 auth, 404 not found, 409 conflict, 502 artifact integrity;
+the error's `code` a narrower one: `signature_mismatch`),
 and a server that cannot be reached, times out or answers 5xx is `UnavailableError`, worth
 retrying later. Artifacts are fetched by sha256 and verified here too, so neither a
 corrupt store nor anything between the server and this client gets a wrong model loaded.
@@ -24,6 +25,7 @@ from modelgate.registry.errors import (
     InvalidRequestError,
     NotFoundError,
     RegistryError,
+    SignatureMismatchError,
     UnavailableError,
 )
 from modelgate.registry.types import ModelVersion, Stage, Transition
@@ -35,6 +37,10 @@ ERROR_BY_STATUS: dict[int, type[RegistryError]] = {
     404: NotFoundError,
     409: ConflictError,
     413: InvalidRequestError,
+}
+# A server's error `code` that names a narrower class than its status does.
+ERROR_BY_CODE: dict[str, type[RegistryError]] = {
+    SignatureMismatchError.code: SignatureMismatchError,
 }
 
 
@@ -92,6 +98,8 @@ class RemoteRegistry(HttpRegistry):
         tags: dict[str, str] | None = None,
         reference: dict[str, Any] | None = None,
         actor: str = "",
+        reason: str = "",
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
         """Upload `model` by its sha256 (unless the server has it), then register the version.
 
@@ -119,6 +127,8 @@ class RemoteRegistry(HttpRegistry):
                 "tags": tags or {},
                 "reference": reference,
                 "actor": actor,
+                "reason": reason,
+                "allow_signature_change": allow_signature_change,
             },
         )
         return ModelVersion.from_json(document)
@@ -133,6 +143,7 @@ class RemoteRegistry(HttpRegistry):
         actor: str = "",
         reason: str = "",
         keep: bool = False,
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
         """Move a version to `stage`; the audit actor is the token's name (see `register`)."""
         document = self._json(
@@ -144,6 +155,7 @@ class RemoteRegistry(HttpRegistry):
                 "keep": keep,
                 "reason": reason,
                 "actor": actor,
+                "allow_signature_change": allow_signature_change,
             },
         )
         return ModelVersion.from_json(document)
@@ -221,4 +233,7 @@ def _error_of(response: httpx.Response, what: str) -> RegistryError:
         return ArtifactIntegrityError(message)
     if status >= 500:
         return UnavailableError(f"registry unavailable: {message}")
+    code = document.get("code") if isinstance(document, dict) else None
+    if isinstance(code, str) and code in ERROR_BY_CODE:
+        return ERROR_BY_CODE[code](message)
     return ERROR_BY_STATUS.get(status, RegistryError)(message)

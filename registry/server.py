@@ -12,10 +12,12 @@ paths are under /api/v1; names and versions are path segments, percent-encoded b
     HEAD /artifacts/{sha256}                       200 if registered or uploaded, else 404
     PUT  /artifacts/{sha256}        write          body = the model bytes; 201 {"sha256", "size"}
     POST /models/{name}/versions    write          {"sha256", "stage", "traffic", "description",
-                                                    "tags", "reference", "actor"} -> 201 version
+                                                    "tags", "reference", "actor", "reason",
+                                                    "allow_signature_change"} -> 201 version
     POST /models/{name}/versions/{v}/transition  write
                                                    {"stage", "traffic", "keep", "reason",
-                                                    "actor"} -> 200 version
+                                                    "actor", "allow_signature_change"}
+                                                   -> 200 version
 
 Registering is two requests: PUT the artifact (the server refuses a body whose sha256
 differs from the path's), then POST the version naming that sha256. An uploaded artifact
@@ -34,7 +36,11 @@ Errors are `{"error": "..."}` with: 400 invalid request, bad JSON or sha256, unk
 401 no token / 403 wrong token or read-only registry (both with `WWW-Authenticate: Bearer`);
 404 unknown model, version, artifact or endpoint; 405 wrong method; 409 conflict with the
 registry's state; 413 body over the limit (1 GiB artifacts, 1 MiB JSON); 502 a stored
-artifact that no longer matches its sha256; 503 the store is unavailable.
+artifact that no longer matches its sha256; 503 the store is unavailable. A registry error
+also has a stable `"code"` (errors.py): `invalid_request`, `invalid_model` (400, not an ONNX
+model the gateway can serve), `not_found`, `conflict`, `auth`, `artifact_integrity`,
+`unavailable`, and `signature_mismatch` (409: a version's inputs or outputs differ from the
+production version's; `allow_signature_change` with a `reason` allows it).
 """
 
 from __future__ import annotations
@@ -222,8 +228,10 @@ class RegistryApp:
             status, body, headers = await self._route(scope, receive)
         except HttpError as exc:
             status, body, headers = exc.status, _error(exc.message), _JSON + exc.headers
-        except (RegistryError, InvalidModelError) as exc:
-            status, body, headers = _status_of(exc), _error(str(exc)), _JSON
+        except RegistryError as exc:
+            status, body, headers = _status_of(exc), _error(str(exc), exc.code), _JSON
+        except InvalidModelError as exc:
+            status, body, headers = _status_of(exc), _error(str(exc), "invalid_model"), _JSON
         except Exception:
             log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             status, body, headers = 500, _error("internal error"), _JSON
@@ -360,6 +368,8 @@ class RegistryApp:
             tags=(dict, {}),
             reference=((dict, type(None)), None),
             actor=(str, ""),
+            reason=(str, ""),
+            allow_signature_change=(bool, False),
         )
         if fields["sha256"] is None:
             raise InvalidRequestError("'sha256' is required: the artifact uploaded before")
@@ -379,6 +389,8 @@ class RegistryApp:
             tags=tags,
             reference=fields["reference"],
             actor=_actor(caller, fields["actor"]),
+            reason=fields["reason"],
+            allow_signature_change=fields["allow_signature_change"],
         )
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self._incoming / sha)
@@ -411,6 +423,7 @@ class RegistryApp:
             keep=(bool, False),
             reason=(str, ""),
             actor=(str, ""),
+            allow_signature_change=(bool, False),
         )
         if fields["stage"] is None:
             raise InvalidRequestError("'stage' is required")
@@ -424,6 +437,7 @@ class RegistryApp:
             actor=_actor(caller, fields["actor"]),
             reason=fields["reason"],
             keep=fields["keep"],
+            allow_signature_change=fields["allow_signature_change"],
         )
         log.info("moved %s v%d to %s by %s", name, number, stage.value, caller)
         return _json(200, version.to_json())
@@ -584,8 +598,8 @@ def _json(status: int, document: dict[str, Any]) -> Response:
     return status, orjson.dumps(document), _JSON
 
 
-def _error(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def _error(message: str, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": message} if code is None else {"error": message, "code": code})
 
 
 # --- the server process -------------------------------------------------------------------

@@ -10,6 +10,15 @@ leaving those stages clears the share. One production version per model: promoti
 archives it (or with `keep`, moves it to staging), and a unique index backs that up against
 writers that bypass this module. Every stage change, including one to the stage a version
 already has, is an audit record in `transitions`.
+
+A version moving to canary, shadow or production must fit the production version's
+signature (`signature.check_fit`) unless the change is allowed with a reason: then the
+audit record says what changed and why, and the version gets the tag
+`modelgate.signature_change` (the reason), which tells gateways to route it all the same.
+A production version whose allowed change alters the signature archives the canaries and
+shadows that no longer fit it, each with an audit record naming the difference: they were
+tried against the old interface, and clients are moving to the new one. With no production
+version there is nothing to compare: the first one sets the signature.
 """
 
 from __future__ import annotations
@@ -37,8 +46,23 @@ from modelgate.registry.errors import (
     UnavailableError,
 )
 from modelgate.registry.model_check import ONNX_FORMAT_ONLY
-from modelgate.registry.signature import InvalidModelError, read_signature
-from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition, traffic_share
+from modelgate.registry.signature import (
+    InvalidModelError,
+    allowed_reason,
+    check_allowance,
+    check_fit,
+    listing,
+    read_signature,
+    signature_differences,
+)
+from modelgate.registry.types import (
+    SIGNATURE_CHANGE_TAG,
+    ModelVersion,
+    Stage,
+    TensorSignature,
+    Transition,
+    traffic_share,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -177,15 +201,18 @@ class RegistryStore:
         tags: dict[str, str] | None = None,
         reference: dict[str, Any] | None = None,
         actor: str = "",
+        reason: str = "",
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
         """Store `model` as the next version of `name` (1, 2, ...) and return it.
 
         The model must load in ONNX Runtime. A stage other than none is a transition from
-        none, with the same rules and audit record as `transition`.
+        none, with the same rules (signature included) and audit record as `transition`.
         """
         _check_name(name)
         stage = _check_stage(stage)
         traffic = traffic_share(stage, traffic)
+        check_allowance(allow_signature_change, reason)
         inputs, outputs = read_signature(model)
         _check_loads(model)
         if reference is not None:
@@ -217,7 +244,10 @@ class RegistryStore:
                 ),
             )
             if stage is not Stage.NONE:
-                _move(db, name, version, Stage.NONE, stage, traffic, actor, "", keep=False)
+                _move(
+                    db, name, version, Stage.NONE, stage, traffic, actor, reason,
+                    keep=False, allow=allow_signature_change,
+                )  # fmt: skip
         return self.get(name, version)
 
     def transition(
@@ -230,14 +260,18 @@ class RegistryStore:
         actor: str = "",
         reason: str = "",
         keep: bool = False,
+        allow_signature_change: bool = False,
     ) -> ModelVersion:
-        """Move a version to `stage`, audited; see the module's rules for traffic shares.
+        """Move a version to `stage`, audited; see the module's rules for traffic shares
+        and signatures (SignatureMismatchError unless `allow_signature_change`, which
+        needs a `reason`).
 
         Moving to production sends the current production version to archived, or to
         staging with `keep` (still loaded, for explicit requests and quick rollback).
         """
         stage = _check_stage(stage)
         traffic = traffic_share(stage, traffic)
+        check_allowance(allow_signature_change, reason)
         with self._write() as db:
             row = db.execute(
                 "SELECT stage FROM model_versions WHERE name = ? AND version = ?",
@@ -245,7 +279,10 @@ class RegistryStore:
             ).fetchone()
             if row is None:
                 raise _not_found(db, name, version)
-            _move(db, name, version, Stage(row["stage"]), stage, traffic, actor, reason, keep=keep)
+            _move(
+                db, name, version, Stage(row["stage"]), stage, traffic, actor, reason,
+                keep=keep, allow=allow_signature_change,
+            )  # fmt: skip
         return self.get(name, version)
 
     def _store_artifact(self, sha: str, model: bytes) -> None:
@@ -328,9 +365,13 @@ def _move(
     reason: str,
     *,
     keep: bool,
+    allow: bool,
 ) -> None:
     """Apply one checked transition inside the caller's write transaction, with its audit."""
     now = time.time()
+    changed = _check_signature(db, name, version, to_stage, allow, reason)
+    if changed:
+        reason = allowed_reason(changed, reason)
     if to_stage is Stage.CANARY:
         assert traffic is not None
         (others,) = db.execute(
@@ -360,11 +401,73 @@ def _move(
                 db, name, previous["version"], Stage.PRODUCTION, demoted, None, actor, now,
                 f"replaced by version {version}" + (f": {reason}" if reason else ""),
             )  # fmt: skip
+        if changed:
+            _archive_misfits(db, name, version, actor, now)
     db.execute(
         "UPDATE model_versions SET stage = ?, traffic = ? WHERE name = ? AND version = ?",
         (to_stage.value, traffic, name, version),
     )
     _audit(db, name, version, from_stage, to_stage, traffic, actor, now, reason)
+
+
+def _check_signature(
+    db: sqlite3.Connection, name: str, version: int, to_stage: Stage, allow: bool, reason: str
+) -> tuple[str, ...]:
+    """How `version` differs from the production version it would serve beside or replace
+    (checked, see `check_fit`); an allowed difference also tags the version with `reason`."""
+    if to_stage not in (Stage.CANARY, Stage.SHADOW, Stage.PRODUCTION):
+        return ()
+    production = db.execute(
+        "SELECT * FROM model_versions WHERE name = ? AND stage = ? AND version != ?",
+        (name, Stage.PRODUCTION.value, version),
+    ).fetchone()
+    if production is None:
+        return ()
+    candidate = db.execute(
+        "SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, version)
+    ).fetchone()
+    theirs, ours = _version_from_row(production), _version_from_row(candidate)
+    differences = check_fit(
+        theirs, ours, name=name, version=version, production_version=theirs.version,
+        allow=allow,
+    )  # fmt: skip
+    if differences:
+        tags = {**ours.tags, SIGNATURE_CHANGE_TAG: reason}
+        db.execute(
+            "UPDATE model_versions SET tags = ? WHERE name = ? AND version = ?",
+            (json.dumps(tags, sort_keys=True), name, version),
+        )
+    return differences
+
+
+def _archive_misfits(
+    db: sqlite3.Connection, name: str, version: int, actor: str, at: float
+) -> None:
+    """Archive the canaries and shadows that do not fit `version`, the new production
+    version whose signature change was allowed."""
+    production = _version_from_row(
+        db.execute(
+            "SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, version)
+        ).fetchone()
+    )
+    rows = db.execute(
+        "SELECT * FROM model_versions WHERE name = ? AND stage IN (?, ?) AND version != ?",
+        (name, Stage.CANARY.value, Stage.SHADOW.value, version),
+    ).fetchall()
+    for row in rows:
+        other = _version_from_row(row)
+        differences = signature_differences(production, other, f"version {other.version}")
+        if not differences:
+            continue
+        db.execute(
+            "UPDATE model_versions SET stage = ?, traffic = NULL WHERE name = ? AND version = ?",
+            (Stage.ARCHIVED.value, name, other.version),
+        )
+        _audit(
+            db, name, other.version, other.stage, Stage.ARCHIVED, None, actor, at,
+            f"does not fit the signature of production version {version}: "
+            f"{listing(differences)}",
+        )  # fmt: skip
 
 
 def _audit(

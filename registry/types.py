@@ -8,6 +8,11 @@ from typing import Any
 
 from modelgate.registry.errors import InvalidRequestError
 
+# A version tag that lets a version take traffic although its signature differs from the
+# production version's; its value is why. The registry sets it when a stage change allows
+# the difference (`--allow-signature-change`); in MLflow, set it on the version by hand.
+SIGNATURE_CHANGE_TAG = "modelgate.signature_change"
+
 
 class Stage(enum.Enum):
     """Where a model version stands in its rollout; the gateway serves by stage."""

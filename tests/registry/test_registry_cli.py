@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import modelzoo
 from modelgate.gateway.cli import main
 from modelgate.registry import cli as registry_cli
 from modelgate.registry.store import RegistryStore
@@ -138,6 +139,43 @@ def test_a_rollout_in_list_and_history(capsys: pytest.CaptureFixture[str], store
         ["clf", "2", "canary", "production", "-", me, "v2", "is", "better"],
     ]  # fmt: skip
     assert all(row[0].endswith("Z") and len(row[0]) == 20 for row in _table(history))
+
+
+def test_a_signature_change_is_refused_unless_allowed_with_a_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, store_dir: str
+) -> None:
+    (tmp_path / "echo.onnx").write_bytes(modelzoo.echo("FP32", width=modelzoo.FEATURES))
+    assert _run(capsys, store_dir, "transition", "clf", "1", "production")[0] == 0
+    assert _run(capsys, store_dir, "register", "clf", str(tmp_path / "echo.onnx"))[0] == 0
+    refused = _subprocess("--store", store_dir, "transition", "clf", "4", "canary", "--traffic",
+                          "10")  # fmt: skip
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.startswith(
+        "error: the signature of version 4 of 'clf' differs from production version 1's "
+        "(production != version 4): input 'input' is missing (version 4 has 'x'); "
+    )
+    assert refused.stderr.count("\n") == 1 and "--allow-signature-change" in refused.stderr
+    code, out, err = _run(capsys, store_dir, "transition", "clf", "4", "canary", "--traffic",
+                          "10", "--allow-signature-change")  # fmt: skip
+    assert (code, out) == (2, "")
+    assert (
+        err == "error: allowing a signature change needs a reason for the audit trail (--reason)\n"
+    )
+    allowed = _subprocess("--store", store_dir, "transition", "clf", "4", "canary", "--traffic",
+                          "10", "--allow-signature-change", "--reason", "x clients")  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    code, history, _ = _run(capsys, store_dir, "history", "clf")
+    assert history.splitlines()[-1].split("  ")[-1] == (
+        "signature change allowed (input 'input' is missing (version 4 has 'x'); output 'label' "
+        "is missing (version 4 has 'y'); output 'probabilities' is missing (version 4 has 'y')): "
+        "x clients"
+    )
+    code, out, err = _run(
+        capsys, store_dir, "register", "clf", str(tmp_path / "echo.onnx"), "--stage", "shadow",
+        "--allow-signature-change", "--reason", "mirror",
+    )  # fmt: skip
+    assert code == 0, err
+    assert RegistryStore(store_dir).get("clf", 5).tags == {"modelgate.signature_change": "mirror"}
 
 
 def test_canary_shares_over_100_are_a_conflict(

@@ -31,6 +31,7 @@ from modelgate.registry.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    SignatureMismatchError,
     UnavailableError,
 )
 from modelgate.registry.remote import RemoteRegistry
@@ -129,7 +130,9 @@ def test_register_list_get_transition_history_round_trip(
 
     promoted = writer.transition("fraud", 1, Stage.PRODUCTION, reason="passed review")
     assert promoted.stage is Stage.PRODUCTION
-    canary = writer.transition("fraud", 2, Stage.CANARY, traffic=10)
+    canary = writer.transition(
+        "fraud", 2, Stage.CANARY, traffic=10, reason="lookup", allow_signature_change=True
+    )
     assert (canary.stage, canary.traffic) == (Stage.CANARY, 10.0)
 
     history = writer.history("fraud")
@@ -325,6 +328,41 @@ def test_a_change_that_conflicts_with_the_registry_is_409(
 
 
 GOOD_SHA = "0" * 64
+
+
+def test_a_version_that_does_not_fit_production_is_409_signature_mismatch(
+    writer: RemoteRegistry, raw: httpx.Client, model_files: dict[str, bytes]
+) -> None:
+    writer.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
+    missing = r"input 'input' is missing \(version 2 has 'idx'\)"
+    with pytest.raises(SignatureMismatchError, match=missing):
+        writer.register("m", model_files["lookup"], stage=Stage.CANARY, traffic=10)
+    assert [v.version for v in writer.list_versions("m")] == [1]
+    writer.register("m", model_files["lookup"])
+    answer = raw.post(
+        "models/m/versions/2/transition", json={"stage": "shadow"}, headers=bearer(WRITER)
+    )
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "signature_mismatch"
+    assert re.search(missing, answer.json()["error"])
+    with pytest.raises(SignatureMismatchError, match=missing):
+        writer.transition("m", 2, Stage.SHADOW)
+    with pytest.raises(InvalidRequestError, match="needs a reason"):
+        writer.transition("m", 2, Stage.SHADOW, allow_signature_change=True)
+    bad = raw.post(
+        "models/m/versions/2/transition",
+        json={"stage": "shadow", "allow_signature_change": "yes", "reason": "r"},
+        headers=bearer(WRITER),
+    )
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+    shadow = writer.transition(
+        "m", 2, Stage.SHADOW, reason="idx clients", allow_signature_change=True
+    )
+    assert shadow.tags == {"modelgate.signature_change": "idx clients"}
+    last = writer.history("m")[-1]
+    assert (last.version, last.to_stage, last.actor) == (2, Stage.SHADOW, "ci")
+    assert last.reason.startswith("signature change allowed (input 'input' is missing")
+    assert last.reason.endswith("): idx clients")
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import modelzoo
 from modelgate.monitor.profile import build_profile
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    SignatureMismatchError,
     UnavailableError,
 )
 from modelgate.registry.signature import InvalidModelError
@@ -150,6 +152,129 @@ def test_shadow_mirrors_everything_unless_told_otherwise_and_leaving_clears_the_
     assert three.transition("m", 2, Stage.PRODUCTION).traffic is None
     assert three.transition("m", 1, Stage.STAGING).traffic is None
     assert _stages(three, "m")[:2] == [(Stage.STAGING, None), (Stage.PRODUCTION, None)]
+
+
+ECHO_MISSES = (
+    "input 'input' is missing (version 2 has 'x'); output 'label' is missing (version 2 has "
+    "'y'); output 'probabilities' is missing (version 2 has 'y')"
+)
+
+
+@pytest.fixture
+def renamed(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """`m`: v1 the classifier in production (input `input`), v2 a model taking `x`."""
+    store = RegistryStore(tmp_path / "renamed")
+    store.register("m", model_files["classifier"], stage=Stage.PRODUCTION, actor="ci")
+    store.register("m", modelzoo.echo("FP32", width=modelzoo.FEATURES), actor="ci")
+    return store
+
+
+@pytest.mark.parametrize("stage", [Stage.CANARY, Stage.SHADOW, Stage.PRODUCTION])
+def test_a_version_that_does_not_fit_production_is_refused_with_each_difference(
+    renamed: RegistryStore, stage: Stage
+) -> None:
+    before = (renamed.generation(), renamed.list_versions(), renamed.history())
+    traffic = 10 if stage is Stage.CANARY else None
+    with pytest.raises(SignatureMismatchError) as caught:
+        renamed.transition("m", 2, stage, traffic=traffic, reason="try it")
+    assert str(caught.value).startswith(
+        "the signature of version 2 of 'm' differs from production version 1's "
+        f"(production != version 2): {ECHO_MISSES}. If clients are ready for version 2, allow "
+        "the change with a reason (--allow-signature-change --reason ...,"
+    )
+    assert caught.value.code == "signature_mismatch"
+    # Registering straight into the stage is the same transition, refused the same way.
+    echo = renamed.read_artifact(renamed.get("m", 2))
+    with pytest.raises(SignatureMismatchError, match="input 'input' is missing"):
+        renamed.register("m", echo, stage=stage, traffic=traffic)
+    assert (renamed.generation(), renamed.list_versions(), renamed.history()) == before
+
+
+def test_stages_that_take_no_live_traffic_are_not_compared(renamed: RegistryStore) -> None:
+    """Staging serves only requests that name the version; none and archived serve nothing."""
+    for stage in (Stage.STAGING, Stage.ARCHIVED, Stage.NONE):
+        assert renamed.transition("m", 2, stage).stage is stage
+    assert "modelgate.signature_change" not in renamed.get("m", 2).tags
+
+
+def test_the_first_production_version_sets_the_signature(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    store = RegistryStore(tmp_path)
+    store.register("m", modelzoo.echo("FP32"), stage=Stage.CANARY, traffic=5)
+    store.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
+    assert _stages(store, "m") == [(Stage.CANARY, 5.0), (Stage.PRODUCTION, None)]
+    with pytest.raises(SignatureMismatchError, match="version 1 of 'm' differs"):
+        store.transition("m", 1, Stage.CANARY, traffic=10)
+
+
+def test_an_allowed_change_is_audited_with_what_changed_and_why(
+    renamed: RegistryStore,
+) -> None:
+    with pytest.raises(InvalidRequestError, match="needs a reason for the audit trail"):
+        renamed.transition("m", 2, Stage.CANARY, traffic=10, allow_signature_change=True)
+    canary = renamed.transition(
+        "m", 2, Stage.CANARY, traffic=10, actor="ana", reason="clients send x from today",
+        allow_signature_change=True,
+    )  # fmt: skip
+    assert (canary.stage, canary.traffic) == (Stage.CANARY, 10.0)
+    # The tag tells gateways, whatever the registry, that the difference was allowed.
+    assert canary.tags == {"modelgate.signature_change": "clients send x from today"}
+    last = renamed.history("m")[-1]
+    assert (last.version, last.to_stage, last.actor) == (2, Stage.CANARY, "ana")
+    assert last.reason == (f"signature change allowed ({ECHO_MISSES}): clients send x from today")
+    # Each move of a version that does not fit is its own decision.
+    with pytest.raises(SignatureMismatchError):
+        renamed.transition("m", 2, Stage.CANARY, traffic=50)
+    registered = renamed.register(
+        "m", renamed.read_artifact(canary), stage=Stage.SHADOW, reason="mirror it too",
+        allow_signature_change=True,
+    )  # fmt: skip
+    assert registered.tags == {"modelgate.signature_change": "mirror it too"}
+    assert renamed.history("m")[-1].reason.endswith(": mirror it too")
+    # A version that fits needs no allowance; giving one changes nothing.
+    fits = renamed.register(
+        "m", renamed.read_artifact(renamed.get("m", 1)), stage=Stage.CANARY, traffic=5,
+        reason="same model", allow_signature_change=True,
+    )  # fmt: skip
+    assert fits.tags == {}
+    assert renamed.history("m")[-1].reason == "same model"
+
+
+def test_an_allowed_promotion_archives_canaries_and_shadows_that_no_longer_fit(
+    renamed: RegistryStore, model_files: dict[str, bytes]
+) -> None:
+    echo = renamed.read_artifact(renamed.get("m", 2))
+    renamed.register("m", model_files["classifier"], stage=Stage.CANARY, traffic=10)  # v3
+    renamed.register("m", model_files["classifier"], stage=Stage.SHADOW)  # v4
+    renamed.register(  # v5: takes `x` like v2, allowed beside v1
+        "m", echo, stage=Stage.CANARY, traffic=20, reason="x", allow_signature_change=True
+    )
+    renamed.transition(
+        "m", 2, Stage.PRODUCTION, actor="ana", reason="clients moved to x",
+        allow_signature_change=True,
+    )  # fmt: skip
+    assert _stages(renamed, "m") == [
+        (Stage.ARCHIVED, None),
+        (Stage.PRODUCTION, None),
+        (Stage.ARCHIVED, None),
+        (Stage.ARCHIVED, None),
+        (Stage.CANARY, 20.0),  # fits the new production version
+    ]
+    history = renamed.history("m")[-4:]
+    assert _moves(history) == [
+        (1, "production", "archived", None),
+        (3, "canary", "archived", None),
+        (4, "shadow", "archived", None),
+        (2, "none", "production", None),
+    ]
+    assert history[1].reason == (
+        "does not fit the signature of production version 2: input 'x' is missing (version 3 "
+        "has 'input'); output 'y' is missing (version 3 has 'label', 'probabilities')"
+    )
+    assert history[2].reason.startswith("does not fit the signature of production version 2:")
+    assert history[3].reason.startswith("signature change allowed (input 'input' is missing")
+    assert {t.actor for t in history} == {"ana"}
 
 
 @pytest.mark.parametrize(
