@@ -157,6 +157,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.signature_mismatch = Gauge(
+            "modelgate_signature_mismatch",
+            "1 while a canary or shadow gets none of its traffic because its inputs or outputs "
+            "differ from the production version's and no modelgate.signature_change tag "
+            "allows it.",
+            ["model", "version"],
+            registry=r,
+        )
         self.guard_rollbacks = Counter(
             "modelgate_guard_rollbacks",
             "Versions the rollout guard archived, by the rule that tripped.",

@@ -69,7 +69,8 @@ class GuardSettings:
 
     Over a sliding window of `guard_window_seconds`, once the version has seen at least
     `guard_min_requests`: a canary whose server-error rate exceeds production's by more
-    than `guard_max_error_rate`, or whose p99 latency exceeds `guard_max_p99_ratio` times
+    than `guard_max_error_rate`, whose client-error rate exceeds production's by more than
+    `guard_max_client_error_rate`, or whose p99 latency exceeds `guard_max_p99_ratio` times
     production's, and a shadow whose answers disagree with production's more often than
     `guard_max_disagreement`, is moved to `archived` through the registry, with the
     reason in the audit record.
@@ -79,6 +80,10 @@ class GuardSettings:
     guard_window_seconds: float = 60.0
     guard_min_requests: int = 200
     guard_max_error_rate: float = 0.05
+    # How much more often than production, on the same window, a canary may refuse
+    # requests as invalid (4xx / INVALID_ARGUMENT: a renamed input, another shape) before
+    # the guard archives it; a fraction of its requests.
+    guard_max_client_error_rate: float = 0.05
     guard_max_p99_ratio: float = 3.0
     guard_max_disagreement: float = 0.2
 
@@ -87,7 +92,11 @@ class GuardSettings:
             raise ValueError("guard_window_seconds must be positive")
         if self.guard_min_requests < 1:
             raise ValueError("guard_min_requests must be at least 1")
-        for name in ("guard_max_error_rate", "guard_max_disagreement"):
+        for name in (
+            "guard_max_error_rate",
+            "guard_max_client_error_rate",
+            "guard_max_disagreement",
+        ):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a fraction between 0 and 1")
         if self.guard_max_p99_ratio <= 1:

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 import modelzoo
 from conftest import running, sample, scrape
+from modelgate.gateway.core.guard import RolloutGuard
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -446,3 +448,156 @@ async def test_the_guard_never_archives_a_version_promoted_meanwhile(
         await gw.guard._archive(canary, "error_rate", "a stale verdict")
         assert store.get("clf", 2).stage is Stage.PRODUCTION
         assert store.history("clf")[-1].actor == "t"
+
+
+def _bypass(store: RegistryStore, version: int, **columns: object) -> None:
+    """Change `clf` v`version` in the store's database directly, as a writer that skips the
+    registry's checks would (or a registry that makes none, like MLflow)."""
+    sets = ", ".join(f"{column} = ?" for column in columns)
+    db = sqlite3.connect(store.root / "registry.db", isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            f"UPDATE model_versions SET {sets} WHERE name = 'clf' AND version = ?",
+            (*columns.values(), version),
+        )
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _mismatch(gw: Gateway, version: str) -> float | None:
+    return gw.metrics.registry.get_sample_value(
+        "modelgate_signature_mismatch", {"model": "clf", "version": version}
+    )
+
+
+async def test_a_canary_or_shadow_that_does_not_fit_production_gets_no_traffic(
+    settings: ServerSettings,
+    store: RegistryStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gateway's own check, for stage changes the registry did not check: v4 takes `x`
+    where production takes `input`. It stays out of the routes (a log line, a gauge) and
+    still answers requests that name it, until a tag allows the difference."""
+    echo = modelzoo.echo("FP32", width=FEATURES)
+    store.register("clf", echo, actor="t")  # v4
+    store.register("clf", echo, actor="t")  # v5
+    async with running(settings, store) as gw, client(gw) as http:
+        _bypass(store, 4, stage="canary", traffic=50.0)
+        _bypass(store, 5, stage="shadow", traffic=100.0)
+
+        def loaded() -> bool:
+            versions = {d.version: d.ready for d in gw.deployments.versions_of("clf")}
+            return versions.get("4", False) and versions.get("5", False)
+
+        await _eventually(loaded)
+        routes = gw.deployments.routes("clf")
+        assert routes is not None
+        assert [arm.target.version for arm in routes.split.arms] == ["1"]
+        assert routes.shadows == ()
+        assert {await _answered_by(http, f"user-{i}") for i in range(40)} == {"1"}
+        x = {"name": "x", "datatype": "FP32", "shape": [1, FEATURES], "data": [0.5] * FEATURES}
+        named = await http.post("/v2/models/clf/versions/4/infer", json={"inputs": [x]})
+        assert named.status_code == 200, named.text
+        assert (_mismatch(gw, "4"), _mismatch(gw, "5")) == (1.0, 1.0)
+        held = [r.getMessage() for r in caplog.records if "takes no traffic" in r.getMessage()]
+        assert len(held) == 2, held  # once each, however often the routes were rebuilt
+        assert held[0].startswith(
+            "model clf v4 (canary) takes no traffic: its signature differs from production v1 "
+            "(production != version 4): input 'input' is missing (version 4 has 'x'); "
+        )
+
+        _bypass(store, 4, tags='{"modelgate.signature_change": "x clients"}')
+        await _eventually(lambda: _share(gw, "4") == 50.0)
+        assert _mismatch(gw, "4") is None
+        assert _mismatch(gw, "5") == 1.0
+        _bypass(store, 5, stage="archived", traffic=None)
+        await _eventually(lambda: _mismatch(gw, "5") is None)
+
+
+def _bad_body() -> dict[str, object]:
+    """A request no version of `clf` can take: an input none of them has."""
+    return {"inputs": [{"name": "wrong", "datatype": "FP32", "shape": [1, FEATURES],
+                        "data": [0.0] * FEATURES}]}  # fmt: skip
+
+
+async def test_the_guard_compares_a_canarys_client_errors_with_productions(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """Judged by hand at chosen instants (the server's own guard is off for `clf`): requests
+    that every version refuses are nobody's fault; a canary that refuses what production
+    answers is."""
+    store.register("clf", modelzoo.echo("FP32", width=FEATURES), actor="t")  # v4 takes `x`
+    guard = GuardSettings(guard_enabled=True, guard_min_requests=20, guard_max_p99_ratio=1e6)
+    guarded = dataclasses.replace(
+        settings, model_overrides={"clf": ModelServingSettings(guard=guard)}
+    )
+    async with running(settings, store) as gw, client(gw) as http:
+        judge = RolloutGuard(gw.deployments, gw.mirror, store, guarded, gw.metrics)
+        store.transition("clf", 2, Stage.CANARY, traffic=50, actor="t")
+        await _eventually(lambda: _share(gw, "2") == 50.0)
+        judge.check(0.0)
+        for i in range(100):  # each key sends one bad and one good request to its version
+            key = {"x-routing-key": f"u{i}"}
+            bad = await http.post("/v2/models/clf/infer", json=_bad_body(), headers=key)
+            assert bad.status_code == 400
+            await _answered_by(http, f"u{i}")
+        assert judge.check(1.0) == []
+
+        store.transition("clf", 2, Stage.ARCHIVED, actor="t")
+        store.transition("clf", 4, Stage.CANARY, traffic=50, actor="t", reason="x",
+                         allow_signature_change=True)  # fmt: skip
+        await _eventually(lambda: _share(gw, "4") == 50.0)
+        judge.check(1000.0)
+        statuses = collections.Counter(
+            [(await _infer(http, f"u{i}")).status_code for i in range(100)]
+        )
+        assert set(statuses) == {200, 400}
+        verdicts = judge.check(1001.0)
+        assert [(d.version, rule) for d, rule, _ in verdicts] == [("4", "client_error_rate")]
+        assert verdicts[0][2].startswith(f"client-error rate 100.0% (invalid requests) over "
+                                         f"{statuses[400]} requests")  # fmt: skip
+        assert "exceeds production's 0.0% on the same traffic by more than 5.0%" in verdicts[0][2]
+
+
+async def test_the_guard_archives_a_canary_that_refuses_what_clients_send(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """The incident: a canary whose input is named `x` instead of `input`, let in on purpose,
+    answers 400 to its share of the traffic while production answers it; the guard archives
+    it with the reason in the audit trail."""
+    store.register("clf", modelzoo.echo("FP32", width=FEATURES), actor="t")  # v4 takes `x`
+    guard = GuardSettings(guard_enabled=True, guard_min_requests=20, guard_max_p99_ratio=1e6)
+    settings = dataclasses.replace(
+        settings, model_overrides={"clf": ModelServingSettings(guard=guard)}
+    )
+    async with running(settings, store) as gw, client(gw) as http:
+        store.transition("clf", 4, Stage.CANARY, traffic=20, actor="t",
+                         reason="clients move to x", allow_signature_change=True)  # fmt: skip
+        await _eventually(lambda: _share(gw, "4") == 20.0)
+        statuses: collections.Counter[int] = collections.Counter()
+        deadline = time.monotonic() + 60  # bounds the run; the guard judges once a second
+        i = 0
+        while store.get("clf", 4).stage is Stage.CANARY and time.monotonic() < deadline:
+            for _ in range(20):
+                statuses[(await _infer(http, f"user-{i}")).status_code] += 1
+                i += 1
+            await asyncio.sleep(0.02)
+        assert store.get("clf", 4).stage is Stage.ARCHIVED
+        assert set(statuses) == {200, 400}
+        last = store.history("clf")[-1]
+        assert (last.version, last.to_stage, last.actor) == (4, Stage.ARCHIVED, "modelgate-guard")
+        assert last.reason.startswith("rollout guard (client_error_rate): client-error rate 100.0%")
+        assert last.reason.endswith("its inputs or outputs may differ from what clients send")
+        allowed = store.history("clf")[-2]
+        assert allowed.reason.startswith("signature change allowed (input 'input' is missing")
+        await _eventually(lambda: _share(gw, "4") is None)
+        assert (
+            gw.metrics.registry.get_sample_value(
+                "modelgate_guard_rollbacks_total",
+                {"model": "clf", "version": "4", "rule": "client_error_rate"},
+            )
+            == 1
+        )

@@ -10,6 +10,13 @@ shadow, staging) is loaded and warmed up in the background; when it is READY the
 never half of each. A version that left its stage is drained (in-flight requests finish)
 and unloaded. While a new production version loads, or if it fails to load, the previous
 one keeps serving.
+
+A canary or shadow takes production's traffic only if its loaded model's inputs and
+outputs fit the primary's (`registry.signature.signature_differences`) or the version's
+tag `modelgate.signature_change` allows the difference: registries such as MLflow change
+stages without asking modelgate, and clients send what production advertises. A version
+held back is logged once, flagged by the `modelgate_signature_mismatch` gauge, and still
+answers requests that name it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from modelgate.monitor.monitor import DriftMonitor
 from modelgate.monitor.profile import ReferenceProfile
 from modelgate.registry.client import SERVED_STAGES, RegistryClient
 from modelgate.registry.errors import UnavailableError
-from modelgate.registry.types import ModelVersion, Stage
+from modelgate.registry.signature import listing, signature_differences
+from modelgate.registry.types import SIGNATURE_CHANGE_TAG, ModelVersion, Stage
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,8 @@ class Deployments:
         self._stopping = False
         self._retiring: set[Deployment] = set()  # retirements under way, never two per copy
         self._readiness = ServerReadiness(metrics.model_state, strict=settings.strict_readiness)
+        # Canaries/shadows held back for their signature: production's version, differences.
+        self._misfits: dict[Deployment, tuple[str, ...]] = {}
 
     # --- reads on the request path --------------------------------------------------------
 
@@ -306,6 +316,7 @@ class Deployments:
         routes: dict[str, Routes] = {}
         reports: list[ModelReport] = []
         retained: set[Deployment] = set()
+        misfits: dict[Deployment, tuple[str, ...]] = {}
         for name in sorted(set(self._all) | set(self._desired)):
             versions = self._all.get(name, {})
             wanted = self._desired.get(name, {})
@@ -327,7 +338,7 @@ class Deployments:
             canaries = [
                 (d, d.version, float(d.record.traffic or 0.0))
                 for d in by_stage.get(Stage.CANARY, [])
-                if d.ready
+                if d.ready and self._fits(d, primary, misfits)
             ]
             # Canaries take their shares of production's traffic: with no production
             # version, unaddressed requests have nowhere to go (503), canaries included.
@@ -339,7 +350,7 @@ class Deployments:
             shadows = tuple(
                 (d, float(d.record.traffic if d.record.traffic is not None else 100.0))
                 for d in by_stage.get(Stage.SHADOW, [])
-                if d.ready
+                if d.ready and self._fits(d, primary, misfits)
             )
             live = {v: d for v, d in versions.items() if d.state is not ModelState.UNLOADED}
             if live or wanted:
@@ -349,6 +360,7 @@ class Deployments:
         self._routes = routes
         self._split = frozenset(name for name, r in routes.items() if len(r.split.arms) > 1)
         self._readiness.update(reports, synced=self._synced)
+        self._hold_back(misfits)
         for deployment in list(self.all()):
             if (
                 deployment not in retained
@@ -357,6 +369,45 @@ class Deployments:
             ):
                 self._retiring.add(deployment)
                 self._spawn(self._retire(deployment))
+
+    def _fits(
+        self,
+        deployment: Deployment,
+        primary: Deployment | None,
+        misfits: dict[Deployment, tuple[str, ...]],
+    ) -> bool:
+        """Whether a READY canary or shadow may take a share of `primary`'s traffic; if not,
+        its differences go into `misfits`."""
+        if primary is None or primary.model is None or deployment.model is None:
+            return True  # nothing to compare with: with no primary, nothing is routed
+        if deployment.record.tags.get(SIGNATURE_CHANGE_TAG):
+            return True
+        label = f"version {deployment.version}"
+        differences = signature_differences(primary.model, deployment.model, label)
+        if differences:
+            misfits[deployment] = (primary.version, *differences)
+        return not differences
+
+    def _hold_back(self, misfits: dict[Deployment, tuple[str, ...]]) -> None:
+        """Log each newly held-back version once; the gauge shows the ones held back now."""
+        for deployment, (production, *differences) in misfits.items():
+            if self._misfits.get(deployment) != misfits[deployment]:
+                log.warning(
+                    "model %s v%s (%s) takes no traffic: its signature differs from production "
+                    "v%s (production != version %s): %s; to route it anyway, allow the change "
+                    "(modelgate registry transition --allow-signature-change --reason ..., or "
+                    "the version tag %s=<why>)",
+                    deployment.name, deployment.version, deployment.record.stage.value,
+                    production, deployment.version, listing(differences), SIGNATURE_CHANGE_TAG,
+                )  # fmt: skip
+        gauge = self._metrics.signature_mismatch
+        before = {(d.name, d.version) for d in self._misfits}
+        after = {(d.name, d.version) for d in misfits}
+        for labels in before - after:
+            gauge.remove(*labels)
+        for labels in after:
+            gauge.labels(*labels).set(1)
+        self._misfits = misfits
 
     def _export_shares(self, name: str, before: Routes | None, after: Routes | None) -> None:
         gauge = self._metrics.traffic_share

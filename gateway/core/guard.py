@@ -6,15 +6,20 @@ histogram the metrics already keep, and the shadow comparison totals — and jud
 difference across a sliding window, so the request path pays nothing for it:
 
 - a canary whose server-side error rate exceeds production's by more than
-  `guard_max_error_rate`, or whose p99 latency exceeds `guard_max_p99_ratio` times
-  production's over the same window;
+  `guard_max_error_rate`, whose client-error rate (invalid requests) exceeds production's by
+  more than `guard_max_client_error_rate`, or whose p99 latency exceeds
+  `guard_max_p99_ratio` times production's over the same window;
 - a shadow whose label outputs disagree with production's on more than
   `guard_max_disagreement` of rows.
 
 A version that trips a rule is moved to `archived` through the registry (actor
 `modelgate-guard`, the rule and figures as the reason), and the gateway follows as it does
-for any stage change. Client mistakes (invalid input, unknown names) are not the version's
-fault and do not count as errors.
+for any stage change. A client mistake is not the version's fault, so client errors do
+not count towards the error rate; but requests are assigned to production or a canary
+regardless of what they carry, so both see the same mix, and a canary refusing more of them
+than production does (a renamed input, another feature count) is the version's fault. That
+comparison needs production's own rate: it waits until production has seen
+`guard_min_requests` in the window too.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ _SERVER_ERRORS = frozenset(
         ErrorCode.RESOURCE_EXHAUSTED,
     )
 )
+_CLIENT_ERRORS = frozenset(code.value for code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,7 @@ class _Totals:
     at: float
     requests: int
     errors: int
+    client_errors: int
     latency: np.ndarray  # histogram bucket counts over LATENCY_BUCKETS (+Inf last)
     agree: int
     disagree: int
@@ -65,6 +72,7 @@ class _Totals:
             self.at - earlier.at,
             self.requests - earlier.requests,
             self.errors - earlier.errors,
+            self.client_errors - earlier.client_errors,
             self.latency - earlier.latency,
             self.agree - earlier.agree,
             self.disagree - earlier.disagree,
@@ -137,7 +145,7 @@ class RolloutGuard:
         return [v for v in verdicts if v[0] not in self._tripped]
 
     def _record(self, deployment: Deployment, now: float, guard: GuardSettings) -> None:
-        requests = errors = 0
+        requests = errors = client_errors = 0
         latency = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
         for (_, outcome), observations in dict(deployment.metrics.outcomes).items():
             counts, _ = observations.snapshot()
@@ -145,9 +153,13 @@ class RolloutGuard:
             requests += n
             if outcome in _SERVER_ERRORS:
                 errors += n
+            elif outcome in _CLIENT_ERRORS:
+                client_errors += n
             latency += counts
         stats = self._mirror.stats(deployment.name, deployment.version)
-        totals = _Totals(now, requests, errors, latency, stats.agree_rows, stats.disagree_rows)
+        totals = _Totals(
+            now, requests, errors, client_errors, latency, stats.agree_rows, stats.disagree_rows
+        )
         history = self._history.setdefault(deployment, deque())
         history.append(totals)
         while len(history) > 2 and now - history[1].at >= guard.guard_window_seconds:
@@ -176,6 +188,16 @@ class RolloutGuard:
                 f"{guard.guard_max_error_rate:.1%}"
             )
         if production is not None and production.requests >= guard.guard_min_requests:
+            client_rate = window.client_errors / window.requests
+            their_rate = production.client_errors / production.requests
+            if client_rate - their_rate > guard.guard_max_client_error_rate:
+                return "client_error_rate", (
+                    f"client-error rate {client_rate:.1%} (invalid requests) over "
+                    f"{window.requests} requests in {window.at:.0f} s exceeds production's "
+                    f"{their_rate:.1%} on the same traffic by more than "
+                    f"{guard.guard_max_client_error_rate:.1%}: its inputs or outputs may "
+                    "differ from what clients send"
+                )
             ours, theirs = window.p99(), production.p99()
             if theirs > 0 and ours > guard.guard_max_p99_ratio * theirs:
                 return "p99_latency", (
