@@ -30,6 +30,7 @@ from modelgate.registry.errors import (
     InvalidRequestError,
     NotFoundError,
     RegistryError,
+    SignatureMismatchError,
     UnavailableError,
 )
 from modelgate.registry.mlflow import MlflowRegistry
@@ -369,6 +370,32 @@ def test_transitions_move_aliases_and_record_who_and_why(
     assert stages(registry, name)[2] == (Stage.NONE, None)
     assert registry.transition(name, 1, Stage.NONE).stage is Stage.NONE
     assert client.get_model_version(name, "1").current_stage == "None"
+
+
+def test_a_transition_to_a_version_that_does_not_fit_production_is_refused_unless_allowed(
+    client: MlflowClient,
+    registry: MlflowRegistry,
+    name: str,
+    tmp_path: Path,
+    model_files: dict[str, bytes],
+) -> None:
+    publish(client, tmp_path, name, {"model.onnx": model_files["classifier"]})
+    publish(client, tmp_path, name, {"model.onnx": model_files["lookup"]})
+    client.set_registered_model_alias(name, "production", "1")
+    with pytest.raises(SignatureMismatchError, match=r"input 'input' is missing \(version 2 "):
+        registry.transition(name, 2, Stage.CANARY, traffic=10)
+    assert _aliases(client, name) == {"production": "1"}
+    canary = registry.transition(
+        name, 2, Stage.CANARY, traffic=10, actor="ana", reason="idx clients",
+        allow_signature_change=True,
+    )  # fmt: skip
+    assert (canary.stage, canary.tags["modelgate.signature_change"]) == (
+        Stage.CANARY,
+        "idx clients",
+    )
+    last = registry.history(name)[-1]
+    assert (last.version, last.actor) == (2, "ana")
+    assert last.reason.startswith("signature change allowed (input 'input' is missing")
 
 
 def test_bad_transitions_are_refused(
