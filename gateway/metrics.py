@@ -12,8 +12,10 @@ Per-batch metrics use prometheus-client's own types directly.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -67,6 +69,68 @@ class Observations:
         self.fold()
         with self._lock:
             return self._counts.copy(), self._sum
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionTotals:
+    """What `Executions` counted: successful model runs, the rows and requests they
+    answered, and per batch size (in rows) the runs and their seconds."""
+
+    runs: int
+    rows: int
+    requests: int
+    request_seconds: float  # each request counted with the run of its batch
+    by_size: dict[int, tuple[int, float]]
+
+
+class Executions:
+    """Successful model runs, fed from any thread without a lock like `Observations`, and
+    folded into totals per batch size when read (the statistics extension's batch_stats).
+
+    At most `max_sizes` distinct batch sizes are itemised, so that requests of ever new
+    sizes cannot grow it without bound; runs of further sizes count in the totals only.
+    """
+
+    def __init__(self, fold_every: int = 256, max_sizes: int = 1024) -> None:
+        self._pending: deque[tuple[int, int, float]] = deque()
+        self._fold_every = fold_every
+        self._max_sizes = max_sizes
+        self._runs = 0
+        self._rows = 0
+        self._requests = 0
+        self._request_seconds = 0.0
+        self._by_size: dict[int, tuple[int, float]] = {}
+        self._lock = threading.Lock()  # between folds only, never on `observe`
+
+    def observe(self, rows: int, requests: int, seconds: float) -> None:
+        """Count one successful run of `rows` rows for `requests` requests."""
+        pending = self._pending
+        pending.append((rows, requests, seconds))
+        if len(pending) >= self._fold_every:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move pending runs into the totals."""
+        with self._lock:
+            pending = self._pending
+            by_size = self._by_size
+            for _ in range(len(pending)):
+                rows, requests, seconds = pending.popleft()
+                self._runs += 1
+                self._rows += rows
+                self._requests += requests
+                self._request_seconds += requests * seconds
+                runs, total = by_size.get(rows, (0, 0.0))
+                if runs or len(by_size) < self._max_sizes:
+                    by_size[rows] = (runs + 1, total + seconds)
+
+    def snapshot(self) -> ExecutionTotals:
+        """The totals, after folding what is pending."""
+        self.fold()
+        with self._lock:
+            return ExecutionTotals(
+                self._runs, self._rows, self._requests, self._request_seconds, dict(self._by_size)
+            )
 
 
 def _buckets(bounds: tuple[float, ...], counts: np.ndarray) -> list[tuple[str, float]]:
@@ -196,14 +260,17 @@ class VersionMetrics:
         self.queue_wait = Observations(LATENCY_BUCKETS)
         self.compute = Observations(LATENCY_BUCKETS)
         self.batch_rows = Observations(_BATCH_BUCKETS)
+        self.executions = Executions()
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.loaded = metrics.model_loaded.labels(model, version)
         # (protocol, outcome) -> latencies; their counts are the request counts. Entries are
         # only ever added (setdefault is atomic), and readers copy before iterating.
         self.outcomes: dict[tuple[str, str], Observations] = {}
+        self.last_request = 0.0  # when the last request was answered (Unix time), 0: never
 
     def request_done(self, protocol: str, outcome: str, seconds: float) -> None:
         """Count one answered request and record its end-to-end latency."""
+        self.last_request = time.time()  # a timestamp for clients, not a clock for deadlines
         key = (protocol, outcome)
         observations = self.outcomes.get(key)
         if observations is None:

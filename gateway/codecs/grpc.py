@@ -15,10 +15,13 @@ from modelgate.gateway.codecs.tensors import array_from_raw, array_to_raw
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.core.errors import invalid
 from modelgate.gateway.core.types import (
+    Duration,
     InferRequest,
     InferResponse,
     ModelConfig,
     ModelMetadata,
+    ModelStatistics,
+    RepositoryEntry,
     Tensor,
     TensorSpec,
 )
@@ -252,3 +255,51 @@ def _config_input(spec: TensorSpec) -> mc.ModelInput:
 
 def _config_output(spec: TensorSpec) -> mc.ModelOutput:
     return mc.ModelOutput(name=spec.name, data_type=_CONFIG_TYPES[spec.datatype], dims=spec.shape)
+
+
+def encode_model_statistics(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    """Triton's ModelStatistics answer."""
+    return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in stats])
+
+
+def _model_stats(s: ModelStatistics) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+            cache_hit=_duration(s.cache_hit),
+            cache_miss=_duration(s.cache_miss),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=b.batch_size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for b in s.batches
+        ],
+    )
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def encode_repository_index(index: list[RepositoryEntry]) -> pb.RepositoryIndexResponse:
+    """Triton's RepositoryIndex answer."""
+    entry = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(
+        models=[
+            entry(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in index
+        ]
+    )

@@ -22,10 +22,13 @@ from modelgate.gateway.codecs.tensors import (
 )
 from modelgate.gateway.core.errors import invalid
 from modelgate.gateway.core.types import (
+    Duration,
     InferRequest,
     InferResponse,
     ModelConfig,
     ModelMetadata,
+    ModelStatistics,
+    RepositoryEntry,
     Tensor,
 )
 from modelgate.gateway.core.validation import timeout_seconds
@@ -217,6 +220,68 @@ def config_json(config: ModelConfig) -> dict[str, Any]:
         "input": io(config.inputs),
         "output": io(config.outputs),
     }
+
+
+def statistics_json(stats: list[ModelStatistics]) -> dict[str, Any]:
+    """Triton's statistics JSON (as `GET /v2/models[/{m}[/versions/{v}]]/stats` returns it)."""
+    return {"model_stats": [_model_stats_json(s) for s in stats]}
+
+
+def _model_stats_json(s: ModelStatistics) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "version": s.version,
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": _duration_json(s.success),
+            "fail": _duration_json(s.fail),
+            "queue": _duration_json(s.queue),
+            "compute_input": _duration_json(s.compute_input),
+            "compute_infer": _duration_json(s.compute_infer),
+            "compute_output": _duration_json(s.compute_output),
+            "cache_hit": _duration_json(s.cache_hit),
+            "cache_miss": _duration_json(s.cache_miss),
+        },
+        "batch_stats": [
+            {
+                "batch_size": b.batch_size,
+                "compute_input": _duration_json(b.compute_input),
+                "compute_infer": _duration_json(b.compute_infer),
+                "compute_output": _duration_json(b.compute_output),
+            }
+            for b in s.batches
+        ],
+    }
+
+
+def _duration_json(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def decode_index_request(body: bytes) -> bool:
+    """Whether a repository index request (empty, or `{"ready": bool}`) asks for the ready
+    models only."""
+    if not body.strip():
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("repository index request must be a JSON object")
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise invalid("'ready' must be true or false")
+    return ready
+
+
+def repository_index_json(index: list[RepositoryEntry]) -> list[dict[str, str]]:
+    """Triton's repository index JSON: one object per model version."""
+    return [
+        {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason} for e in index
+    ]
 
 
 _TRITON_TYPES = {

@@ -259,7 +259,7 @@ class MicroBatcher:
         if deadline is not None and deadline <= time.monotonic():
             raise _deadline_error()
         self._metrics.queue_wait.observe(0.0)
-        return self._compute(feeds, rows)
+        return self._compute(feeds, rows, 1)
 
     def stop(self) -> None:
         """Refuse new work (UNAVAILABLE); queued requests still run, then the worker ends."""
@@ -371,7 +371,7 @@ class MicroBatcher:
         else:
             feeds = {n: np.concatenate([r.feeds[n] for r in live]) for n in self._input_names}
         try:
-            outputs = self._compute(feeds, sum(sizes))
+            outputs = self._compute(feeds, sum(sizes), len(live))
             pieces = split_outputs(outputs, sizes)
         except InferenceError as exc:
             if len(live) > 1 and exc.code is ErrorCode.INVALID_ARGUMENT:
@@ -385,8 +385,9 @@ class MicroBatcher:
             return [(r, None, error) for r in live]
         return [(r, piece, None) for r, piece in zip(live, pieces, strict=True)]
 
-    def _compute(self, feeds: dict[str, np.ndarray], rows: int) -> Outputs:
-        """One ONNX Runtime run, timed and recorded; successful ones go to the observer."""
+    def _compute(self, feeds: dict[str, np.ndarray], rows: int, requests: int) -> Outputs:
+        """One ONNX Runtime run for `requests` requests, timed and recorded; successful ones
+        are counted as executions and go to the observer."""
         started = time.monotonic()
         try:
             outputs = self._run(feeds)
@@ -395,6 +396,7 @@ class MicroBatcher:
             self._policy.observe(elapsed)
             self._metrics.compute.observe(elapsed)
             self._metrics.batch_rows.observe(rows)
+        self._metrics.executions.observe(rows, requests, elapsed)
         if self._observe is not None:
             self._observe(feeds, outputs)  # must not raise nor block: the drift monitor's
         return outputs

@@ -5,17 +5,20 @@ from __future__ import annotations
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, NoReturn
 
 from modelgate.gateway.core.deployments import Deployment, Deployments
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.runtime import OnnxModel
 from modelgate.gateway.core.shadow import ShadowMirror
+from modelgate.gateway.core.statistics import version_statistics
 from modelgate.gateway.core.types import (
     InferRequest,
     InferResponse,
     ModelConfig,
     ModelMetadata,
+    ModelStatistics,
+    RepositoryEntry,
     Tensor,
     TensorSpec,
 )
@@ -23,8 +26,23 @@ from modelgate.gateway.core.validation import model_feeds
 from modelgate.monitor.monitor import DriftMonitor
 
 PLATFORM = "onnxruntime_onnx"
-# Protocol extensions both front ends advertise in server metadata.
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "v1_predict")
+# Protocol extensions both front ends advertise in server metadata (Triton's names).
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "v1_predict",
+)
+# A version's lifecycle state as Triton's repository index names it, with the reason given
+# when there is no error to tell.
+_INDEX_STATE = {
+    "READY": ("READY", ""),
+    "LOADING": ("LOADING", ""),
+    "DRAINING": ("UNLOADING", "leaving its stage: draining"),
+    "UNLOADED": ("UNAVAILABLE", "unloaded"),
+    "FAILED": ("UNAVAILABLE", "failed to load"),
+}
 
 
 def _server_version() -> str:
@@ -67,7 +85,13 @@ class InferenceService:
         self._accepting = False
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        return self._deployments.get(name, version).ready
+        """Whether the version (without one: the production version) takes requests. A model
+        or version the gateway does not serve is not ready rather than an error, on both
+        protocols, as in Triton: ready is a yes/no question."""
+        try:
+            return self._deployments.get(name, version).ready
+        except InferenceError:
+            return False
 
     # --- metadata -----------------------------------------------------------------------------
 
@@ -109,6 +133,47 @@ class InferenceService:
                 f"({deployment.state.value.lower()}, or monitoring is off for it)",
             )
         return report
+
+    # --- statistics and repository extensions -----------------------------------------------
+
+    def model_statistics(self, name: str | None, version: str | None) -> list[ModelStatistics]:
+        """Cumulative statistics of one version, of every version of `name` the gateway
+        holds, or (no name) of every model's."""
+        if not name:
+            deployments = [d for n in self._deployments.names() for d in self._versions(n)]
+        elif version is None:
+            deployments = self._versions(name)
+        else:
+            deployments = [self._deployments.get(name, version)]
+        return [version_statistics(d.metrics) for d in deployments]
+
+    def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """Every model version the gateway holds, with Triton's name for its state."""
+        entries = []
+        for name in self._deployments.names():
+            for status in self._deployments.status(name):
+                state, reason = _INDEX_STATE.get(status.state, (status.state, ""))
+                if ready_only and state != "READY":
+                    continue
+                entries.append(RepositoryEntry(name, status.version, state, status.error or reason))
+        return entries
+
+    def change_repository(self, action: str, name: str) -> NoReturn:
+        """Triton's model load/unload: refused, since the registry decides what is served."""
+        raise InferenceError(
+            ErrorCode.UNIMPLEMENTED,
+            f"cannot {action} model {name!r} through the inference API: models are deployed "
+            "by moving their versions between stages in the registry "
+            "(`modelgate registry transition`)",
+        )
+
+    def _versions(self, name: str) -> list[Deployment]:
+        """`name`'s versions in version order; the unknown-model error for a model the
+        gateway does not serve."""
+        versions = self._deployments.versions_of(name)
+        if not versions:
+            self._deployments.status(name)  # raises that error when `name` is unknown
+        return sorted(versions, key=lambda d: int(d.version))
 
     def _loaded(self, name: str, version: str | None) -> Deployment:
         deployment = self._deployments.get(name, version)

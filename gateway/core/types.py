@@ -97,3 +97,55 @@ class ModelConfig:
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """How many times something happened and how long it took in all."""
+
+    count: int = 0
+    ns: int = 0
+
+
+NOT_MEASURED = Duration()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatistics:
+    """The model runs of one batch size (in rows) and their ONNX Runtime time."""
+
+    batch_size: int
+    compute_infer: Duration
+    compute_input: Duration = NOT_MEASURED
+    compute_output: Duration = NOT_MEASURED
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatistics:
+    """Triton's statistics of one model version, from what the gateway counts; the figures
+    it does not measure stay `NOT_MEASURED` (zero)."""
+
+    name: str
+    version: str
+    last_inference_ms: int  # when the last request was answered; 0: never
+    inference_count: int  # rows run by successful model runs
+    execution_count: int  # successful model runs (batches)
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_infer: Duration  # per request: the run of the batch it was in
+    batches: tuple[BatchStatistics, ...]
+    compute_input: Duration = NOT_MEASURED
+    compute_output: Duration = NOT_MEASURED
+    cache_hit: Duration = NOT_MEASURED
+    cache_miss: Duration = NOT_MEASURED
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    """One model version in the repository index: Triton's state name and why."""
+
+    name: str
+    version: str
+    state: str
+    reason: str

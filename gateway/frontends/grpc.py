@@ -38,6 +38,7 @@ STATUS_BY_CODE = {
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -137,6 +138,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         config = self._service.model_config(request.name, _version(request.version))
         return codec.encode_model_config(config)
+
+    @_mapped
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        stats = self._service.model_statistics(request.name, _version(request.version))
+        return codec.encode_model_statistics(stats)
+
+    @_mapped
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return codec.encode_repository_index(self._service.repository_index(request.ready))
+
+    @_mapped
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._service.change_repository("load", request.model_name)
+
+    @_mapped
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._service.change_repository("unload", request.model_name)
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Takes and answers wire bytes (see `add_inference_service`), and maps its errors

@@ -17,12 +17,22 @@ from modelgate.gateway.codecs import v1, v2_http
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
+from modelgate.gateway.frontends.http_wire import (
+    MIN_COMPRESSED,
+    Headers,
+    HttpError,
+    Receive,
+    compress,
+    int_header,
+    read_body,
+    response_coding,
+)
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Answer = tuple[int, bytes, list[Any]]
 
 STATUS_BY_CODE = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -30,6 +40,7 @@ STATUS_BY_CODE = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RESOURCE_EXHAUSTED: 503,
     ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNIMPLEMENTED: 501,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -37,14 +48,32 @@ _JSON = [(b"content-type", b"application/json")]
 TIMEOUT_HEADER = b"x-request-timeout-ms"
 _HEADER_LENGTH = b"inference-header-content-length"
 
-
-class HttpError(Exception):
-    """An error only HTTP has (e.g. 413, 405): status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# Every endpoint, by what it does, with the one method it takes (405 for any other).
+_METHOD = {
+    "server": "GET",
+    "live": "GET",
+    "ready": "GET",
+    "metadata": "GET",
+    "model_ready": "GET",
+    "config": "GET",
+    "drift": "GET",
+    "stats": "GET",
+    "infer": "POST",
+    "index": "POST",
+    "load": "POST",
+    "unload": "POST",
+    "v1_status": "GET",
+    "v1_predict": "POST",
+}
+# /v2/models/{m}[/versions/{v}]/<action> -> endpoint
+_MODEL_ACTIONS = {
+    "": "metadata",
+    "ready": "model_ready",
+    "config": "config",
+    "drift": "drift",
+    "stats": "stats",
+    "infer": "infer",
+}
 
 
 class HttpFrontend:
@@ -68,73 +97,88 @@ class HttpFrontend:
             await _lifespan(receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: Headers = dict(scope["headers"])
         try:
-            status, body, headers = await self._route(scope, receive)
+            status, body, out = await self._route(scope, receive, headers)
+            if len(body) >= MIN_COMPRESSED:
+                coding = response_coding(headers)
+                if coding is not None:
+                    body = compress(body, coding)
+                    out = [
+                        *out,
+                        (b"content-encoding", coding.encode()),
+                        (b"vary", b"accept-encoding"),
+                    ]
         except InferenceError as exc:
-            status, body, headers = STATUS_BY_CODE[exc.code], _error(exc.message), _JSON
+            status, body, out = STATUS_BY_CODE[exc.code], _error(exc.message), _JSON
         except HttpError as exc:
-            status, body, headers = exc.status, _error(exc.message), _JSON
+            status, body, out = exc.status, _error(exc.message), [*_JSON, *exc.headers]
         except Exception:
             log.exception("unhandled error serving %s", scope.get("path"))
-            status, body, headers = 500, _error("internal error"), _JSON
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            status, body, out = 500, _error("internal error"), _JSON
+        await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+    async def _route(self, scope: Scope, receive: Receive, headers: Headers) -> Answer:
+        path = scope["path"]
+        endpoint, model, version = _endpoint(path)
         method = scope["method"]
-        parts = scope["path"].strip("/").split("/")
-        if parts[0] == "v2":
-            if method == "POST":
-                model, version, action = _model_path(parts)
-                if action != "infer":
-                    raise HttpError(404, f"no such endpoint: POST {scope['path']}")
-                return await self._infer(scope, receive, model, version)
-            if method != "GET":
-                raise HttpError(405, f"method {method} not allowed")
-            return self._get_v2(parts)
-        if parts[0] == "v1" and len(parts) == 3 and parts[1] == "models":
-            name, _, verb = parts[2].partition(":")
-            if method == "POST" and verb == "predict":
-                return await self._predict_v1(scope, receive, name)
-            if method == "GET" and not verb:
-                return 200, v2_http.encode_json(self._v1_status(name)), _JSON
-        raise HttpError(404, f"no such endpoint: {method} {scope['path']}")
-
-    def _get_v2(self, parts: list[str]) -> tuple[int, bytes, list[Any]]:
+        allowed = _METHOD[endpoint]
+        if method != allowed:
+            raise HttpError(
+                405,
+                f"method {method} is not allowed on {path} (use {allowed})",
+                ((b"allow", allowed.encode()),),
+            )
+        if endpoint == "infer":
+            assert model is not None
+            return await self._infer(receive, headers, model, version)
+        if endpoint == "v1_predict":
+            assert model is not None
+            return await self._predict_v1(receive, headers, model)
         service = self._service
-        if len(parts) == 1:
-            doc: dict[str, Any] = {
+        if endpoint == "index":
+            body = await read_body(receive, headers, self._max_body)
+            index = service.repository_index(v2_http.decode_index_request(body))
+            return 200, v2_http.encode_json(v2_http.repository_index_json(index)), _JSON
+        if endpoint in ("load", "unload"):
+            assert model is not None
+            service.change_repository(endpoint, model)
+        return self._get(endpoint, model, version)
+
+    def _get(self, endpoint: str, model: str | None, version: str | None) -> Answer:
+        service = self._service
+        doc: Any
+        if endpoint == "server":
+            doc = {
                 "name": service.name,
                 "version": service.version,
                 "extensions": list(service.extensions),
             }
-            return 200, v2_http.encode_json(doc), _JSON
-        if parts[1] == "health" and len(parts) == 3 and parts[2] in ("live", "ready"):
-            ok = service.live() if parts[2] == "live" else service.ready()
+        elif endpoint in ("live", "ready"):
+            ok = service.live() if endpoint == "live" else service.ready()
             return (200 if ok else 503), b"", _JSON
-        model, version, action = _model_path(parts)
-        if action == "":
-            meta = v2_http.metadata_json(service.model_metadata(model, version))
-            return 200, v2_http.encode_json(meta), _JSON
-        if action == "ready":
-            ready = service.model_ready(model, version)
-            return (200 if ready else 503), b"", _JSON
-        if action == "config":
-            config = v2_http.config_json(service.model_config(model, version))
-            return 200, v2_http.encode_json(config), _JSON
-        if action == "drift":
-            return 200, v2_http.encode_json(service.drift_report(model, version)), _JSON
-        raise HttpError(404, f"no such endpoint: GET /{'/'.join(parts)}")
-
-    def _v1_status(self, name: str) -> dict[str, Any]:
-        return {"name": name, "ready": self._service.model_ready(name, None)}
+        elif endpoint == "stats":
+            doc = v2_http.statistics_json(service.model_statistics(model, version))
+        else:
+            assert model is not None
+            if endpoint == "model_ready":
+                return (200 if service.model_ready(model, version) else 503), b"", _JSON
+            if endpoint == "v1_status":
+                doc = {"name": model, "ready": service.model_ready(model, None)}
+            elif endpoint == "metadata":
+                doc = v2_http.metadata_json(service.model_metadata(model, version))
+            elif endpoint == "config":
+                doc = v2_http.config_json(service.model_config(model, version))
+            else:
+                doc = service.drift_report(model, version)
+        return 200, v2_http.encode_json(doc), _JSON
 
     async def _infer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
-    ) -> tuple[int, bytes, list[Any]]:
-        headers = dict(scope["headers"])
-        body = await self._read_body(receive, headers)
-        header_length = _int_header(headers, _HEADER_LENGTH)
+        self, receive: Receive, headers: Headers, model: str, version: str | None
+    ) -> Answer:
+        body = await read_body(receive, headers, self._max_body)
+        header_length = int_header(headers, _HEADER_LENGTH)
         request, encoding = v2_http.decode_infer_request(body, header_length, model, version)
         _apply_timeout_header(request, headers)
         self._apply_routing_key(request, headers)
@@ -151,11 +195,8 @@ class HttpFrontend:
             ],
         )
 
-    async def _predict_v1(
-        self, scope: Scope, receive: Receive, model: str
-    ) -> tuple[int, bytes, list[Any]]:
-        headers = dict(scope["headers"])
-        body = await self._read_body(receive, headers)
+    async def _predict_v1(self, receive: Receive, headers: Headers, model: str) -> Answer:
+        body = await read_body(receive, headers, self._max_body)
         inputs = self._service.model_metadata(model, None).inputs
         request = v1.decode_predict_request(body, model, None, inputs)
         _apply_timeout_header(request, headers)
@@ -163,34 +204,45 @@ class HttpFrontend:
         response = await self._service.infer(request)
         return 200, v1.encode_predict_response(response), _JSON
 
-    def _apply_routing_key(self, request: InferRequest, headers: dict[bytes, bytes]) -> None:
+    def _apply_routing_key(self, request: InferRequest, headers: Headers) -> None:
         key = headers.get(self._routing_key)
         if key is not None:
             request.routing_key = key.decode("latin-1")
 
-    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
-        declared = _int_header(headers, b"content-length")
-        if declared is not None and declared > self._max_body:
-            raise HttpError(413, f"body of {declared} bytes exceeds the limit of {self._max_body}")
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body"):
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise HttpError(413, f"body exceeds the limit of {self._max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+def _endpoint(path: str) -> tuple[str, str | None, str | None]:
+    """(endpoint, model, version) of a request path; 404 for a path that names none."""
+    parts = path.strip("/").split("/")
+    n = len(parts)
+    if parts[0] == "v2":
+        if n == 1:
+            return "server", None, None
+        if parts[1] == "models":
+            if n == 3 and parts[2] == "stats":  # Triton's path for every model's statistics
+                return "stats", None, None
+            model, version, action = _model_path(parts)
+            endpoint = _MODEL_ACTIONS.get(action)
+            if endpoint is not None:
+                return endpoint, model, version
+        elif parts[1] == "health" and n == 3 and parts[2] in ("live", "ready"):
+            return parts[2], None, None
+        elif parts[1] == "repository":
+            if n == 3 and parts[2] == "index":
+                return "index", None, None
+            if n == 5 and parts[2] == "models" and parts[3] and parts[4] in ("load", "unload"):
+                return parts[4], parts[3], None
+    elif parts[0] == "v1" and n == 3 and parts[1] == "models":
+        name, _, verb = parts[2].partition(":")
+        if name and not verb:
+            return "v1_status", name, None
+        if name and verb == "predict":
+            return "v1_predict", name, None
+    raise HttpError(404, f"no such endpoint: {path}")
 
 
 def _model_path(parts: list[str]) -> tuple[str, str | None, str]:
     """(model, version, action) of /v2/models/{m}[/versions/{v}][/action]."""
-    if len(parts) < 3 or parts[1] != "models" or not parts[2]:
+    if len(parts) < 3 or not parts[2]:
         raise HttpError(404, f"no such endpoint: /{'/'.join(parts)}")
     model = parts[2]
     rest = parts[3:]
@@ -205,19 +257,9 @@ def _model_path(parts: list[str]) -> tuple[str, str | None, str]:
     return model, version, rest[0] if rest else ""
 
 
-def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise invalid(f"header {name.decode()} must be an integer") from None
-
-
-def _apply_timeout_header(request: InferRequest, headers: dict[bytes, bytes]) -> None:
+def _apply_timeout_header(request: InferRequest, headers: Headers) -> None:
     """`x-request-timeout-ms` sets the deadline unless the body's `timeout` already did."""
-    millis = _int_header(headers, TIMEOUT_HEADER)
+    millis = int_header(headers, TIMEOUT_HEADER)
     if millis is None:
         return
     if millis <= 0:

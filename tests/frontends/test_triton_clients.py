@@ -1,52 +1,18 @@
-"""Triton's client library, unchanged, against the gateway over both protocols.
-
-The clients are synchronous, so each test drives them in a worker thread while the gateway
-runs on the test's event loop.
-"""
+"""Triton's client library, unchanged, against the gateway over both protocols."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.grpc as triton_grpc
-import tritonclient.http as triton_http
+from sync_clients import client_module, connect, in_thread
 from tritonclient.utils import InferenceServerException
 
 from modelgate.gateway.server import Gateway
 
 Reference = Callable[[bytes, dict[str, np.ndarray]], list[np.ndarray]]
-T = TypeVar("T")
-
-
-def _client(gateway: Gateway, protocol: str) -> Any:
-    assert gateway.addresses is not None
-    if protocol == "grpc":
-        return triton_grpc.InferenceServerClient(gateway.addresses.grpc)
-    return triton_http.InferenceServerClient(gateway.addresses.http)
-
-
-def _module(protocol: str) -> Any:
-    return triton_grpc if protocol == "grpc" else triton_http
-
-
-async def _in_thread(call: Callable[[], T]) -> T:
-    """`call()` on a worker thread, then its garbage collected there too. The HTTP client's
-    `__del__` closes it a second time, which gevent refuses on any thread but the client's;
-    a client caught in a reference cycle (an exception's traceback holds the frame that
-    holds it) would otherwise be collected wherever the collector next runs."""
-
-    def collected() -> T:
-        try:
-            return call()
-        finally:
-            gc.collect()
-
-    return await asyncio.to_thread(collected)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -62,8 +28,8 @@ async def test_triton_client_gets_what_onnx_runtime_computes(
     x = rng.normal(size=(4, 8)).astype(np.float32)
 
     def call() -> tuple[Any, Any, np.ndarray, np.ndarray, str]:
-        client = _client(gateway, protocol)
-        module = _module(protocol)
+        client = connect(gateway, protocol)
+        module = client_module(protocol)
         try:
             assert client.is_server_live() and client.is_server_ready()
             assert client.is_model_ready("classifier")
@@ -90,7 +56,7 @@ async def test_triton_client_gets_what_onnx_runtime_computes(
         finally:
             client.close()
 
-    metadata, config, labels, probabilities, request_id = await _in_thread(call)
+    metadata, config, labels, probabilities, request_id = await in_thread(call)
     want_labels, want_probabilities = reference(model_files["classifier"], {"input": x})
     np.testing.assert_array_equal(labels, want_labels)
     np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-6)
@@ -108,8 +74,8 @@ async def test_triton_client_sees_strings_and_errors(gateway: Gateway, protocol:
     words = np.array([["alpha", "βeta", ""], ["x", "y", "z"]], dtype=object)
 
     def call() -> tuple[np.ndarray, str]:
-        client = _client(gateway, protocol)
-        module = _module(protocol)
+        client = connect(gateway, protocol)
+        module = client_module(protocol)
         try:
             tensor = module.InferInput("x", list(words.shape), "BYTES")
             tensor.set_data_from_numpy(words)
@@ -120,6 +86,6 @@ async def test_triton_client_sees_strings_and_errors(gateway: Gateway, protocol:
         finally:
             client.close()
 
-    echoed, error = await _in_thread(call)
+    echoed, error = await in_thread(call)
     assert [[v.decode() for v in row] for row in echoed] == words.tolist()
     assert "no_such_model" in error

@@ -1,0 +1,54 @@
+"""The statistics extension's figures for a model version, from what the gateway counts.
+
+Triton's clients and dashboards read these (`GET /v2/models/{m}/stats`, gRPC
+ModelStatistics). They come from the version's `VersionMetrics`, the same counts the
+Prometheus endpoint exports, so the two never disagree:
+
+- success / fail: requests answered by the version, by outcome, with their time from
+  reaching the core to the answer;
+- queue: time waiting in the micro-batcher (a request run at once waited 0);
+- compute_infer: per request, the ONNX Runtime run of the batch it was in;
+- inference_count / execution_count: rows and runs of successful model runs, and per batch
+  size (rows) the runs and their time (batch_stats).
+
+Not measured, so reported as zero: compute_input and compute_output (decoding and encoding
+are not timed apart from the rest), and cache_hit / cache_miss (there is no response cache).
+"""
+
+from __future__ import annotations
+
+from modelgate.gateway.core.types import BatchStatistics, Duration, ModelStatistics
+from modelgate.gateway.metrics import VersionMetrics
+
+_NS = 1e9
+
+
+def _duration(count: int, seconds: float) -> Duration:
+    return Duration(int(count), round(seconds * _NS))
+
+
+def version_statistics(metrics: VersionMetrics) -> ModelStatistics:
+    """The statistics of the version `metrics` belongs to, as of now."""
+    answered = {True: 0, False: 0}  # succeeded? -> requests
+    seconds = {True: 0.0, False: 0.0}
+    for (_, outcome), observations in dict(metrics.outcomes).items():
+        counts, total = observations.snapshot()
+        answered[outcome == "OK"] += int(counts.sum())
+        seconds[outcome == "OK"] += total
+    queue_counts, queue_seconds = metrics.queue_wait.snapshot()
+    runs = metrics.executions.snapshot()
+    return ModelStatistics(
+        name=metrics.model,
+        version=metrics.version,
+        last_inference_ms=round(metrics.last_request * 1000),
+        inference_count=runs.rows,
+        execution_count=runs.runs,
+        success=_duration(answered[True], seconds[True]),
+        fail=_duration(answered[False], seconds[False]),
+        queue=_duration(int(queue_counts.sum()), queue_seconds),
+        compute_infer=_duration(runs.requests, runs.request_seconds),
+        batches=tuple(
+            BatchStatistics(size, _duration(count, run_seconds))
+            for size, (count, run_seconds) in sorted(runs.by_size.items())
+        ),
+    )
