@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import sample, scrape
-from modelgate.gateway.metrics import Observations
+from modelgate.gateway.metrics import Executions, Observations
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -74,3 +74,27 @@ def test_observations_fold_into_le_buckets_exactly_from_many_threads() -> None:
     counts, total = observations.snapshot()
     assert counts.tolist() == [8000, 8000, 4000]
     assert total == pytest.approx(4000 * sum(values))
+
+
+def test_executions_count_runs_per_batch_size_within_a_bound_from_many_threads() -> None:
+    executions = Executions(fold_every=7, max_sizes=3)
+
+    def record() -> None:
+        for _ in range(500):
+            executions.observe(4, 2, 0.5)
+            executions.observe(1, 1, 0.25)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for rows in range(5, 105):  # ever new sizes: only the first one is itemised
+        executions.observe(rows, 1, 1.0)
+    totals = executions.snapshot()
+    assert totals.runs == 4000 + 100
+    assert totals.rows == 4 * 2000 + 2000 + sum(range(5, 105))
+    assert totals.requests == 2 * 2000 + 2000 + 100
+    assert totals.request_seconds == pytest.approx(2000 * (2 * 0.5 + 0.25) + 100)
+    assert totals.by_size == {4: (2000, pytest.approx(1000.0)), 1: (2000, pytest.approx(500.0)),
+                              5: (1, 1.0)}  # fmt: skip

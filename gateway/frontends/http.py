@@ -1,7 +1,10 @@
-"""The HTTP front end: a raw ASGI app for V2 REST (JSON and binary) and V1 predict.
+"""The HTTP front end: a raw ASGI app for V2 REST (JSON and binary), Triton's statistics
+and model-repository extensions, and V1 predict.
 
 A thin adapter: it routes, reads the body, decodes with the codecs, calls the one
 `InferenceService`, encodes, and maps `InferenceError` codes to HTTP statuses in one table.
+Each endpoint takes one method (`_METHOD`): another method on a known path is 405 with an
+Allow header, a path that names no endpoint is 404.
 It is a bare ASGI callable rather than a framework app because on a 2-core machine the
 per-request cost of a framework's routing and request objects is a large share of the
 serving budget (see docs/performance.md).
