@@ -47,6 +47,17 @@ class OutputEncoding:
         return self.binary_all or name in self.binary
 
 
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """`data` parsed as a JSON object; 400 naming `what` when it is not one."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"{what} must be a JSON object")
+    return doc
+
+
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters")
     if params is None:
@@ -69,12 +80,7 @@ def decode_infer_request(
                 f"({len(body)} bytes)"
             )
         json_part, binary = body[:header_length], body[header_length:]
-    try:
-        doc = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("request body must be a JSON object")
+    doc = json_object(json_part, "request body")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("request needs a non-empty 'inputs' list")
@@ -265,13 +271,7 @@ def decode_index_request(body: bytes) -> bool:
     models only."""
     if not body.strip():
         return False
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("repository index request must be a JSON object")
-    ready = doc.get("ready", False)
+    ready = json_object(body, "repository index request").get("ready", False)
     if not isinstance(ready, bool):
         raise invalid("'ready' must be true or false")
     return ready
