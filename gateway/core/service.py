@@ -39,7 +39,7 @@ EXTENSIONS = (
 _INDEX_STATE = {
     "READY": ("READY", ""),
     "LOADING": ("LOADING", ""),
-    "DRAINING": ("UNLOADING", "leaving its stage: draining"),
+    "DRAINING": ("UNLOADING", "draining"),
     "UNLOADED": ("UNAVAILABLE", "unloaded"),
     "FAILED": ("UNAVAILABLE", "failed to load"),
 }
