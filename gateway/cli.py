@@ -15,125 +15,63 @@ from pathlib import Path
 from typing import Any
 
 from modelgate.gateway.settings import (
-    BatchSettings,
-    RuntimeSettings,
+    SETTINGS,
     ServerSettings,
+    Setting,
+    SettingsError,
     build_settings,
     load_config_file,
 )
+from modelgate.listen import BindError
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for every `ServerSettings` field; unset flags fall back to MODELGATE_* vars."""
-    d = ServerSettings()
-    b = BatchSettings()
-    r = RuntimeSettings()
-    add = parser.add_argument
-    add(
+    """A flag for every setting but secrets (`SETTINGS`); unset flags fall through to the
+    MODELGATE_* variables, the config file and the defaults. Flags stay text here: the
+    settings parse and check them like variables, naming the flag when a value is wrong."""
+    parser.add_argument(
         "--config",
         type=Path,
-        help="TOML file of settings; [models.NAME] tables set per-model batching/runtime",
+        metavar="FILE",
+        help="TOML file of settings; [models.NAME] tables hold per-model settings",
     )
-    add("--store", type=str, help=f"embedded registry directory (default {d.store})")
-    add(
-        "--registry",
-        help="where models come from instead of --store: a directory, http://host:port "
-        "(a `modelgate registry serve`) or mlflow+http://host:port",
-    )
-    add("--registry-token-file", type=Path, help="bearer token for the registry server or MLflow")
-    add(
-        "--poll-interval",
-        type=float,
-        help=f"seconds between registry change checks (default {d.poll_interval})",
-    )
-    add(
-        "--routing-key-header",
-        help="HTTP header / gRPC metadata whose value pins a caller to one version "
-        f"(default {d.routing_key_header})",
-    )
-    add(
-        "--shadow-max-inflight",
-        type=int,
-        help="mirrored requests in flight per shadow version before copies are dropped "
-        f"(default {d.shadow_max_inflight})",
-    )
-    add("--host", help=f"address to bind (default {d.host})")
-    add("--http-port", type=int, help=f"HTTP port, 0 picks one (default {d.http_port})")
-    add("--grpc-port", type=int, help=f"gRPC port, 0 picks one (default {d.grpc_port})")
-    add("--metrics-port", type=int, help=f"Prometheus port (default {d.metrics_port})")
-    add("--max-body-bytes", type=int, help=f"request size limit (default {d.max_body_bytes})")
-    add(
-        "--grpc-workers",
-        choices=("shared", "thread"),
-        help="gRPC on the HTTP server's loop, or on its own loop in a thread "
-        f"(default {d.grpc_workers})",
-    )
-    add(
-        "--drain-delay",
-        type=float,
-        help="seconds a stopping server reports not-ready but still serves, so load "
-        f"balancers can take it out of rotation (default {d.drain_delay})",
-    )
-    add("--drain-seconds", type=float, help=f"graceful drain limit (default {d.drain_seconds})")
-    add("--log-level", help=f"logging level (default {d.log_level})")
-    add("--max-batch-size", type=int, help=f"rows per batch, 1 = off (default {b.max_batch_size})")
-    add("--max-delay-us", type=int, help=f"max wait for a fuller batch (default {b.max_delay_us})")
-    add("--max-queue", type=int, help=f"rows that may wait (default {b.max_queue})")
-    add(
-        "--inline-max-us",
-        type=int,
-        help="batches expected to take at most this long run on the event loop, longer ones "
-        f"on a worker thread; 0: always the thread (default {b.inline_max_us})",
-    )
-    add(
-        "--monitoring",
-        type=_on_off,
-        metavar="on|off",
-        help="drift monitoring of every model (default on; per model in the config file)",
-    )
-    add(
-        "--retrain-webhook",
-        metavar="URL",
-        help="where drift events are POSTed (per model: config file or the registry tag "
-        "retrain_webhook); signed with MODELGATE_WEBHOOK_SECRET or --webhook-secret-file",
-    )
-    add("--webhook-secret-file", type=Path, help="file holding the webhook signing secret")
-    add(
-        "--webhook-outbox",
-        type=Path,
-        help="SQLite file of undelivered events (default: webhook-outbox.db in the store)",
-    )
-    add(
-        "--webhook-cooldown",
-        type=float,
-        help=f"seconds before a drifting version fires again (default {d.webhook_cooldown:g})",
-    )
-    add("--intra-op-threads", type=int, help=f"ORT threads per run (default {r.intra_op_threads})")
-    add(
-        "--graph-optimization",
-        choices=("disable", "basic", "extended", "all"),
-        help=f"ORT graph optimisation (default {r.graph_optimization})",
-    )
+    for s in SETTINGS.values():
+        if s.flag is not None:
+            parser.add_argument(s.flag, metavar=_metavar(s), help=_help(s))
 
 
-def _on_off(value: str) -> bool:
-    if value.lower() in ("on", "true", "1", "yes"):
-        return True
-    if value.lower() in ("off", "false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+_SETTINGS_EPILOG = (
+    "Every flag is also a variable (--max-batch-size: MODELGATE_MAX_BATCH_SIZE) and a config "
+    "file key (max_batch_size); a flag wins over the variable, the variable over the file. "
+    "The webhook secret has no flag (command lines are visible to other users): set "
+    "MODELGATE_WEBHOOK_SECRET, webhook_secret in the config file, or --webhook-secret-file."
+)
+
+
+def _metavar(s: Setting) -> str:
+    if s.rules.choices:
+        return "{" + ",".join(s.rules.choices) + "}"
+    if s.kind is bool:
+        return "on|off"
+    return {int: "N", float: "X", Path: "PATH"}.get(s.kind, "TEXT")
+
+
+def _help(s: Setting) -> str:
+    if s.default is None or s.default == "":
+        return s.rules.help.replace("%", "%%")
+    if s.kind is bool:
+        default = "on" if s.default else "off"
+    else:
+        default = f"{s.default:g}" if s.kind is float else str(s.default)
+    # argparse %-formats help texts.
+    return f"{s.rules.help} (default {default})".replace("%", "%%")
 
 
 def _settings(args: argparse.Namespace) -> ServerSettings:
     overrides: dict[str, Any] = dict(vars(args))
     config_path = overrides.pop("config", None)
-    if overrides.get("store") is not None:
-        overrides["store"] = Path(overrides["store"])
-    try:
-        config = load_config_file(config_path) if config_path is not None else None
-        return build_settings(overrides, config=config)
-    except (OSError, ValueError, TypeError) as exc:
-        raise SystemExit(f"modelgate: invalid settings: {exc}") from None
+    config = load_config_file(config_path) if config_path is not None else None
+    return build_settings(overrides, config=config, config_path=config_path)
 
 
 def _configure_logging(level: str) -> None:
@@ -166,11 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the production models of a registry")
+    serve = commands.add_parser(
+        "serve", help="serve the production models of a registry", epilog=_SETTINGS_EPILOG
+    )
     _add_server_flags(serve)
     serve.set_defaults(handler=_serve)
 
-    demo = commands.add_parser("demo", help="train a small model, register it and serve it")
+    demo = commands.add_parser(
+        "demo", help="train a small model, register it and serve it", epilog=_SETTINGS_EPILOG
+    )
     _add_server_flags(demo)
     demo.set_defaults(handler=_demo)
 
@@ -185,7 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = args.handler
     del args.handler, args.command
-    return int(handler(args) or 0)
+    try:
+        return int(handler(args) or 0)
+    except (SettingsError, BindError) as exc:
+        # A user's mistake: one line that says what to change, no traceback.
+        print(f"modelgate: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from modelgate.gateway.frontends.grpc import GrpcFrontend
 from modelgate.gateway.frontends.http import HttpFrontend
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.settings import ServerSettings
+from modelgate.listen import address, bind_error, listen
 from modelgate.monitor.monitor import DriftMonitor
 from modelgate.registry.client import RegistryClient, open_registry
 
@@ -50,20 +50,6 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Gateway:
@@ -102,9 +88,22 @@ class Gateway:
         return self.notifier.outbox.episode(model, version).drifting
 
     async def start(self) -> Addresses:
-        """Bind and start every endpoint, then load models in the background."""
+        """Bind and start every endpoint, then load models in the background.
+
+        Raises BindError when a port cannot be had; then nothing is left bound or serving.
+        """
         s = self.settings
-        sock = _bind(s.host, s.http_port)
+        # Every port is bound before anything serves: a port that is taken must not leave
+        # the others bound, or a server that looks healthy.
+        async with contextlib.AsyncExitStack() as undo:
+            sock = listen(
+                s.host, s.http_port, setting="http_port", flag="--http-port", backlog=2048
+            )
+            undo.callback(sock.close)
+            grpc_port = await self._start_grpc()
+            undo.push_async_callback(self._grpc.stop, 0)
+            metrics_port = self._start_metrics()
+            undo.pop_all()
         config = uvicorn.Config(
             HttpFrontend(self.service, s.max_body_bytes, s.routing_key_header),
             http="httptools",
@@ -117,17 +116,12 @@ class Gateway:
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         http_port = sock.getsockname()[1]
-        grpc_port = await self._grpc.start(s.host, s.grpc_port)
-        self._metrics_server, _ = start_http_server(
-            s.metrics_port, addr=s.host, registry=self.metrics.registry
-        )
-        metrics_port = self._metrics_server.server_port
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()  # re-raise uvicorn's startup error
             await asyncio.sleep(0.005)
         self.addresses = Addresses(
-            _address(s.host, http_port), _address(s.host, grpc_port), _address(s.host, metrics_port)
+            address(s.host, http_port), address(s.host, grpc_port), address(s.host, metrics_port)
         )
         log.info(
             "modelgate listening http=%s grpc=%s metrics=%s",
@@ -141,6 +135,29 @@ class Gateway:
         if self.notifier is not None:
             self._background.append(asyncio.create_task(self.notifier.run()))
         return self.addresses
+
+    async def _start_grpc(self) -> int:
+        s = self.settings
+        if s.grpc_port != 0:
+            # A plain bind first: gRPC's own failure is a line of C logging on stderr and a
+            # RuntimeError that does not say why.
+            listen(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port", backlog=1).close()
+        try:
+            return await self._grpc.start(s.host, s.grpc_port)
+        except RuntimeError:
+            raise bind_error(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port") from None
+
+    def _start_metrics(self) -> int:
+        s = self.settings
+        try:
+            self._metrics_server, _ = start_http_server(
+                s.metrics_port, addr=s.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise bind_error(
+                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", cause=exc
+            ) from None
+        return self._metrics_server.server_port
 
     async def _follow_registry(self) -> None:
         """Read the registry (retrying until it answers), then follow its changes."""

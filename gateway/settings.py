@@ -1,18 +1,26 @@
 """Typed settings, built once at the entry point and passed down by constructors.
 
-The CLI flags and the `MODELGATE_*` environment variables map onto the same fields: a flag
-wins over the variable, the variable over the default. No other module reads the environment.
+Every setting is a dataclass field declared with `modelgate.fields.setting` (help text,
+bounds, choices) and has one name for the config file, the `MODELGATE_*` variable and the
+command-line flag (`SETTINGS` lists them). `build_settings` layers defaults < config file <
+variables < flags, checks each value's type and rules, and names the setting and the source
+of a wrong value. No other module reads the environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import tomllib
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelgate.fields import SettingRules, SettingValueError, check_fields, rules_of, setting
 from modelgate.monitor.drift import DriftSettings
 
 ENV_PREFIX = "MODELGATE_"
@@ -22,45 +30,49 @@ ENV_PREFIX = "MODELGATE_"
 class BatchSettings:
     """How one model version's micro-batcher forms batches.
 
-    max_batch_size: rows per ONNX Runtime run (1 turns batching off).
-    max_delay_us: how long the oldest queued request may wait for company once the runner is
-        free; 0 means a batch goes as soon as the runner can take it, and batches still grow
-        with load because requests gather while the previous batch computes.
-    max_queue: rows that may wait; beyond it a request is refused at once (RESOURCE_EXHAUSTED).
-    inline_max_us: batches expected to compute within this many microseconds run on the
-        event loop itself (a thread hand-off costs more than they do); longer ones run on
-        the version's worker thread. 0 sends every batch to the worker.
+    max_delay_us 0 means a batch goes as soon as the runner can take it; batches still grow
+    with load because requests gather while the previous batch computes.
     """
 
-    max_batch_size: int = 64
-    max_delay_us: int = 0
-    max_queue: int = 4096
-    inline_max_us: int = 250
+    max_batch_size: int = setting(64, "rows per ONNX Runtime run; 1 turns batching off", minimum=1)
+    max_delay_us: int = setting(
+        0, "microseconds the oldest queued request may wait for company", minimum=0
+    )
+    max_queue: int = setting(
+        4096, "rows that may wait; beyond, a request is refused at once", minimum=1
+    )
+    inline_max_us: int = setting(
+        250,
+        "batches expected to compute within this many microseconds run on the event loop, "
+        "longer ones on the worker thread; 0: always the thread",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if self.max_delay_us < 0:
-            raise ValueError("max_delay_us must not be negative")
+        check_fields(self)
         if self.max_queue < self.max_batch_size:
-            raise ValueError("max_queue must be at least max_batch_size")
-        if self.inline_max_us < 0:
-            raise ValueError("inline_max_us must not be negative")
+            raise SettingValueError(
+                "max_queue",
+                f"must be at least max_batch_size ({self.max_batch_size}), got {self.max_queue}",
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     """ONNX Runtime session options for each loaded model version."""
 
-    intra_op_threads: int = 1
-    graph_optimization: str = "all"  # disable | basic | extended | all
-    warmup_runs: int = 2
+    intra_op_threads: int = setting(
+        1, "ONNX Runtime threads per run (0 lets ONNX Runtime choose)", minimum=0
+    )
+    graph_optimization: str = setting(
+        "all",
+        "ONNX Runtime graph optimisation level",
+        choices=("disable", "basic", "extended", "all"),
+    )
+    warmup_runs: int = setting(2, "runs on zeros before a version takes traffic", minimum=0)
 
     def __post_init__(self) -> None:
-        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
-            raise ValueError(f"unknown graph optimisation level {self.graph_optimization!r}")
-        if self.intra_op_threads < 0:
-            raise ValueError("intra_op_threads must not be negative (0 lets ORT choose)")
+        check_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,31 +88,40 @@ class GuardSettings:
     reason in the audit record.
     """
 
-    guard_enabled: bool = False
-    guard_window_seconds: float = 60.0
-    guard_min_requests: int = 200
-    guard_max_error_rate: float = 0.05
-    # How much more often than production, on the same window, a canary may refuse
-    # requests as invalid (4xx / INVALID_ARGUMENT: a renamed input, another shape) before
-    # the guard archives it; a fraction of its requests.
-    guard_max_client_error_rate: float = 0.05
-    guard_max_p99_ratio: float = 3.0
-    guard_max_disagreement: float = 0.2
+    guard_enabled: bool = setting(
+        False, "the rollout guard: archive a canary or shadow that does worse than production"
+    )
+    guard_window_seconds: float = setting(
+        60.0, "seconds of the sliding window the guard judges", above=0
+    )
+    guard_min_requests: int = setting(
+        200, "requests (shadow: compared rows) before the guard judges a version", minimum=1
+    )
+    guard_max_error_rate: float = setting(
+        0.05,
+        "how far a canary's server-side error rate may exceed production's",
+        minimum=0,
+        maximum=1,
+    )
+    guard_max_client_error_rate: float = setting(
+        0.05,
+        "how far a canary's rate of requests refused as invalid (4xx / INVALID_ARGUMENT: a "
+        "renamed input, another shape) may exceed production's on the same window",
+        minimum=0,
+        maximum=1,
+    )
+    guard_max_p99_ratio: float = setting(
+        3.0, "canary p99 latency, as a multiple of production's, that archives it", above=1
+    )
+    guard_max_disagreement: float = setting(
+        0.2,
+        "fraction of rows where a shadow's labels differ from production's that archives it",
+        minimum=0,
+        maximum=1,
+    )
 
     def __post_init__(self) -> None:
-        if self.guard_window_seconds <= 0:
-            raise ValueError("guard_window_seconds must be positive")
-        if self.guard_min_requests < 1:
-            raise ValueError("guard_min_requests must be at least 1")
-        for name in (
-            "guard_max_error_rate",
-            "guard_max_client_error_rate",
-            "guard_max_disagreement",
-        ):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} is a fraction between 0 and 1")
-        if self.guard_max_p99_ratio <= 1:
-            raise ValueError("guard_max_p99_ratio must be above 1")
+        check_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +130,15 @@ class MonitorSettings:
     (empty: the registry version's `retrain_webhook` tag, if any; the server-wide value is
     every model's default)."""
 
-    monitoring: bool = True
-    retrain_webhook: str = ""
+    monitoring: bool = setting(True, "drift monitoring (per model in the config file)")
+    retrain_webhook: str = setting(
+        "",
+        "URL drift events are POSTed to (per model: the config file or the registry tag "
+        "retrain_webhook)",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,66 +156,77 @@ class ModelServingSettings:
 class ServerSettings:
     """Everything `modelgate serve` needs to run one serving process."""
 
-    store: Path = Path("modelstore")
-    # Where models come from: None serves the embedded store above; otherwise a directory,
-    # `http(s)://host:port` (a `modelgate registry serve`) or `mlflow+http(s)://host:port`.
-    registry: str | None = None
-    registry_token_file: Path | None = None  # bearer token for a registry server or MLflow
-    poll_interval: float = 1.0  # seconds between registry change checks
-    routing_key_header: str = "x-routing-key"  # HTTP header / gRPC metadata for sticky routing
-    shadow_max_inflight: int = 256  # mirrored requests in flight per shadow version; more drop
-    # Retraining webhook: the secret signs every event (`whsec_<base64>` or plain text; the
-    # variable MODELGATE_WEBHOOK_SECRET or a file); events wait in a durable outbox (default:
-    # webhook-outbox.db in the store directory) until delivered.
-    webhook_secret: str | None = field(default=None, repr=False)
-    webhook_secret_file: Path | None = None
-    webhook_outbox: Path | None = None
-    webhook_cooldown: float = 3600.0  # seconds before a version's drift may fire again
-    webhook_retry_period: float = 86400.0  # seconds an undeliverable event is retried
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    max_body_bytes: int = 64 * 1024 * 1024
-    grpc_workers: str = "shared"  # shared: the HTTP loop; thread: own asyncio loop in a thread
-    drain_delay: float = 1.0  # seconds a draining server still takes new requests
-    drain_seconds: float = 10.0
+    store: Path = setting(Path("modelstore"), "embedded registry directory")
+    registry: str | None = setting(
+        None,
+        "where models come from instead of the store: a directory, http://host:port "
+        "(a `modelgate registry serve`) or mlflow+http://host:port",
+    )
+    registry_token_file: Path | None = setting(
+        None, "file holding the bearer token for the registry server or MLflow"
+    )
+    poll_interval: float = setting(1.0, "seconds between registry change checks", above=0)
+    routing_key_header: str = setting(
+        "x-routing-key", "HTTP header / gRPC metadata whose value pins a caller to one version"
+    )
+    shadow_max_inflight: int = setting(
+        256,
+        "mirrored requests in flight per shadow version; beyond, copies are dropped",
+        minimum=0,
+    )
+    # Signs every drift event; events wait in a durable outbox until delivered.
+    webhook_secret: str | None = setting(
+        None, "the webhook signing secret (whsec_<base64> or text)", secret=True
+    )
+    webhook_secret_file: Path | None = setting(None, "file holding the webhook signing secret")
+    webhook_outbox: Path | None = setting(
+        None, "SQLite file of undelivered drift events (default: webhook-outbox.db in the store)"
+    )
+    webhook_cooldown: float = setting(
+        3600.0, "seconds before a drifting version fires again", minimum=0
+    )
+    webhook_retry_period: float = setting(
+        86400.0, "seconds an undeliverable event is retried", above=0
+    )
+    host: str = setting("127.0.0.1", "address every endpoint binds")
+    http_port: int = setting(8000, "HTTP port; 0 picks a free one", minimum=0, maximum=65535)
+    grpc_port: int = setting(8001, "gRPC port; 0 picks a free one", minimum=0, maximum=65535)
+    metrics_port: int = setting(
+        8002, "Prometheus metrics port; 0 picks a free one", minimum=0, maximum=65535
+    )
+    max_body_bytes: int = setting(
+        64 * 1024 * 1024, "largest HTTP body or gRPC message accepted", minimum=1
+    )
+    grpc_workers: str = setting(
+        "shared",
+        "gRPC on the HTTP server's event loop (shared), or on its own loop in a thread",
+        choices=("shared", "thread"),
+    )
+    drain_delay: float = setting(
+        1.0, "seconds a stopping server reports not-ready but still serves", minimum=0
+    )
+    drain_seconds: float = setting(10.0, "seconds in-flight requests then get to finish", minimum=0)
     # Readiness (/v2/health/ready, gRPC ServerReady and health): by default ready once startup
-    # has settled, whatever single models do; strict: only while every model in production
-    # serves (Triton's rule). See gateway/core/readiness.py.
-    strict_readiness: bool = False
-    log_level: str = "info"
+    # has settled, whatever single models do; strict: Triton's rule. See core/readiness.py.
+    strict_readiness: bool = setting(
+        False, "ready only while every model in production serves (Triton's rule)"
+    )
+    log_level: str = setting(
+        "info", "logging level", choices=("debug", "info", "warning", "error", "critical")
+    )
     models: ModelServingSettings = field(default_factory=ModelServingSettings)
     model_overrides: dict[str, ModelServingSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.poll_interval <= 0:
-            raise ValueError("poll_interval must be positive")
-        if self.shadow_max_inflight < 0:
-            raise ValueError("shadow_max_inflight must not be negative")
+        check_fields(self)
         header = self.routing_key_header
         if not header or header != header.lower():
-            raise ValueError("routing_key_header must be a lower-case header name")
+            raise SettingValueError(
+                "routing_key_header", f"must be a lower-case header name, got {header!r}"
+            )
 
     def for_model(self, name: str) -> ModelServingSettings:
         return self.model_overrides.get(name, self.models)
-
-
-_PATH_SETTINGS = frozenset(
-    {"store", "registry_token_file", "webhook_secret_file", "webhook_outbox"}
-)
-
-
-def _coerce(value: str, like: Any) -> Any:
-    if isinstance(like, bool):
-        return value.lower() in ("1", "true", "yes", "on")
-    if isinstance(like, int):
-        return int(value)
-    if isinstance(like, float):
-        return float(value)
-    if isinstance(like, Path):
-        return Path(value)
-    return value
 
 
 _MODEL_GROUPS: tuple[tuple[str, type], ...] = (
@@ -199,86 +238,211 @@ _MODEL_GROUPS: tuple[tuple[str, type], ...] = (
 )
 
 
-def _flat_fields() -> dict[str, tuple[str, ...]]:
-    """Setting names (as flags, variables and the config file use them) -> attribute path."""
-    flat: dict[str, tuple[str, ...]] = {}
-    for f in dataclasses.fields(ServerSettings):
-        if f.name in ("models", "model_overrides"):
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as the user sees it: its name, type, default and rules."""
+
+    name: str
+    path: tuple[str, ...]  # attribute path from ServerSettings
+    kind: type  # int, float, bool, str or Path
+    optional: bool  # None is a value (unset)
+    default: Any
+    rules: SettingRules
+
+    @property
+    def flag(self) -> str | None:
+        """`--kebab-name`; None for a secret, which never goes on a command line."""
+        return None if self.rules.secret else "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _settings_of(cls: type, path: tuple[str, ...]) -> dict[str, Setting]:
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in dataclasses.fields(cls):
+        rules = rules_of(f)
+        if rules is None:
             continue
-        flat[f.name] = (f.name,)
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
+        kind = kinds[0] if kinds else hints[f.name]
+        found[f.name] = Setting(f.name, (*path, f.name), kind, bool(kinds), f.default, rules)
+    return found
+
+
+def _all_settings() -> dict[str, Setting]:
+    found = _settings_of(ServerSettings, ())
     for group, cls in _MODEL_GROUPS:
-        for f in dataclasses.fields(cls):
-            flat[f.name] = ("models", group, f.name)
-    return flat
+        found.update(_settings_of(cls, ("models", group)))
+    return found
 
 
-SETTING_NAMES: tuple[str, ...] = tuple(_flat_fields())
+SETTINGS: Mapping[str, Setting] = _all_settings()
+"""Every setting by its one name (config file key, `MODELGATE_<NAME>`, `--<name>`)."""
+SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS)
 MODEL_SETTING_NAMES: tuple[str, ...] = tuple(
-    name for name, path in _flat_fields().items() if path[0] == "models"
+    name for name, s in SETTINGS.items() if s.path[0] == "models"
 )
+
+
+class SettingsError(ValueError):
+    """A user's mistake in the settings: the message names the setting, source and fix."""
+
+
+_EXPECTED = {int: "an integer", float: "a number", bool: "on or off", str: "text", Path: "a path"}
+_TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def parse_text(s: Setting, raw: str) -> Any:
+    """A flag's or variable's text as the setting's type; ValueError says what is expected."""
+    text = raw.strip()
+    if s.kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+    elif s.kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif s.kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return value
+    elif s.kind is Path:
+        return Path(raw)
+    else:
+        return raw
+    raise ValueError(f"expected {_EXPECTED[s.kind]}, got {raw!r}")
+
+
+def _check_typed(s: Setting, value: Any) -> Any:
+    """A value that arrived typed (TOML, Python) as the setting's type, or ValueError."""
+    if s.kind is bool:
+        ok = isinstance(value, bool)
+    elif s.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif s.kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        value = float(value) if ok else value
+    elif s.kind is Path:
+        ok = isinstance(value, str | Path)
+        value = Path(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = "true or false" if s.kind is bool else _EXPECTED[s.kind]
+        raise ValueError(f"expected {expected}, got {_toml_repr(value)}")
+    return value
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """A TOML config file: top-level keys are setting names, `[models.NAME]` tables hold
-    per-model batching and runtime settings. Unknown keys are an error, not ignored."""
-    with path.open("rb") as f:
-        doc = tomllib.load(f)
+    per-model settings. Unknown keys are an error, not ignored; SettingsError names them."""
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
     models = doc.get("models", {})
     if not isinstance(models, dict):
-        raise ValueError(f"{path}: [models] must be a table of model names")
+        raise SettingsError(f"config file {path}: [models] must be a table of model names")
     unknown = set(doc) - set(SETTING_NAMES) - {"models"}
     for name, table in models.items():
         if not isinstance(table, dict):
-            raise ValueError(f"{path}: [models.{name}] must be a table")
+            raise SettingsError(f"config file {path}: [models.{name}] must be a table")
         unknown |= {f"models.{name}.{key}" for key in set(table) - set(MODEL_SETTING_NAMES)}
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+        raise SettingsError(f"config file {path}: unknown setting(s): {', '.join(sorted(unknown))}")
     return doc
 
 
 def build_settings(
-    overrides: dict[str, Any],
-    environ: dict[str, str] | None = None,
-    config: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
 ) -> ServerSettings:
     """Settings from defaults, then the config file, then `MODELGATE_<NAME>` variables, then
-    explicit overrides (CLI flags).
+    explicit overrides (CLI flags: text, parsed like variables; or typed values).
 
-    All layers use the flat names of `SETTING_NAMES` (e.g. `http_port`, `max_batch_size`);
-    None values are ignored so that unset CLI flags fall through. `config["models"]` maps a
-    model name to per-model settings, layered over the server-wide ones.
+    All layers use the names of `SETTING_NAMES` (e.g. `http_port`, `max_batch_size`); None
+    values are ignored so that unset flags fall through. `config["models"]` maps a model name
+    to per-model settings, layered over the server-wide ones. Raises SettingsError naming the
+    setting, where its value came from, what was given and what is expected.
     """
-    environ = dict(os.environ) if environ is None else environ
+    environ = os.environ if environ is None else environ
     config = config or {}
-    defaults = ServerSettings()
-    values: dict[tuple[str, ...], Any] = {}
-    for name, path in _flat_fields().items():
-        current: Any = defaults
-        for part in path:
-            current = getattr(current, part)
-        if name in _PATH_SETTINGS:
-            current = Path()
-        if config.get(name) is not None:
-            value = config[name]
-            values[path] = Path(value) if isinstance(current, Path) else value
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[path] = _coerce(raw, current)
-        if overrides.get(name) is not None:
-            values[path] = overrides[name]
-        if path in values and name in _PATH_SETTINGS:
-            values[path] = Path(values[path])
-    top = {p[0]: v for p, v in values.items() if len(p) == 1}
-    shared = {p[2]: v for p, v in values.items() if p[0] == "models"}
-    models = _model_settings(shared)
-    per_model = {
-        name: _model_settings({**shared, **table})
-        for name, table in config.get("models", {}).items()
-    }
-    return ServerSettings(**top, models=models, model_overrides=per_model)
+    file = f"the config file {config_path}" if config_path is not None else "the config file"
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS.values():
+        flag = overrides.get(s.name)
+        layers = (
+            (config.get(s.name), file, False),
+            (environ.get(s.variable), f"the variable {s.variable}", True),
+            (flag, f"the flag {s.flag}" if s.flag else "the command line", isinstance(flag, str)),
+        )
+        for value, source, text in layers:
+            if value is not None:
+                values[s.name] = _value(s, value, source, text)
+                sources[s.name] = source
+    shared = {n: v for n, v in values.items() if SETTINGS[n].path[0] == "models"}
+    top = {n: v for n, v in values.items() if n not in shared}
+    with _naming(sources):
+        settings = ServerSettings(**top, models=_model_settings(shared))
+    per_model = {}
+    for model, table in config.get("models", {}).items():
+        source = f"{file} ([models.{model}])"
+        own = {**shared, **{n: _value(SETTINGS[n], v, source, False) for n, v in table.items()}}
+        with _naming({**sources, **dict.fromkeys(table, source)}):
+            per_model[model] = _model_settings(own)
+    return dataclasses.replace(settings, model_overrides=per_model)
 
 
-def _model_settings(values: dict[str, Any]) -> ModelServingSettings:
+def _value(s: Setting, value: Any, source: str, text: bool) -> Any:
+    """`value` as setting `s` takes it: `text` (flags, variables) is parsed, typed values
+    (TOML, Python) are checked; SettingsError names the setting and `source`."""
+    try:
+        return parse_text(s, value) if text else _check_typed(s, value)
+    except ValueError as exc:
+        raise SettingsError(f"setting {s.name} from {source}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _naming(sources: Mapping[str, str]) -> Iterator[None]:
+    """A settings class's SettingValueError as a SettingsError naming the value's source."""
+    try:
+        yield
+    except SettingValueError as exc:
+        source = sources.get(exc.setting)
+        where = f"from {source}" if source else "(default)"
+        raise SettingsError(f"setting {exc.setting} {where}: {exc.problem}") from None
+
+
+def _model_settings(values: Mapping[str, Any]) -> ModelServingSettings:
     groups = []
     for _, cls in _MODEL_GROUPS:
         names = {f.name for f in dataclasses.fields(cls)}

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from modelgate.fields import check_fields, setting
 from modelgate.monitor.profile import FeatureProfile, ReferenceProfile
 from modelgate.monitor.sketch import (
     ABOVE_MAX,
@@ -97,29 +98,50 @@ class DriftSettings:
     Missing rate and out-of-range rate: absolute changes from the reference.
     """
 
-    window_rows: int = 5000
-    window_seconds: float = 60.0
+    window_rows: int = setting(
+        5000, "rows at which a drift window closes (or at window_seconds)", minimum=1
+    )
+    window_seconds: float = setting(
+        60.0, "seconds after which a drift window closes (or at window_rows)", above=0
+    )
     # A window that times out with fewer rows is extended rather than scored: scores of a
     # handful of rows are noise, and a quiet model must not page anybody.
-    min_window_rows: int = 1000
-    psi_threshold: float = 0.2
-    js_threshold: float = 0.1
-    ks_threshold: float = 0.1
-    missing_rate_threshold: float = 0.05
-    out_of_range_threshold: float = 0.05
-    min_drifted_features: int = 1  # K
-    consecutive_windows: int = 2  # M
-    outputs_count: bool = False  # whether drifted outputs count toward K
-    learn_rows: int = 5000  # rows learned as the reference when a version has none
-    queue_size: int = 1024  # sketches waiting for the monitor (monitor-wide: the default's)
-    epsilon: float = 1e-4
-    keep_reports: int = 5
+    min_window_rows: int = setting(
+        1000, "a window that times out with fewer rows stays open", minimum=0
+    )
+    psi_threshold: float = setting(0.2, "PSI above which a feature is drifted", minimum=0)
+    js_threshold: float = setting(
+        0.1, "Jensen-Shannon distance above which a feature is drifted", minimum=0
+    )
+    ks_threshold: float = setting(0.1, "KS statistic above which a feature is drifted", minimum=0)
+    missing_rate_threshold: float = setting(
+        0.05, "change of a feature's missing rate that makes it drifted", minimum=0
+    )
+    out_of_range_threshold: float = setting(
+        0.05, "change of a feature's out-of-reference-range rate that makes it drifted", minimum=0
+    )
+    min_drifted_features: int = setting(
+        1, "K: drifted features that make a window count toward drifting", minimum=1
+    )
+    consecutive_windows: int = setting(
+        2, "M: a version drifts after M such windows in a row, clears after M clean ones", minimum=1
+    )
+    outputs_count: bool = setting(
+        False, "whether drifted outputs (prediction drift) count toward K"
+    )
+    learn_rows: int = setting(
+        5000, "rows learned as the reference when a version has none", minimum=1
+    )
+    queue_size: int = setting(
+        1024,
+        "batch sketches waiting for the monitor; beyond, they are dropped (monitor-wide)",
+        minimum=1,
+    )
+    epsilon: float = setting(1e-4, "smoothing of empty bins in PSI and JS", above=0)
+    keep_reports: int = setting(5, "closed windows kept in the drift report", minimum=1)
 
     def __post_init__(self) -> None:
-        if self.window_rows < 1 or self.min_drifted_features < 1 or self.consecutive_windows < 1:
-            raise ValueError("window_rows, K and M must be at least 1")
-        if self.learn_rows < 1 or self.queue_size < 1 or self.keep_reports < 1:
-            raise ValueError("learn_rows, queue_size and keep_reports must be at least 1")
+        check_fields(self)
 
     def thresholds(self) -> dict[str, float]:
         return {

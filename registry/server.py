@@ -53,7 +53,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -65,6 +64,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import uvicorn
 
+from modelgate.listen import address, listen
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
@@ -625,13 +625,10 @@ class RegistryServer:
         self.url: str | None = None
 
     async def start(self) -> str:
-        """Bind, start serving and return the base URL `http://host:port` (real port)."""
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        """Bind, start serving and return the base URL `http://host:port` (real port).
+
+        Raises BindError, naming the address and `--port`, when the port cannot be had."""
+        sock = listen(self._host, self._port, setting="port", flag="--port", backlog=1024)
         config = uvicorn.Config(
             self._app,
             http="httptools",
@@ -647,9 +644,7 @@ class RegistryServer:
             if self._task.done():
                 self._task.result()  # re-raise uvicorn's startup error
             await asyncio.sleep(0.005)
-        port = sock.getsockname()[1]
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{address(self._host, sock.getsockname()[1])}"
         return self.url
 
     async def stop(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import ServerSettings
+from modelgate.listen import BindError
+from modelgate.registry.store import RegistryStore
 
 MODELGATE = [sys.executable, "-m", "modelgate"]
 LISTENING = re.compile(r"modelgate listening http=(\S+) grpc=(\S+) metrics=(\S+)")
@@ -27,10 +34,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def modelgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def modelgate(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*MODELGATE, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=_env()
-    )
+        [*MODELGATE, *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+        env={**_env(), **(env or {})},
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -192,5 +202,100 @@ def test_serve_refuses_a_config_file_with_unknown_settings(tmp_path: Path) -> No
     config = tmp_path / "modelgate.toml"
     config.write_text("max_batch = 4\n")
     result = modelgate("serve", "--config", str(config), "--store", str(tmp_path / "s"))
-    assert result.returncode == 1
-    assert "unknown setting(s): max_batch" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == f"modelgate: config file {config}: unknown setting(s): max_batch\n"
+
+
+def test_a_wrongly_typed_setting_is_one_line_naming_its_source(tmp_path: Path) -> None:
+    config = tmp_path / "modelgate.toml"
+    config.write_text('http_port = "x"\n')
+    result = modelgate("serve", "--config", str(config), "--store", str(tmp_path / "s"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"modelgate: setting http_port from the config file {config}: expected an integer, "
+        'got "x"\n',
+    )
+    result = modelgate(
+        "serve", "--store", str(tmp_path / "s"), env={"MODELGATE_MAX_BATCH_SIZE": "abc"}
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "modelgate: setting max_batch_size from the variable MODELGATE_MAX_BATCH_SIZE: "
+        "expected an integer, got 'abc'\n",
+    )
+    result = modelgate("serve", "--store", str(tmp_path / "s"), "--warmup-runs", "-1")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "modelgate: setting warmup_runs from the flag --warmup-runs: must be at least 0, got -1\n",
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("setting", "workers"),
+    [
+        ("http_port", "shared"),
+        ("grpc_port", "shared"),
+        ("grpc_port", "thread"),
+        ("metrics_port", "shared"),
+    ],
+)
+def test_a_port_in_use_is_one_clear_line(
+    tmp_path: Path, taken_port: int, setting: str, workers: str
+) -> None:
+    flag = "--" + setting.replace("_", "-")
+    result = modelgate(
+        "serve", "--store", str(tmp_path / "s"), "--grpc-workers", workers,
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", flag, str(taken_port),
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"modelgate: cannot bind {setting} 127.0.0.1:{taken_port}: address already in use; "
+        f"stop the other process or choose another port with {flag} (0 picks a free one)\n",
+    )
+
+
+def test_the_registry_server_names_a_port_in_use(tmp_path: Path, taken_port: int) -> None:
+    result = modelgate(
+        "registry", "--store", str(tmp_path / "s"), "serve", "--port", str(taken_port)
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.endswith(
+        f"cannot bind port 127.0.0.1:{taken_port}: address already in use; "
+        "stop the other process or choose another port with --port (0 picks a free one)"
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.mark.parametrize("taken", ["grpc_port", "metrics_port"])
+async def test_a_port_in_use_leaves_nothing_bound(
+    settings: ServerSettings, store: RegistryStore, taken_port: int, taken: str
+) -> None:
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    ports[taken] = taken_port
+    gateway = Gateway(dataclasses.replace(settings, **ports), store)
+    with pytest.raises(BindError, match=f"^cannot bind {taken} 127.0.0.1:{taken_port}: "):
+        await gateway.start()
+    for name, port in ports.items():
+        if name != taken:  # bound before the failure, released after it
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))

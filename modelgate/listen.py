@@ -1,0 +1,67 @@
+"""Listening sockets, and the one clear error when a port cannot be had.
+
+The gateway (HTTP, gRPC, metrics) and the registry server bind ports a user chose; when one
+is taken, the user needs the setting, the address and what to do, not `[Errno 98]`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+class BindError(OSError):
+    """A port could not be bound; the message names the setting, the address and the fix."""
+
+
+def address(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host: str, port: int, *, setting: str, flag: str, backlog: int) -> socket.socket:
+    """A non-blocking TCP socket listening on host:port (0 picks a free port).
+
+    Raises BindError naming `setting` and, as the way out, `flag`.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise bind_error(host, port, setting=setting, flag=flag, cause=exc) from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_error(
+    host: str, port: int, *, setting: str, flag: str, cause: BaseException | None = None
+) -> BindError:
+    """The error for a failed bind of host:port; `cause` None means: find out by trying."""
+    if cause is None:
+        # A library that only says "failed to bind" (gRPC): a plain bind tells why.
+        try:
+            listen(host, port, setting=setting, flag=flag, backlog=1).close()
+        except BindError as exc:
+            return exc
+        return BindError(f"cannot bind {setting} {address(host, port)}; choose another with {flag}")
+    code = cause.errno if isinstance(cause, OSError) else None
+    if isinstance(cause, socket.gaierror):
+        reason = f"unknown host {host!r}; choose another with --host"
+    elif code == errno.EADDRINUSE:
+        reason = (
+            "address already in use; stop the other process or choose another port with "
+            f"{flag} (0 picks a free one)"
+        )
+    elif code == errno.EACCES:
+        reason = f"permission denied (ports below 1024 need privileges); choose another with {flag}"
+    elif code == errno.EADDRNOTAVAIL:
+        reason = "not an address of this machine; choose another with --host"
+    elif isinstance(cause, OverflowError):
+        reason = f"a port is a number from 0 to 65535; choose another with {flag}"
+    else:
+        reason = f"{getattr(cause, 'strerror', None) or cause}; choose another port with {flag}"
+    return BindError(f"cannot bind {setting} {address(host, port)}: {reason}")
