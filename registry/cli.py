@@ -15,6 +15,7 @@ import argparse
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,10 +123,25 @@ def run(args: argparse.Namespace) -> int:
             "history": _history,
             "show": _show,
         }[args.registry_command]
-        return command(registry, args)
+        status = command(registry, args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except BrokenPipeError:
+        # Registry I/O fails as RegistryError or httpx errors: a broken pipe is stdout's.
+        return _reader_gone()
     except (RegistryError, InvalidModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _reader_gone() -> int:
+    """stdout's reader left (`modelgate registry list | head`): end quietly, with the status
+    of a command that SIGPIPE stopped, as `yes | head` does."""
+    # The interpreter flushes stdout again on exit and would complain about the pipe.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _open(args: argparse.Namespace) -> RegistryClient:

@@ -299,3 +299,23 @@ async def test_a_port_in_use_leaves_nothing_bound(
         if name != taken:  # bound before the failure, released after it
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("command", [["list"], ["history"], ["show", "clf", "1"]])
+def test_registry_output_into_a_closed_pipe_ends_quietly(
+    tmp_path: Path, onnx_file: Path, command: list[str]
+) -> None:
+    store = str(tmp_path / "store")
+    assert (
+        modelgate("registry", "--store", store, "register", "clf", str(onnx_file)).returncode == 0
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) has gone before the first line
+    try:
+        result = subprocess.run(
+            [*MODELGATE, "registry", "--store", store, *command], stdout=write_end,
+            stderr=subprocess.PIPE, text=True, timeout=120, env=_env(),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
