@@ -244,8 +244,7 @@ class Setting:
 
     name: str
     path: tuple[str, ...]  # attribute path from ServerSettings
-    kind: type  # int, float, bool, str or Path
-    optional: bool  # None is a value (unset)
+    kind: type  # int, float, bool, str or Path (None, where allowed, means unset)
     default: Any
     rules: SettingRules
 
@@ -268,7 +267,7 @@ def _settings_of(cls: type, path: tuple[str, ...]) -> dict[str, Setting]:
             continue
         kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
         kind = kinds[0] if kinds else hints[f.name]
-        found[f.name] = Setting(f.name, (*path, f.name), kind, bool(kinds), f.default, rules)
+        found[f.name] = Setting(f.name, (*path, f.name), kind, f.default, rules)
     return found
 
 
@@ -295,7 +294,7 @@ _EXPECTED = {int: "an integer", float: "a number", bool: "on or off", str: "text
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
 
-def parse_text(s: Setting, raw: str) -> Any:
+def _parse_text(s: Setting, raw: str) -> Any:
     """A flag's or variable's text as the setting's type; ValueError says what is expected."""
     text = raw.strip()
     if s.kind is bool:
@@ -412,21 +411,22 @@ def build_settings(
     shared = {n: v for n, v in values.items() if SETTINGS[n].path[0] == "models"}
     top = {n: v for n, v in values.items() if n not in shared}
     with _naming(sources):
-        settings = ServerSettings(**top, models=_model_settings(shared))
+        models = _model_settings(shared)
     per_model = {}
     for model, table in config.get("models", {}).items():
         source = f"{file} ([models.{model}])"
         own = {**shared, **{n: _value(SETTINGS[n], v, source, False) for n, v in table.items()}}
         with _naming({**sources, **dict.fromkeys(table, source)}):
             per_model[model] = _model_settings(own)
-    return dataclasses.replace(settings, model_overrides=per_model)
+    with _naming(sources):
+        return ServerSettings(**top, models=models, model_overrides=per_model)
 
 
 def _value(s: Setting, value: Any, source: str, text: bool) -> Any:
     """`value` as setting `s` takes it: `text` (flags, variables) is parsed, typed values
     (TOML, Python) are checked; SettingsError names the setting and `source`."""
     try:
-        return parse_text(s, value) if text else _check_typed(s, value)
+        return _parse_text(s, value) if text else _check_typed(s, value)
     except ValueError as exc:
         raise SettingsError(f"setting {s.name} from {source}: {exc}") from None
 
