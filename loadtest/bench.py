@@ -30,13 +30,12 @@ Results (every run and the medians) go to loadtest/results/bench-<timestamp>.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
-import math
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +126,17 @@ def wait_ready(plan: ServerPlan, server: ServerProcess) -> dict[str, str]:
         return urls
     address = server.wait_for_line(BARE_LINE, READY_TIMEOUT).group(1)
     return {"grpc" if plan.server.startswith("bare_grpc") else "http": address}
+
+
+@contextlib.contextmanager
+def gateway(
+    stores: dict[str, Path], log: Path, flags: Sequence[str] = (), model: str = "light"
+) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """A gateway serving `model` (registered by `prepare_models`) with the benchmark's flags
+    plus `flags` (a flag given again wins), ready; its host:port per protocol. Always stopped."""
+    plan = ServerPlan(model, "gateway", "on", ())
+    with running([*server_argv(plan, stores), *flags], log, cwd=REPO) as server:
+        yield server, wait_ready(plan, server)
 
 
 def measure_server(
@@ -253,8 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.protocols <= {"grpc", "http"} or args.repeat < 1:
         cli.error("--protocols takes grpc and/or http; --repeat must be at least 1")
     if args.out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        args.out = REPO / "loadtest" / "results" / f"bench-{stamp}.json"
+        args.out = report.results_path("bench")
     return args
 
 
@@ -335,19 +344,7 @@ def write_json(
         "ratios": report.ratios(points, ceilings),
         "targets": report.targets(points, ceilings),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    """NaN (a point that failed) -> null, which strict JSON readers accept."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    report.write_json(path, doc)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,26 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (utime + stime) / _CLOCK_TICKS
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a live process (VmRSS in /proc/<pid>/status); 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a live process holds (sockets included); 0 once it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def clean_environment() -> dict[str, str]:
     """This process's environment without MODELGATE_* overrides, so servers run on defaults
     plus exactly the flags the benchmark passes."""

@@ -6,13 +6,18 @@ terminal output cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 NAN = float("nan")
 
@@ -217,27 +222,72 @@ def _num(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
-def text_table(points: Sequence[PointResult]) -> str:
-    """A fixed-width table for the terminal; errors are listed under it."""
-    rows = [list(_HEADERS), *(_cells(p) for p in points)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADERS))]
+def text_grid(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
+    """A fixed-width table for the terminal: the first `left` columns are text (left-aligned),
+    the rest numbers (right-aligned)."""
+    grid = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
         return "  ".join(
-            cell.ljust(w) if i < _LEFT else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
 
-    out = [line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:])]
+    return "\n".join([line(grid[0]), "  ".join("-" * w for w in widths), *map(line, grid[1:])])
+
+
+def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
+    """The same table as GitHub Markdown, numbers right-aligned."""
+    align = ["---"] * left + ["---:"] * (len(headers) - left)
+    return "\n".join("| " + " | ".join(row) + " |" for row in [list(headers), align, *rows])
+
+
+def text_table(points: Sequence[PointResult]) -> str:
+    """A fixed-width table for the terminal; errors are listed under it."""
+    out = [text_grid(_HEADERS, [_cells(p) for p in points], _LEFT)]
     out += [f"error: {' '.join(map(str, p.key))}: {p.error}" for p in points if p.error]
     return "\n".join(out)
 
 
 def markdown_table(points: Sequence[PointResult]) -> str:
     """The same table as GitHub Markdown, numbers right-aligned."""
-    align = ["---"] * _LEFT + ["---:"] * (len(_HEADERS) - _LEFT)
-    rows = [list(_HEADERS), align, *(_cells(p) for p in points)]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return markdown_grid(_HEADERS, [_cells(p) for p in points], _LEFT)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # gitignored
+
+
+def results_path(tool: str) -> Path:
+    """Where a run of `tool` keeps its JSON: loadtest/results/<tool>-<timestamp>.json."""
+    return RESULTS / f"{tool}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def revision() -> str:
+    """The checkout's commit, with "+changes" when the work tree differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Strict JSON (NaN, a number not measured, as null) in `path`, folders created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def ceiling_lines(ceilings: Sequence[CeilingResult]) -> list[str]:
