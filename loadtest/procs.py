@@ -87,6 +87,11 @@ class ServerProcess:
     def pid(self) -> int:
         return self._popen.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the server has exited, else None."""
+        return self._popen.poll()
+
     def cpu_seconds(self) -> float:
         """CPU time the server has used so far."""
         return cpu_seconds(self.pid)

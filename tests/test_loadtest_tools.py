@@ -1,0 +1,122 @@
+"""The overload, drain and slow-client tools (loadtest/overload.py, drain.py, slowclients.py)
+run end to end in a tiny configuration, as subprocesses against real gateways: each prints its
+table and writes JSON whose counts add up. No figure is judged here: speed lives in the tools.
+
+The three run at the same time (they mostly wait), so the module takes as long as the
+slowest of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from loadtest.openloop import Outcome, grpc_outcome, http_outcome
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = {
+    "overload": [
+        "--protocols", "http,grpc", "--loads", "2", "--seconds", "1", "--capacity-seconds", "1",
+        "--capacity-concurrency", "8", "--timeout", "1", "--recovery-limit", "1",
+        "--rss-after", "0.5", "--workers", "1", "--connections", "16",
+    ],
+    "drain": [
+        "--rounds", "1", "--lead", "1", "--tail", "0.2", "--http-rate", "100",
+        "--grpc-rate", "50", "--drain-delay", "0.2", "--drain-seconds", "2",
+    ],
+    "slowclients": [
+        "--connections", "10", "--huge-connections", "2", "--header-bytes", "65536",
+        "--hold", "1", "--trickle", "0.3",
+    ],
+}  # fmt: skip
+
+
+@dataclass
+class Ran:
+    code: int
+    output: str
+    results: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ran]]:
+    """Start the three tools together; each tool's exit status, output and JSON."""
+    tmp = tmp_path_factory.mktemp("tools")
+    started = {}
+    for name, args in TOOLS.items():
+        log = (tmp / f"{name}.log").open("w")
+        argv = [sys.executable, "-m", f"loadtest.{name}", *args, "--out", str(tmp / f"{name}.json")]
+        started[name] = (
+            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO),
+            log,
+        )
+    try:
+        done = {}
+        for name, (process, log) in started.items():
+            code = process.wait(timeout=180)
+            log.close()
+            output = (tmp / f"{name}.log").read_text()
+            path = tmp / f"{name}.json"
+            done[name] = Ran(code, output, json.loads(path.read_text()) if path.exists() else {})
+        yield done
+    finally:
+        for process, log in started.values():
+            process.kill()
+            process.wait()
+            log.close()
+
+
+def test_overload_reports_every_phase(ran: dict[str, Ran]) -> None:
+    run = ran["overload"]
+    assert run.code == 0, run.output
+    assert "goodput/s" in run.output and "capacity http:" in run.output, run.output
+    phases = run.results["phases"]
+    assert [(p["protocol"], p["load"]) for p in phases] == [("http", 2.0), ("grpc", 2.0)]
+    for p in phases:
+        ended = p["ok"] + p["refused"] + p["timeout"] + p["lost"] + p["error"]
+        assert ended == p["scheduled"] > 0, p
+        assert p["rss_peak_mb"] > 0, p
+
+
+def test_drain_counts_every_request_and_fails_on_losses(ran: dict[str, Ran]) -> None:
+    run = ran["drain"]
+    assert "sent before SIGTERM" in run.output, run.output
+    rounds = run.results["rounds"]
+    assert [t["protocol"] for t in rounds] == ["http", "grpc"]
+    for t in rounds:
+        ended = t["answered"] + t["refused"] + t["lost"] + t["other"]
+        assert ended == t["before_sigterm"] + t["after_sigterm"], t
+        assert t["before_sigterm"] > 0 and t["exit_code"] == 0, t
+    lost = sum(t["lost"] + t["other"] for t in rounds)
+    assert run.code == (1 if lost else 0), run.output
+
+
+def test_slowclients_reports_every_scenario(ran: dict[str, Ran]) -> None:
+    run = ran["slowclients"]
+    assert run.code == 0, run.output
+    assert "closed by server" in run.output, run.output
+    scenarios = run.results["scenarios"]
+    assert [s["scenario"] for s in scenarios] == [
+        "idle-http", "idle-grpc", "slowloris", "slow-body", "huge-headers",
+    ]  # fmt: skip
+    for s in scenarios:
+        assert 0 < s["opened"] <= s["connections"], s
+        assert s["fds"][1] >= s["fds"][0], s
+
+
+def test_statuses_map_to_outcomes() -> None:
+    assert http_outcome(200) is Outcome.OK
+    assert http_outcome(503) is Outcome.REFUSED
+    assert http_outcome(400) is Outcome.ERROR
+    assert grpc_outcome(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full") is Outcome.REFUSED
+    assert grpc_outcome(grpc.StatusCode.UNAVAILABLE, "failed to connect") is Outcome.REFUSED
+    assert grpc_outcome(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer") is Outcome.LOST
+    assert grpc_outcome(grpc.StatusCode.CANCELLED, "CANCELLED") is Outcome.LOST
+    assert grpc_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, "") is Outcome.TIMEOUT
