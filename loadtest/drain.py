@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "gateway": f"light model, --drain-delay {args.drain_delay:g} --drain-seconds "
         f"{args.drain_seconds:g} {args.gateway_args}".rstrip(),
         "wall time": f"{time.monotonic() - started:.0f} s",
+        "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     print()
     for key, value in header.items():

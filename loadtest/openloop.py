@@ -279,7 +279,11 @@ class HttpPool:
         while ready and (ready[0].dead or ready[0].closing):
             ready.popleft().queued = False
         if ready:
-            self._send(ready[0], index)
+            connection = ready[0]
+            self._send(connection, index)
+            if len(connection.outstanding) >= self._pipeline:
+                ready.popleft()
+                connection.queued = False
         elif self._open < self._bound:
             self._connect(index)
         else:
@@ -300,10 +304,6 @@ class HttpPool:
         connection.transport.write(self._requests[index % len(self._requests)])
         connection.outstanding.append(index)
         self._carrier[index] = connection
-        if len(connection.outstanding) >= self._pipeline and connection.queued:
-            # only `submit` sends on a queued connection, and it takes the first one
-            self._ready.popleft()
-            connection.queued = False
 
     def _free(self, connection: _HttpConnection) -> None:
         """A connection can take another request: give it a waiting one, or queue it."""
@@ -312,6 +312,9 @@ class HttpPool:
             if not self._record.outcome[index]:
                 self._send(connection, index)
                 if len(connection.outstanding) >= self._pipeline:
+                    if connection.queued:  # pipelining: it may sit anywhere in the queue
+                        self._ready.remove(connection)
+                        connection.queued = False
                     return
         if not connection.queued and not connection.closing:
             connection.queued = True

@@ -20,13 +20,13 @@ Per phase it reports:
 - recovery: from the end of sending until a probe request (one at a time, every 0.1 s)
   is back to normal: five probes in a row answered OK with their median within 2x the idle
   latency (the median of 15 probes, as spaced, before the phase); "> N" if not within
-  `--recovery-limit`;
+  `--recovery-limit` (the JSON keeps every probe);
 - the generator's own health: its send rate against the schedule, p99 of its lag behind
   the schedule, its CPU (100 = one core), and how many HTTP requests waited for a pooled
   connection. A phase whose generator sent less than 95% of its schedule is flagged
-  GENERATOR-LIMITED: its real offered load is sent/s, not offered/s. A large lag with the
-  rate kept means burstier arrivals than scheduled (on a busy 2-core machine, the generator
-  is not always on a core when a request is due).
+  GENERATOR-LIMITED (a * by sent/s): its real offered load is sent/s, not offered/s. A
+  large lag with the rate kept means burstier arrivals than scheduled (on a busy 2-core
+  machine, the generator is not always on a core when a request is due).
 
     python -m loadtest.overload [--protocols http,grpc] [--loads 1,2,5] [--seconds 10]
                                 [--timeout 10] [--workers 2] [--markdown]
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import shlex
 import statistics
 import sys
@@ -128,6 +129,7 @@ class Phase:
     pool_waits: int
     connections: int
     details: dict[str, int] = field(default_factory=dict)
+    recovery_probes: list[tuple[float, str, float]] = field(default_factory=list)
 
     @property
     def generator_limited(self) -> bool:
@@ -178,20 +180,24 @@ async def idle_latency(probe: Probe, count: int = IDLE_PROBES) -> float:
     return statistics.median(latencies) if latencies else NAN
 
 
-async def recovery(probe: Probe, idle: float, since: float, limit: float) -> float | None:
-    """Seconds from `since` until probes are back to normal (see the module docstring);
-    None if not within `limit` seconds."""
+async def recovery(
+    probe: Probe, idle: float, since: float, limit: float
+) -> tuple[float | None, list[tuple[float, str, float]]]:
+    """Seconds from `since` until probes are back to normal (see the module docstring), None
+    if not within `limit` seconds; and every probe: (sent after `since` s, outcome, ms)."""
     window: deque[tuple[float, bool, float]] = deque(maxlen=RECOVERY_PROBES)
+    trace: list[tuple[float, str, float]] = []
     deadline = since + limit
     while time.monotonic() < deadline:
         sent = time.monotonic()
         outcome, seconds = await probe(max(0.1, min(5.0, deadline - sent)))
+        trace.append((round(sent - since, 3), outcome.name, round(seconds * 1000, 3)))
         window.append((sent, outcome is Outcome.OK, seconds))
         full = len(window) == RECOVERY_PROBES and all(ok for _, ok, _ in window)
         if full and statistics.median(s for _, _, s in window) <= RECOVERY_FACTOR * idle:
-            return max(0.0, window[0][0] - since)
+            return max(0.0, window[0][0] - since), trace
         await sleep_until(sent + PROBE_GAP)
-    return None
+    return None, trace
 
 
 class Run:
@@ -285,13 +291,15 @@ class Run:
         recovered = asyncio.ensure_future(recovery(probe, idle, end, s.recovery_limit))
         await sleep_until(end + s.rss_after)
         rss_after = rss_bytes(server.pid)
-        recovery_seconds = await recovered
+        recovery_seconds, probes = await recovered
         outcomes = Outcomes.merge(await results)
         rss_peak = await memory.stop()
-        return summarize(
+        phase = summarize(
             protocol, load, capacity, s, outcomes, start, idle, recovery_seconds,
             (rss_start, rss_peak, rss_after), 100 * server_cpu / s.seconds,
         )  # fmt: skip
+        phase.recovery_probes = probes
+        return phase
 
 
 def summarize(
@@ -351,7 +359,7 @@ def summarize(
 HEADERS = (
     "proto", "load", "offered/s", "sent/s", "goodput/s", "of capacity", "refused", "timeout",
     "lost", "p50 ms", "p99 ms", "refused p99 ms", "RSS peak MB", "RSS after MB", "recovery s",
-    "generator",
+    "gen lag p99 ms", "gen CPU %", "waited for conn",
 )  # fmt: skip
 LEFT = 2
 
@@ -364,23 +372,23 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{value:.1%}"
 
 
-def generator_note(p: Phase) -> str:
-    """How far the generator kept its schedule."""
-    note = f"lag p99 {p.generator_lag_p99_ms:.1f} ms, CPU {p.generator_cpu_percent:.0f}%"
-    if p.pool_waits:
-        note += f", {p.share(p.pool_waits):.0%} waited for a connection"
-    return ("GENERATOR-LIMITED: " if p.generator_limited else "") + note
-
-
 def cells(p: Phase, limit: float) -> list[str]:
     recovered = f"> {limit:g}" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f}"
+    sent = _num(p.sent_per_second) + (" *" if p.generator_limited else "")
     return [
-        p.protocol, f"{p.load:g}x", _num(p.offered_per_second), _num(p.sent_per_second),
+        p.protocol, f"{p.load:g}x", _num(p.offered_per_second), sent,
         _num(p.goodput_per_second), _pct(p.goodput_share), _pct(p.share(p.refused)),
         _pct(p.share(p.timeout)), _pct(p.share(p.lost)), _num(p.p50_ms, 1), _num(p.p99_ms, 1),
         _num(p.refused_p99_ms, 1), _num(p.rss_peak_mb), _num(p.rss_after_mb), recovered,
-        generator_note(p),
+        _num(p.generator_lag_p99_ms, 1), _num(p.generator_cpu_percent),
+        _pct(p.share(p.pool_waits)),
     ]  # fmt: skip
+
+
+LIMITED_NOTE = (
+    "* GENERATOR-LIMITED: the generator sent less than 95% of its schedule; the real offered "
+    "load is sent/s"
+)
 
 
 def print_report(
@@ -401,6 +409,8 @@ def print_report(
     rows = [cells(p, settings.recovery_limit) for p in phases]
     print()
     print(report.text_grid(HEADERS, rows, LEFT))
+    if any(p.generator_limited for p in phases):
+        print(LIMITED_NOTE)
     for p in phases:
         if p.details:
             said = "; ".join(f"{text} x{count}" for text, count in p.details.items())
@@ -494,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         _, stores = bench.prepare_models(workdir, ["light"])
         capacities, phases = asyncio.run(measure(settings, stores, workdir))
     header["wall time"] = f"{time.monotonic() - started:.0f} s"
+    header["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print_report(header, capacities, phases, settings, args.markdown)
     out = args.out or report.results_path("overload")
     report.write_json(

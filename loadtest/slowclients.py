@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import resource
 import statistics
 import sys
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "held": f"{args.hold:g} s per scenario, slow writes every {args.trickle:g} s, "
         f"probes on new connections every {PROBE_GAP:g} s",
         "wall time": f"{time.monotonic() - started:.0f} s",
+        "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     print()
     for key, value in header.items():
