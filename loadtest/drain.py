@@ -16,7 +16,9 @@ scheduled before the grace end (or before sending stopped, if that came first) i
   UNAVAILABLE for a broken connection, or no answer within `--timeout` seconds;
 - other: any other status.
 
-"lost at" gives the first and last loss (or other failure), seconds after SIGTERM.
+"lost at" gives the first and last loss (or other failure), seconds after SIGTERM; a loss
+before SIGTERM means the load itself was too much for the gateway at the time (a warning
+says so).
 What the failures said (statuses, error texts) is listed under the table.
 
 Exit status 1 if any request was lost or ended otherwise, so the tool can serve as a check.
@@ -63,6 +65,7 @@ class Tally:
     refused: int
     lost: int
     other: int
+    lost_before_sigterm: int  # ended before SIGTERM: the load, not the drain, lost them
     exit_seconds: float | None  # from SIGTERM to the gateway's exit; None: not in time
     exit_code: int | None
     lost_at: tuple[float, float] | None  # first and last loss, seconds after SIGTERM
@@ -92,6 +95,7 @@ def tally(
         o.count(Outcome.REFUSED, counted),
         lost,
         o.count(Outcome.ERROR, counted),
+        int(np.count_nonzero(failed & (o.finished < sigterm))),
         *exited,
         lost_at,
         dict(o.details.most_common()),
@@ -230,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.markdown_grid(HEADERS, rows, LEFT))
     lost = sum(t.lost + t.other for t in tallies)
+    early = sum(t.lost_before_sigterm for t in tallies)
+    if early:
+        print(
+            f"\nwarning: {early} of them failed before SIGTERM: the load was too much for the "
+            "gateway on this machine at the time; lower --http-rate/--grpc-rate"
+        )
     print(f"\n{'FAIL' if lost else 'ok'}: {lost} request(s) lost in {args.rounds} drain(s)")
     out = args.out or report.results_path("drain")
     report.write_json(
