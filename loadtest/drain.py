@@ -205,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the rounds, print the counts; 1 if any request was lost."""
     args = parse_args(argv)
     started = time.monotonic()
+    machine = report.machine()
     with tempfile.TemporaryDirectory(prefix="modelgate-drain-") as tmp:
         workdir = Path(tmp)
         _, stores = bench.prepare_models(workdir, ["light"])
         tallies = asyncio.run(run(args, stores, workdir))
     header = {
-        **report.machine(),
+        **machine,
         "commit": report.revision(),
         "load": f"HTTP {args.http_rate:g}/s (pool of {args.connections}), gRPC "
         f"{args.grpc_rate:g}/s, Poisson; SIGTERM after {args.lead:g} s; deadline "

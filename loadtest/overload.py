@@ -32,7 +32,7 @@ Per phase it reports:
                                 [--timeout 10] [--workers 2] [--markdown]
     python -m loadtest.overload --gateway-args "--max-queue 256"   # the same, other settings
 
-A full run (both protocols, three loads) takes about 4-6 minutes. JSON goes to
+A full run (both protocols, three loads) takes about 3 minutes. JSON goes to
 loadtest/results/overload-<timestamp>.json.
 """
 

@@ -366,12 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios one after another; print and save the results."""
     args = parse_args(argv)
     started = time.monotonic()
+    machine = report.machine()
     with tempfile.TemporaryDirectory(prefix="modelgate-slowclients-") as tmp:
         workdir = Path(tmp)
         stores = None if args.http else bench.prepare_models(workdir, ["light"])[1]
         results, server_limit = asyncio.run(run(args, workdir, stores))
     header = {
-        **report.machine(),
+        **machine,
         "commit": report.revision(),
         "gateway": f"{args.http} (pid {args.pid})" if args.http else "a fresh one per scenario",
         "gateway open-file limit (soft / hard)": server_limit,
