@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import bench, report
-from loadtest.openloop import Generators, Job, Outcome, Outcomes
+from loadtest.clients import Outcome
+from loadtest.openloop import Generators, Job, Outcomes
 from loadtest.procs import ServerProcess
 from modelgate.gateway.settings import ServerSettings
 

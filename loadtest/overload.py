@@ -55,8 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import bench, report
-from loadtest.openloop import Generators, Job, Outcome, Outcomes, Probe, probe_for, shares
-from loadtest.procs import ServerProcess, rss_bytes
+from loadtest.clients import Outcome, Probe, probe_for
+from loadtest.openloop import Generators, Job, Outcomes, shares
+from loadtest.procs import PeakWatch, ServerProcess, rss_bytes
 
 NAN = float("nan")
 SENT_LIMIT = 0.95  # a generator that sent less than this share of its schedule is flagged
@@ -142,25 +143,6 @@ class Phase:
 def percentile_ms(seconds: np.ndarray, q: float) -> float:
     """The q-th percentile in milliseconds; NaN for no values."""
     return float(np.percentile(seconds, q)) * 1000 if seconds.size else NAN
-
-
-class MemoryWatch:
-    """Polls a process's RSS every 0.1 s while running; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = rss_bytes(pid)
-        self._task = asyncio.get_running_loop().create_task(self._poll())
-
-    async def _poll(self) -> None:
-        while True:
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            await asyncio.sleep(0.1)
-
-    async def stop(self) -> int:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        return self.peak
 
 
 async def sleep_until(moment: float) -> None:
@@ -283,7 +265,7 @@ class Run:
         rss_start = rss_bytes(server.pid)
         self.gens.start(jobs)
         results = asyncio.ensure_future(asyncio.to_thread(self.gens.results))
-        memory = MemoryWatch(server.pid)
+        memory = PeakWatch(server.pid)
         await sleep_until(start)
         cpu_start = server.cpu_seconds()
         await sleep_until(end)
@@ -293,7 +275,7 @@ class Run:
         rss_after = rss_bytes(server.pid)
         recovery_seconds, probes = await recovered
         outcomes = Outcomes.merge(await results)
-        rss_peak = await memory.stop()
+        rss_peak, _ = await memory.stop()
         phase = summarize(
             protocol, load, capacity, s, outcomes, start, idle, recovery_seconds,
             (rss_start, rss_peak, rss_after), 100 * server_cpu / s.seconds,

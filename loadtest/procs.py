@@ -6,6 +6,7 @@ could fill and block on); the driver polls that file for the server's listening 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -52,6 +53,30 @@ def open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+class PeakWatch:
+    """Polls a live process's RSS and open fds from the running event loop every `interval`
+    seconds until stopped; keeps the peaks."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.rss = rss_bytes(pid)
+        self.fds = open_fds(pid)
+        self._interval = interval
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            self.rss = max(self.rss, rss_bytes(self.pid))
+            self.fds = max(self.fds, open_fds(self.pid))
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> tuple[int, int]:
+        """Stop polling; the peak RSS (bytes) and the peak count of open fds."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return self.rss, self.fds
 
 
 def clean_environment() -> dict[str, str]:

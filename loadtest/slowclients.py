@@ -2,8 +2,8 @@
 nothing, trickle their headers or their body, or send huge headers, and whether a normal
 request still gets through meanwhile.
 
-Scenarios, each held for `--hold` seconds against a fresh gateway (the light model), or
-against a running one given by `--http`, `--grpc` and `--pid`:
+Scenarios, one after another, each held for `--hold` seconds, against one gateway started
+for the run (the light model) or a running one given by `--http`, `--grpc` and `--pid`:
 
 - idle-http: `--connections` TCP connections to the HTTP port that send nothing;
 - idle-grpc: the same against the gRPC port;
@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import bench, report
-from loadtest.openloop import Outcome, http_requests, probe_for
-from loadtest.procs import open_fds, rss_bytes
+from loadtest.clients import Outcome, http_requests, probe_for
+from loadtest.procs import PeakWatch, open_fds, rss_bytes
 
 SCENARIOS = ("idle-http", "idle-grpc", "slowloris", "slow-body", "huge-headers")
 PROBE_GAP = 0.5
@@ -173,27 +173,6 @@ def open_files_limit(pid: int) -> str:
     return "unknown"
 
 
-class Watch:
-    """The server's fds and RSS every 0.2 s; the peaks."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.fds = open_fds(pid)
-        self.rss = rss_bytes(pid)
-        self._task = asyncio.get_running_loop().create_task(self._poll())
-
-    async def _poll(self) -> None:
-        while True:
-            self.fds = max(self.fds, open_fds(self.pid))
-            self.rss = max(self.rss, rss_bytes(self.pid))
-            await asyncio.sleep(0.2)
-
-    async def stop(self) -> tuple[int, int]:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        return self.fds, self.rss
-
-
 async def probes(protocol: str, address: str, until: float) -> tuple[int, int, float]:
     """New-connection probes every PROBE_GAP until `until`: answered OK, sent, slowest (s)."""
     probe = probe_for(protocol, address, fresh=True)
@@ -243,7 +222,7 @@ async def scenario(
 ) -> Result:
     """Open, send, hold (probing and watching), close; the figures."""
     fds_before, rss_before = open_fds(pid), rss_bytes(pid)
-    watch = Watch(pid)
+    watch = PeakWatch(pid, interval=0.2)
     errors: Counter[str] = Counter()
     held = await open_all(urls[pattern.port], count, errors)
     for index, connection in enumerate(held):
@@ -264,7 +243,7 @@ async def scenario(
         if connection.transport is not None:
             connection.transport.close()
     await asyncio.sleep(min(SETTLE, args.hold))
-    fds_peak, rss_peak = await watch.stop()
+    rss_peak, fds_peak = await watch.stop()
     mb = 1 / 2**20
     return Result(
         name,
@@ -285,13 +264,13 @@ async def scenario(
 
 @contextlib.contextmanager
 def target(
-    args: argparse.Namespace, workdir: Path, stores: dict[str, Path] | None, name: str
+    args: argparse.Namespace, workdir: Path, stores: dict[str, Path] | None
 ) -> Iterator[tuple[dict[str, str], int]]:
     """The gateway to test: the running one named on the command line, or a fresh one."""
     if stores is None:
         yield {"http": args.http, "grpc": args.grpc}, args.pid
         return
-    with bench.gateway(stores, workdir / f"gateway-{name}.log") as (server, urls):
+    with bench.gateway(stores, workdir / "gateway.log") as (server, urls):
         yield urls, server.pid
 
 
@@ -348,17 +327,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(
     args: argparse.Namespace, workdir: Path, stores: dict[str, Path] | None
 ) -> tuple[list[Result], str]:
+    """Every scenario, one after another, against one gateway."""
     results: list[Result] = []
-    server_limit = "unknown"
-    for name in args.scenarios:
-        with target(args, workdir, stores, name) as (urls, pid):
-            server_limit = open_files_limit(pid)
+    with target(args, workdir, stores) as (urls, pid):
+        server_limit = open_files_limit(pid)  # before this process raises its own
+        for name in args.scenarios:
             count = args.huge_connections if name == "huge-headers" else args.connections
             raise_open_files(count + 256)
             pattern = patterns(urls["http"], args.header_bytes)[name]
             result = await scenario(name, pattern, count, urls, pid, args)
-        results.append(result)
-        print("  " + report.text_grid(HEADERS, [cells(result)], LEFT).splitlines()[-1], flush=True)
+            results.append(result)
+            row = report.text_grid(HEADERS, [cells(result)], LEFT).splitlines()[-1]
+            print("  " + row, flush=True)
     return results, server_limit
 
 
@@ -374,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         **machine,
         "commit": report.revision(),
-        "gateway": f"{args.http} (pid {args.pid})" if args.http else "a fresh one per scenario",
+        "gateway": f"{args.http} (pid {args.pid})" if args.http else "one, light model",
         "gateway open-file limit (soft / hard)": server_limit,
         "held": f"{args.hold:g} s per scenario, slow writes every {args.trickle:g} s, "
         f"probes on new connections every {PROBE_GAP:g} s",

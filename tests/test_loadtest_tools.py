@@ -2,7 +2,7 @@
 run end to end in a tiny configuration, as subprocesses against real gateways: each prints its
 table and writes JSON whose counts add up. No figure is judged here: speed lives in the tools.
 
-The three run at the same time (they mostly wait), so the module takes as long as the
+The runs go at the same time (they mostly wait), so the module takes as long as the
 slowest of them."""
 
 from __future__ import annotations
@@ -18,23 +18,40 @@ from typing import Any
 import grpc
 import pytest
 
-from loadtest.openloop import Outcome, grpc_outcome, http_outcome
+from loadtest.clients import Outcome, grpc_outcome, http_outcome
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = {
-    "overload": [
-        "--protocols", "http,grpc", "--loads", "2", "--seconds", "1", "--capacity-seconds", "1",
-        "--capacity-concurrency", "8", "--timeout", "1", "--recovery-limit", "1",
-        "--rss-after", "0.5", "--workers", "1", "--connections", "16",
-    ],
-    "drain": [
+_OVERLOAD = [
+    "--loads",
+    "2",
+    "--seconds",
+    "1",
+    "--capacity-seconds",
+    "1",
+    "--capacity-concurrency",
+    "8",
+    "--timeout",
+    "1",
+    "--recovery-limit",
+    "1",
+    "--rss-after",
+    "0.5",
+    "--workers",
+    "1",
+    "--connections",
+    "16",
+]
+RUNS = {  # name: (module, arguments); the two protocols of overload run apart, side by side
+    "overload-http": ("overload", [*_OVERLOAD, "--protocols", "http"]),
+    "overload-grpc": ("overload", [*_OVERLOAD, "--protocols", "grpc"]),
+    "drain": ("drain", [
         "--rounds", "1", "--lead", "1", "--tail", "0.2", "--http-rate", "100",
         "--grpc-rate", "50", "--drain-delay", "0.2", "--drain-seconds", "2",
-    ],
-    "slowclients": [
+    ]),
+    "slowclients": ("slowclients", [
         "--connections", "10", "--huge-connections", "2", "--header-bytes", "65536",
         "--hold", "1", "--trickle", "0.3",
-    ],
+    ]),
 }  # fmt: skip
 
 
@@ -47,12 +64,19 @@ class Ran:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ran]]:
-    """Start the three tools together; each tool's exit status, output and JSON."""
+    """Start every run together; each one's exit status, output and JSON."""
     tmp = tmp_path_factory.mktemp("tools")
     started = {}
-    for name, args in TOOLS.items():
+    for name, (module, args) in RUNS.items():
         log = (tmp / f"{name}.log").open("w")
-        argv = [sys.executable, "-m", f"loadtest.{name}", *args, "--out", str(tmp / f"{name}.json")]
+        argv = [
+            sys.executable,
+            "-m",
+            f"loadtest.{module}",
+            *args,
+            "--out",
+            str(tmp / f"{name}.json"),
+        ]
         started[name] = (
             subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO),
             log,
@@ -73,12 +97,13 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ran]]:
             log.close()
 
 
-def test_overload_reports_every_phase(ran: dict[str, Ran]) -> None:
-    run = ran["overload"]
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_overload_reports_its_phase(ran: dict[str, Ran], protocol: str) -> None:
+    run = ran[f"overload-{protocol}"]
     assert run.code == 0, run.output
-    assert "goodput/s" in run.output and "capacity http:" in run.output, run.output
+    assert "goodput/s" in run.output and f"capacity {protocol}:" in run.output, run.output
     phases = run.results["phases"]
-    assert [(p["protocol"], p["load"]) for p in phases] == [("http", 2.0), ("grpc", 2.0)]
+    assert [(p["protocol"], p["load"]) for p in phases] == [(protocol, 2.0)]
     for p in phases:
         ended = p["ok"] + p["refused"] + p["timeout"] + p["lost"] + p["error"]
         assert ended == p["scheduled"] > 0, p
