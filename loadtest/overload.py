@@ -21,6 +21,7 @@ Per phase it reports:
   is back to normal: five probes in a row answered OK with their median within 2x the idle
   latency (the median of 15 probes, as spaced, before the phase); "> N" if not within
   `--recovery-limit` (the JSON keeps every probe);
+- the server's CPU while sending (100 = one core: what the scheduler gave it);
 - the generator's own health: its send rate against the schedule, p99 of its lag behind
   the schedule, its CPU (100 = one core), and how many HTTP requests waited for a pooled
   connection. A phase whose generator sent less than 95% of its schedule is flagged
@@ -341,7 +342,7 @@ def summarize(
 HEADERS = (
     "proto", "load", "offered/s", "sent/s", "goodput/s", "of capacity", "refused", "timeout",
     "lost", "p50 ms", "p99 ms", "refused p99 ms", "RSS peak MB", "RSS after MB", "recovery s",
-    "gen lag p99 ms", "gen CPU %", "waited for conn",
+    "server CPU %", "gen lag p99 ms", "gen CPU %", "waited for conn",
 )  # fmt: skip
 LEFT = 2
 
@@ -362,7 +363,7 @@ def cells(p: Phase, limit: float) -> list[str]:
         _num(p.goodput_per_second), _pct(p.goodput_share), _pct(p.share(p.refused)),
         _pct(p.share(p.timeout)), _pct(p.share(p.lost)), _num(p.p50_ms, 1), _num(p.p99_ms, 1),
         _num(p.refused_p99_ms, 1), _num(p.rss_peak_mb), _num(p.rss_after_mb), recovered,
-        _num(p.generator_lag_p99_ms, 1), _num(p.generator_cpu_percent),
+        _num(p.server_cpu_percent), _num(p.generator_lag_p99_ms, 1), _num(p.generator_cpu_percent),
         _pct(p.share(p.pool_waits)),
     ]  # fmt: skip
 
@@ -459,6 +460,9 @@ async def measure(
             capacity = await run.capacity(protocol)
             capacities.append(capacity)
             print(f"{protocol}: capacity {capacity.requests_per_second:,.0f} req/s", flush=True)
+            if capacity.requests_per_second <= 0:
+                print(f"{protocol}: no request answered while measuring capacity; no phases")
+                continue
             for load in settings.loads:
                 phase = await run.phase(protocol, load, capacity.requests_per_second)
                 phases.append(phase)
