@@ -198,7 +198,7 @@ async def run(args: argparse.Namespace, stores: dict[str, Path], workdir: Path) 
         for number in range(1, args.rounds + 1):
             tallies += await one_round(number, args, stores, workdir, gens)
             for t in tallies[-2:]:
-                print("  " + report.text_grid(HEADERS, [cells(t)], LEFT).splitlines()[-1])
+                print("  " + report.table_row(HEADERS, cells(t), LEFT), flush=True)
     return tallies
 
 
@@ -213,28 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         tallies = asyncio.run(run(args, stores, workdir))
     header = {
         **machine,
-        "commit": report.revision(),
         "load": f"HTTP {args.http_rate:g}/s (pool of {args.connections}), gRPC "
         f"{args.grpc_rate:g}/s, Poisson; SIGTERM after {args.lead:g} s; deadline "
         f"{args.timeout:g} s",
         "gateway": f"light model, --drain-delay {args.drain_delay:g} --drain-seconds "
         f"{args.drain_seconds:g} {args.gateway_args}".rstrip(),
-        "wall time": f"{time.monotonic() - started:.0f} s",
-        "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    print()
-    for key, value in header.items():
-        print(f"{key}: {value}")
-    rows = [cells(t) for t in tallies]
-    print()
-    print(report.text_grid(HEADERS, rows, LEFT))
-    failed = [t for t in tallies if t.lost or t.other]
-    for t in failed:
-        said = "; ".join(f"{text} x{count}" for text, count in t.details.items())
-        print(f"round {t.round} {t.protocol}: {said}")
-    if args.markdown:
-        print()
-        print(report.markdown_grid(HEADERS, rows, LEFT))
+    header = report.finish_header(header, started)
+    said = [
+        f"round {t.round} {t.protocol}: "
+        + "; ".join(f"{text} x{count}" for text, count in t.details.items())
+        for t in tallies
+        if t.lost or t.other
+    ]
+    report.print_run(header, (HEADERS, [cells(t) for t in tallies], LEFT), said, args.markdown)
     lost = sum(t.lost + t.other for t in tallies)
     early = sum(t.lost_before_sigterm for t in tallies)
     if early:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import shlex
 import statistics
 import sys
@@ -374,33 +373,14 @@ LIMITED_NOTE = (
 )
 
 
-def print_report(
-    header: dict[str, str],
-    capacities: list[Capacity],
-    phases: list[Phase],
-    settings: Settings,
-    markdown: bool,
-) -> None:
-    print()
-    for key, value in header.items():
-        print(f"{key}: {value}")
-    for c in capacities:
-        print(
-            f"capacity {c.protocol}: {c.requests_per_second:,.0f} req/s closed loop at "
-            f"c={c.concurrency} (p50 {c.p50_ms:.1f} ms, p99 {c.p99_ms:.1f} ms, {c.failed} failed)"
-        )
-    rows = [cells(p, settings.recovery_limit) for p in phases]
-    print()
-    print(report.text_grid(HEADERS, rows, LEFT))
-    if any(p.generator_limited for p in phases):
-        print(LIMITED_NOTE)
+def notes(capacities: list[Capacity], phases: list[Phase]) -> list[str]:
+    """What goes under the table: the flag's meaning and what the failures said."""
+    lines = [LIMITED_NOTE] if any(p.generator_limited for p in phases) else []
     for p in phases:
         if p.details:
             said = "; ".join(f"{text} x{count}" for text, count in p.details.items())
-            print(f"{p.protocol} {p.load:g}x failures: {said}")
-    if markdown:
-        print()
-        print(report.markdown_grid(HEADERS, rows, LEFT))
+            lines.append(f"{p.protocol} {p.load:g}x failures: {said}")
+    return lines
 
 
 # --- command line -------------------------------------------------------------------------
@@ -467,7 +447,7 @@ async def measure(
                 phase = await run.phase(protocol, load, capacity.requests_per_second)
                 phases.append(phase)
                 row = cells(phase, settings.recovery_limit)
-                print("  " + report.text_grid(HEADERS, [row], LEFT).splitlines()[-1], flush=True)
+                print("  " + report.table_row(HEADERS, row, LEFT), flush=True)
     return capacities, phases
 
 
@@ -477,7 +457,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     header = {
         **report.machine(),
-        "commit": report.revision(),
         "phases": f"{settings.seconds:g} s open loop ("
         f"{'Poisson' if settings.poisson else 'constant rate'}), deadline {settings.timeout:g} s,"
         f" {settings.workers} generator processes, HTTP pool {settings.connections}"
@@ -489,9 +468,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         _, stores = bench.prepare_models(workdir, ["light"])
         capacities, phases = asyncio.run(measure(settings, stores, workdir))
-    header["wall time"] = f"{time.monotonic() - started:.0f} s"
-    header["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print_report(header, capacities, phases, settings, args.markdown)
+    for c in capacities:
+        header[f"capacity {c.protocol}"] = (
+            f"{c.requests_per_second:,.0f} req/s closed loop at c={c.concurrency} (p50 "
+            f"{c.p50_ms:.1f} ms, p99 {c.p99_ms:.1f} ms, {c.failed} failed)"
+        )
+    header = report.finish_header(header, started)
+    rows = [cells(p, settings.recovery_limit) for p in phases]
+    report.print_run(header, (HEADERS, rows, LEFT), notes(capacities, phases), args.markdown)
     out = args.out or report.results_path("overload")
     report.write_json(
         out,

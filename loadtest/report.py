@@ -255,6 +255,39 @@ def markdown_table(points: Sequence[PointResult]) -> str:
     return markdown_grid(_HEADERS, [_cells(p) for p in points], _LEFT)
 
 
+def table_row(headers: Sequence[str], row: Sequence[str], left: int) -> str:
+    """One row as `text_grid` would lay it out alone: a progress line."""
+    return text_grid(headers, [row], left).splitlines()[-1]
+
+
+def finish_header(header: dict[str, str], started: float) -> dict[str, str]:
+    """A tool run's header lines (the machine at the start and its own) with the commit, the
+    wall time since `started` (monotonic) and the load average at the end added."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    wall = f"{time.monotonic() - started:.0f} s"
+    return {**header, "commit": revision(), "wall time": wall, "load_average_at_end": load}
+
+
+def print_run(
+    header: dict[str, str],
+    table: tuple[Sequence[str], Sequence[Sequence[str]], int],
+    notes: Sequence[str],
+    markdown: bool,
+) -> None:
+    """A tool run's output: header lines, the table (headers, rows, text columns), notes
+    under it, and the table again as Markdown if asked."""
+    print()
+    for key, value in header.items():
+        print(f"{key}: {value}")
+    print()
+    print(text_grid(*table))
+    for note in notes:
+        print(note)
+    if markdown:
+        print()
+        print(markdown_grid(*table))
+
+
 RESULTS = Path(__file__).resolve().parent / "results"  # gitignored
 
 

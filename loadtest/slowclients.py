@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
 import resource
 import statistics
 import sys
@@ -337,8 +336,7 @@ async def run(
             pattern = patterns(urls["http"], args.header_bytes)[name]
             result = await scenario(name, pattern, count, urls, pid, args)
             results.append(result)
-            row = report.text_grid(HEADERS, [cells(result)], LEFT).splitlines()[-1]
-            print("  " + row, flush=True)
+            print("  " + report.table_row(HEADERS, cells(result), LEFT), flush=True)
     return results, server_limit
 
 
@@ -353,26 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         results, server_limit = asyncio.run(run(args, workdir, stores))
     header = {
         **machine,
-        "commit": report.revision(),
         "gateway": f"{args.http} (pid {args.pid})" if args.http else "one, light model",
         "gateway open-file limit (soft / hard)": server_limit,
         "held": f"{args.hold:g} s per scenario, slow writes every {args.trickle:g} s, "
         f"probes on new connections every {PROBE_GAP:g} s",
-        "wall time": f"{time.monotonic() - started:.0f} s",
-        "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    print()
-    for key, value in header.items():
-        print(f"{key}: {value}")
-    rows = [cells(r) for r in results]
-    print()
-    print(report.text_grid(HEADERS, rows, LEFT))
-    for r in results:
-        if r.open_errors:
-            print(f"{r.scenario}: connections not opened: {r.open_errors}")
-    if args.markdown:
-        print()
-        print(report.markdown_grid(HEADERS, rows, LEFT))
+    header = report.finish_header(header, started)
+    unopened = [f"{r.scenario}: not opened: {r.open_errors}" for r in results if r.open_errors]
+    report.print_run(header, (HEADERS, [cells(r) for r in results], LEFT), unopened, args.markdown)
     out = args.out or report.results_path("slowclients")
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     report.write_json(
