@@ -52,7 +52,8 @@ class Job:
 
 @dataclass
 class Outcomes:
-    """One worker's record: per request, in dispatch order, its times and how it ended."""
+    """A record of requests (one worker's, or merged): per request, in scheduled order, its
+    times and how it ended."""
 
     scheduled: np.ndarray  # monotonic seconds
     dispatched: np.ndarray  # when the generator handled it (NaN: never, it stopped first)
