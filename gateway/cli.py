@@ -21,6 +21,7 @@ from modelgate.gateway.settings import (
     SettingsError,
     build_settings,
     load_config_file,
+    registry_command_environment,
 )
 from modelgate.listen import BindError
 
@@ -80,6 +81,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per registry poll, all day long.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -100,6 +104,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> int:
+    from modelgate.registry import cli as registry_cli
+
+    # The same MODELGATE_* variables as `serve`: the registry package never reads them.
+    return registry_cli.run(args, registry_command_environment())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from modelgate.registry import cli as registry_cli
 
-    registry_cli.add_parser(commands)
+    registry_cli.add_parser(commands).set_defaults(handler=_registry)
     return parser
 
 

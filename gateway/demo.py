@@ -95,7 +95,7 @@ Stop with Ctrl-C.
 
 
 async def _demo(settings: ServerSettings) -> None:
-    store = RegistryStore(settings.store)
+    store = RegistryStore(settings.store, create=True)  # the demo starts its own store
     await asyncio.to_thread(ensure_registered, store)
     gateway = Gateway(settings, store)
     stop = asyncio.Event()

@@ -12,10 +12,12 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from wsgiref.simple_server import WSGIServer
 
 import uvicorn
@@ -32,7 +34,8 @@ from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.settings import ServerSettings
 from modelgate.listen import address, bind_error, listen
 from modelgate.monitor.monitor import DriftMonitor
-from modelgate.registry.client import RegistryClient, open_registry
+from modelgate.registry.client import RegistryClient, local_store, open_registry
+from modelgate.registry.errors import AuthError, LocationError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,6 @@ class Gateway:
         self._grpc = GrpcFrontend(self.service, settings)
         self._metrics_server: WSGIServer | None = None
         self._load_task: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
         self.addresses: Addresses | None = None
 
     def _was_drifting(self, model: str, version: str) -> bool:
@@ -129,7 +131,7 @@ class Gateway:
             self.addresses.grpc,
             self.addresses.metrics,
         )
-        self._load_task = asyncio.create_task(self._follow_registry())
+        self._load_task = asyncio.create_task(self.deployments.follow())
         self._background.append(asyncio.create_task(self.monitor.run()))
         self._background.append(asyncio.create_task(self.guard.run()))
         if self.notifier is not None:
@@ -159,23 +161,9 @@ class Gateway:
             ) from None
         return self._metrics_server.server_port
 
-    async def _follow_registry(self) -> None:
-        """Read the registry (retrying until it answers), then follow its changes."""
-        delay = self.settings.poll_interval
-        while True:
-            try:
-                await self.deployments.refresh()
-                break
-            except Exception as exc:
-                log.warning("registry not readable yet (retrying in %.1f s): %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        self._loaded.set()
-        await self.deployments.follow()
-
     async def wait_loaded(self) -> None:
         """Until the registry was read and every version it named has loaded (or failed)."""
-        waiting = asyncio.ensure_future(self._loaded.wait())
+        waiting = asyncio.ensure_future(self.deployments.wait_read())
         assert self._load_task is not None
         await asyncio.wait([waiting, self._load_task], return_when=asyncio.FIRST_COMPLETED)
         if self._load_task.done():
@@ -217,29 +205,67 @@ class Gateway:
         log.info("modelgate stopped")
 
 
+def _location(settings: ServerSettings) -> str:
+    """Where models come from: `registry` if set, else the `store` directory."""
+    return settings.registry or str(settings.store)
+
+
 def _store_dir(settings: ServerSettings) -> Path | None:
     """The embedded store's directory, when the models come from one."""
-    location = settings.registry
-    if location is None:
-        return settings.store
-    if "://" in location:
-        return None
-    return Path(location)
+    return local_store(_location(settings))
 
 
 def _open_registry(settings: ServerSettings) -> RegistryClient:
     token = None
     if settings.registry_token_file is not None:
-        token = settings.registry_token_file.read_text().strip()
-    return open_registry(settings.registry or str(settings.store), token=token)
+        try:
+            token = settings.registry_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"registry token file: {exc}") from None
+    location = _location(settings)
+    store = local_store(location)
+    try:
+        return open_registry(location, token=token, create=settings.create_store)
+    except LocationError as exc:
+        if store is None:
+            raise
+        name = "registry" if settings.registry else "store"
+        raise LocationError(
+            f"{exc}: register a model there with `modelgate registry --store {location} "
+            "register NAME FILE`, pass --create-store on to start with an empty one, or fix "
+            f"--{name} (MODELGATE_{name.upper()})"
+        ) from None
+
+
+def _refuse(message: str) -> NoReturn:
+    """A setting that cannot work: one line, status 2."""
+    print(f"modelgate: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+async def _check_registry(gateway: Gateway) -> None:
+    """Refuse to start on a registry that is not there (an unknown host, a server of another
+    kind, a rejected token): waiting cannot fix those. One that does not answer yet (down,
+    restarting, overloaded) is waited for: the gateway starts not ready and follows it once
+    it answers, so a registry that starts after the gateway costs no restart loop."""
+    try:
+        await asyncio.to_thread(gateway.registry.generation)
+    except (LocationError, AuthError) as exc:
+        close = getattr(gateway.registry, "close", None)
+        if close is not None:
+            close()
+        _refuse(str(exc))
+    except Exception:  # not there yet, or not well: the follower retries and logs it
+        pass
 
 
 async def serve(settings: ServerSettings) -> None:
     """Run a gateway until SIGINT or SIGTERM, then drain and stop."""
     try:
         gateway = Gateway(settings)
-    except (ValueError, OSError) as exc:
-        raise SystemExit(f"modelgate: {exc}") from None
+    except (RegistryError, ValueError, OSError) as exc:
+        _refuse(str(exc))
+    await _check_registry(gateway)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -165,6 +165,10 @@ class ServerSettings:
     registry_token_file: Path | None = setting(
         None, "file holding the bearer token for the registry server or MLflow"
     )
+    # A typo'd store path must not serve nothing: a directory without a store is an error.
+    create_store: bool = setting(
+        False, "start an empty store where the store directory has none (otherwise an error)"
+    )
     poll_interval: float = setting(1.0, "seconds between registry change checks", above=0)
     routing_key_header: str = setting(
         "x-routing-key", "HTTP header / gRPC metadata whose value pins a caller to one version"
@@ -352,6 +356,28 @@ def _toml_repr(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return str(value)
+
+
+# What `modelgate registry` honours of the serve settings; plus MODELGATE_REGISTRY_TOKEN, a
+# token itself, for clients that hold no file.
+REGISTRY_COMMAND_SETTINGS = ("store", "registry", "registry_token_file", "host", "create_store")
+
+
+def registry_command_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings of `REGISTRY_COMMAND_SETTINGS` (and `registry_token`) that `MODELGATE_*`
+    variables set, parsed like `build_settings` parses them; empty variables count as unset.
+    The registry package never imports the gateway, so the CLI hands these down to it."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in REGISTRY_COMMAND_SETTINGS:
+        s = SETTINGS[name]
+        raw = environ.get(s.variable)
+        if raw:
+            values[name] = _value(s, raw, f"the variable {s.variable}", True)
+    token = environ.get(ENV_PREFIX + "REGISTRY_TOKEN")
+    if token:
+        values["registry_token"] = token
+    return values
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -339,7 +339,7 @@ async def drive(
 
 def prepare_store(root: Path, model: bytes, shadow_model: bytes | None = None) -> Path:
     """v1 in production, v2 registered, v3 (the shadow; another model if given)."""
-    store = RegistryStore(root)
+    store = RegistryStore(root, create=True)
     store.register("light", model, stage=Stage.PRODUCTION, actor="rollout-script")
     store.register("light", model, actor="rollout-script")
     store.register("light", shadow_model or model, actor="rollout-script")

@@ -6,45 +6,67 @@ modelgate registry ... transition NAME VERSION STAGE [--traffic P] [--keep] [--r
 modelgate registry ... list [NAME] | history [NAME] | show NAME VERSION [--json]
 modelgate registry --store DIR serve --port P [--token-file F] [--protect-reads]
 
+Where the registry is comes from the flags, else from the variables `modelgate serve` reads
+(MODELGATE_REGISTRY, then MODELGATE_STORE), else ./modelstore. Only `register` (and `serve
+--create-store`) may create a store; the other commands need one that exists.
+
 Errors print `error: ...` on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelgate.registry.client import RegistryClient, open_registry
-from modelgate.registry.errors import RegistryError
+from modelgate.registry.client import (
+    RegistryClient,
+    local_store,
+    open_registry,
+    with_artifact_facts,
+)
+from modelgate.registry.errors import LocationError, RegistryError
 from modelgate.registry.signature import InvalidModelError
 from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition
 
-TOKEN_ENV = "MODELGATE_REGISTRY_TOKEN"
 _STAGES = ", ".join(s.value for s in Stage)
+Opener = Callable[[], RegistryClient]
+DEFAULT_STORE = "modelstore"
 
 
-def add_parser(commands: Any) -> None:
-    """Attach `registry` and its subcommands to the `modelgate` parser."""
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Attach `registry` and its subcommands to the `modelgate` parser; the parser, whose
+    `handler` default the caller may replace to hand `run` the environment's settings."""
     parser = commands.add_parser(
         "registry",
         help="manage model versions and rollouts in a registry",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--store", default="modelstore", help="embedded registry directory")
-    where.add_argument("--registry", help="a registry server's URL instead of a directory")
+    where.add_argument(
+        "--store",
+        help=f"embedded registry directory (default: $MODELGATE_STORE, else {DEFAULT_STORE})",
+    )
+    where.add_argument(
+        "--registry",
+        help="a registry server's or MLflow's URL instead of a directory "
+        "(default: $MODELGATE_REGISTRY)",
+    )
     parser.add_argument(
         "--token-file",
         dest="client_token_file",
         type=Path,
-        help=f"API token for --registry (default: ${TOKEN_ENV})",
+        help="API token for --registry (default: $MODELGATE_REGISTRY_TOKEN_FILE, else the "
+        "token in $MODELGATE_REGISTRY_TOKEN)",
     )
     sub = parser.add_subparsers(dest="registry_command", required=True)
 
@@ -92,13 +114,20 @@ def add_parser(commands: Any) -> None:
     show.add_argument("--json", action="store_true", help="the version as JSON")
 
     serve = sub.add_parser("serve", help="serve the --store directory over HTTP")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", help="address to bind (default: $MODELGATE_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
     serve.add_argument(
         "--token-file", dest="server_token_file", type=Path, help="the server's API tokens"
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
+    serve.add_argument(
+        "--create-store",
+        action="store_true",
+        default=None,
+        help="start an empty store if there is none (default: $MODELGATE_CREATE_STORE)",
+    )
     parser.set_defaults(handler=run)
+    return parser
 
 
 def _allow_flag(parser: argparse.ArgumentParser) -> None:
@@ -110,12 +139,30 @@ def _allow_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Carry out one `modelgate registry` command; 2 with a message on stderr when it fails."""
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The registry a command works on, and the flag or variable that named it."""
+
+    location: str
+    named_by: str
+    store: Path | None  # the directory, for a store
+
+
+def run(args: argparse.Namespace, environment: Mapping[str, Any] | None = None) -> int:
+    """Carry out one `modelgate registry` command; 2 with a message on stderr when it fails.
+
+    `environment`: the settings the `MODELGATE_*` variables give (`store`, `registry`,
+    `registry_token_file`, `registry_token`, `host`, `create_store`), read by the gateway's
+    settings module; a flag wins over them.
+    """
+    environment = environment or {}
     try:
+        where = _where(args, environment)
         if args.registry_command == "serve":
-            return _serve(args)
-        registry = _open(args)
+            return _serve(args, where, environment)
+        # Opened by the command once its own input checks out: a failed `register` leaves
+        # no new store behind.
+        registry = functools.partial(_open, args, where, environment)
         command = {
             "register": _register,
             "transition": _transition,
@@ -144,25 +191,72 @@ def _reader_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _open(args: argparse.Namespace) -> RegistryClient:
-    if args.registry is None:
+def _where(args: argparse.Namespace, environment: Mapping[str, Any]) -> _Where:
+    """A flag, else MODELGATE_REGISTRY, else MODELGATE_STORE, else the default: the order
+    `modelgate serve` follows, so both see the same registry in the same environment."""
+    if args.store is not None:
+        location, named_by = args.store, "--store"
+    elif args.registry is not None:
+        location, named_by = args.registry, "--registry"
+    elif environment.get("registry"):
+        location, named_by = str(environment["registry"]), "MODELGATE_REGISTRY"
+    elif environment.get("store") is not None:
+        location, named_by = str(environment["store"]), "MODELGATE_STORE"
+    else:
+        location, named_by = DEFAULT_STORE, "--store"
+    return _Where(location, named_by, local_store(location))
+
+
+def _open(
+    args: argparse.Namespace, where: _Where, environment: Mapping[str, Any]
+) -> RegistryClient:
+    if where.store is not None:
         if args.client_token_file is not None:
-            raise ValueError("--token-file is for --registry URL, not for --store")
-        return open_registry(args.store)
-    token = os.environ.get(TOKEN_ENV)
+            raise ValueError(
+                f"--token-file is for a registry server or MLflow, not for the store {where.store}"
+            )
+        try:
+            # Only `register` starts a store: reading one that is not there is a mistake.
+            return open_registry(where.location, create=args.registry_command == "register")
+        except LocationError as exc:
+            raise LocationError(f"{exc} ({_fix_store(where)})") from None
     if args.client_token_file is not None:
-        token = _read_file(args.client_token_file, "token file").decode().strip()
-    return open_registry(args.registry, token=token)
+        token: str | None = _read_file(args.client_token_file, "token file").decode().strip()
+    elif environment.get("registry_token_file") is not None:
+        token = _read_file(environment["registry_token_file"], "token file").decode().strip()
+    else:
+        token = environment.get("registry_token")
+    return open_registry(where.location, token=token)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.registry is not None:
-        raise ValueError("serve needs a --store directory, not --registry")
+def _fix_store(where: _Where) -> str:
+    """What to do about a store that is not there."""
+    quoted = f"'{where.location}'" if " " in where.location else where.location
+    fix = (
+        f"pass the right {where.named_by}"
+        if where.named_by.startswith("--")
+        else (f"set {where.named_by} to the right one")
+    )
+    return f"create one with `modelgate registry --store {quoted} register NAME FILE` or {fix}"
+
+
+def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, Any]) -> int:
+    if where.store is None:
+        raise ValueError(
+            f"serve needs a store directory, not {where.location} (from {where.named_by})"
+        )
+    create = args.create_store
+    if create is None:
+        create = bool(environment.get("create_store", False))
+    try:
+        open_registry(where.location, create=create)
+    except LocationError as exc:
+        raise LocationError(f"{exc} ({_fix_store(where)}, or pass --create-store)") from None
     from modelgate.registry import server
 
     server.run(
-        Path(args.store),
-        host=args.host,
+        where.store,
+        host=args.host or environment.get("host") or "127.0.0.1",
         port=args.port,
         token_file=args.server_token_file,
         protect_reads=args.protect_reads,
@@ -170,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register(registry: RegistryClient, args: argparse.Namespace) -> int:
+def _register(registry: Opener, args: argparse.Namespace) -> int:
     tags: dict[str, str] = {}
     for item in args.tag:
         key, sep, value = item.partition("=")
@@ -183,7 +277,7 @@ def _register(registry: RegistryClient, args: argparse.Namespace) -> int:
         from modelgate.registry.reference import reference_profile
 
         reference = reference_profile(model, args.reference)
-    version = registry.register(
+    version = registry().register(
         args.name,
         model,
         stage=Stage.parse(args.stage),
@@ -195,11 +289,12 @@ def _register(registry: RegistryClient, args: argparse.Namespace) -> int:
         reason=args.reason,
         allow_signature_change=args.allow_signature_change,
     )
-    print(_row(version))
+    _print(_aligned([_version_cells(version)], _VERSION_RIGHT))
     return 0
 
 
-def _transition(registry: RegistryClient, args: argparse.Namespace) -> int:
+def _transition(opener: Opener, args: argparse.Namespace) -> int:
+    registry = opener()
     registry.transition(
         args.name,
         args.version,
@@ -211,57 +306,69 @@ def _transition(registry: RegistryClient, args: argparse.Namespace) -> int:
         allow_signature_change=args.allow_signature_change,
     )
     # The whole model afterwards: a promotion also moves the previous production version.
-    _print_versions(registry.list_versions(args.name))
+    _print_versions(registry, registry.list_versions(args.name))
     return 0
 
 
-def _list(registry: RegistryClient, args: argparse.Namespace) -> int:
+def _list(opener: Opener, args: argparse.Namespace) -> int:
+    registry = opener()
     versions = registry.list_versions(args.name)
     if args.name is not None and not versions:
         raise RegistryError(f"unknown model {args.name!r}")
-    _print_versions(versions)
+    _print_versions(registry, versions)
     return 0
 
 
-def _history(registry: RegistryClient, args: argparse.Namespace) -> int:
+def _history(opener: Opener, args: argparse.Namespace) -> int:
+    registry = opener()
     if args.name is not None and not registry.list_versions(args.name):
         raise RegistryError(f"unknown model {args.name!r}")
-    records = registry.history(args.name)
-    print(
-        f"{'TIME':<20}  {'MODEL':<20} {'VERSION':>7}  {'FROM':<10}  {'TO':<10}  "
-        f"{'TRAFFIC':>7}  {'ACTOR':<16}  REASON"
-    )
-    for t in records:
-        print(_history_row(t))
+    header = ("TIME", "MODEL", "VERSION", "FROM", "TO", "TRAFFIC", "ACTOR", "REASON")
+    rows = [header, *(_history_cells(t) for t in registry.history(args.name))]
+    _print(_aligned(rows, right=frozenset({2, 5})))
     return 0
 
 
-def _show(registry: RegistryClient, args: argparse.Namespace) -> int:
-    version = registry.get(args.name, args.version)
+def _show(opener: Opener, args: argparse.Namespace) -> int:
+    registry = opener()
+    version, problem = _with_facts(registry, registry.get(args.name, args.version))
     if args.json:
         print(json.dumps(version.to_json(), indent=2, sort_keys=True))
         return 0
-    print(describe(version))
+    print(describe(version, problem))
     return 0
 
 
-def describe(v: ModelVersion) -> str:
-    """`show`'s text: the version's fields, signature and a summary of its reference profile."""
+def _with_facts(registry: RegistryClient, version: ModelVersion) -> tuple[ModelVersion, str]:
+    """`version` with its artifact's sha256, size and signature where the registry keeps
+    none (MLflow), and why they are missing when the artifact cannot be read ("" if not)."""
+    try:
+        return with_artifact_facts(registry, version), ""
+    except (RegistryError, InvalidModelError) as exc:
+        return version, f"the artifact cannot be read: {exc}"
+
+
+def describe(v: ModelVersion, problem: str = "") -> str:
+    """`show`'s text: the version's fields, signature and a summary of its reference profile;
+    `problem` says why the artifact's facts are unknown."""
     stage = v.stage.value + (f" ({_traffic(v.traffic)}%)" if v.traffic is not None else "")
     tags = ", ".join(f"{k}={val}" for k, val in sorted(v.tags.items())) or "-"
+    unknown = [f"  unknown: {problem}"] if problem else []
     lines = [
         f"model:        {v.name}",
         f"version:      {v.version}",
         f"stage:        {stage}",
         f"created:      {_time(v.created)}",
-        f"sha256:       {v.sha256}",
-        f"size:         {v.size} bytes",
+        f"sha256:       {v.sha256 or '-'}",
+        f"size:         {f'{v.size} bytes' if v.size else '-'}",
         f"description:  {v.description or '-'}",
         f"tags:         {tags}",
         "inputs:",
         *(_signature(s) for s in v.inputs),
+        *unknown,
         "outputs:",
         *(_signature(s) for s in v.outputs),
+        *unknown,
     ]
     if v.reference is None:
         lines.append("reference:    none")
@@ -298,23 +405,48 @@ def _reference_summary(reference: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _print_versions(versions: list[ModelVersion]) -> None:
-    print(f"{'MODEL':<20} {'VERSION':>7}  {'STAGE':<10}  {'SHA256':<64}  {'TRAFFIC':>7}  SIZE")
+_VERSION_RIGHT = frozenset({1, 4, 5})  # VERSION, TRAFFIC and SIZE: numbers
+
+
+def _print_versions(registry: RegistryClient, versions: list[ModelVersion]) -> None:
+    rows: list[Sequence[str]] = [("MODEL", "VERSION", "STAGE", "SHA256", "TRAFFIC", "SIZE")]
     for version in versions:
-        print(_row(version))
+        described, problem = _with_facts(registry, version)
+        if problem:
+            print(f"note: {version.name} v{version.version}: {problem}", file=sys.stderr)
+        rows.append(_version_cells(described))
+    _print(_aligned(rows, _VERSION_RIGHT))
 
 
-def _row(v: ModelVersion) -> str:
+def _version_cells(v: ModelVersion) -> tuple[str, ...]:
     traffic = _traffic(v.traffic) if v.traffic is not None else "-"
-    return f"{v.name:<20} {v.version:>7}  {v.stage.value:<10}  {v.sha256}  {traffic:>7}  {v.size}"
+    size = str(v.size) if v.size else "-"
+    return (v.name, str(v.version), v.stage.value, v.sha256 or "-", traffic, size)
 
 
-def _history_row(t: Transition) -> str:
+def _history_cells(t: Transition) -> tuple[str, ...]:
     traffic = _traffic(t.traffic) if t.traffic is not None else "-"
     return (
-        f"{_time(t.at):<20}  {t.name:<20} {t.version:>7}  {t.from_stage.value:<10}  "
-        f"{t.to_stage.value:<10}  {traffic:>7}  {t.actor or '-':<16}  {t.reason or '-'}"
-    )
+        _time(t.at), t.name, str(t.version), t.from_stage.value, t.to_stage.value, traffic,
+        t.actor or "-", t.reason or "-",
+    )  # fmt: skip
+
+
+def _aligned(rows: Sequence[Sequence[str]], right: frozenset[int]) -> list[str]:
+    """`rows` as lines of columns two spaces apart, each as wide as its widest cell
+    (numbers in the `right` columns aligned right); no cell is ever cut."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines))
 
 
 def _signature(s: TensorSignature) -> str:

@@ -62,3 +62,11 @@ class SignatureMismatchError(ConflictError):
     def __init__(self, message: str, differences: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.differences = differences
+
+
+class LocationError(RegistryError):
+    """The location names no registry: an unknown scheme, a directory without a store, a
+    host that does not exist, a server that is not a registry of the kind named. Retrying
+    does not help; the location must be fixed."""
+
+    code = "location"

@@ -18,7 +18,8 @@ package is never imported. How MLflow's vocabulary maps onto `Stage`:
 - `sha256`: MLflow records no checksum. With a tag `modelgate.sha256` the download is verified
   against it; without, `sha256` is "" and a download is only checked to be a loadable ONNX
   model. `size` is 0 (unknown until read); `inputs`/`outputs` are empty (the gateway reads
-  them from the file). Only READY versions are listed.
+  them from the file, `client.with_artifact_facts` fills all four in for the CLI). Only
+  READY versions are listed.
 - the artifact is the one `.onnx` file under the version's source, fetched through the
   server's artifact proxy (`mlflow server --serve-artifacts`). Sources `mlflow-artifacts:/`,
   `runs:/<run>/<path>` (including MLflow 3 logged models named by the run) and `models:/m-...`
@@ -50,6 +51,7 @@ from modelgate.registry.errors import (
     AuthError,
     ConflictError,
     InvalidRequestError,
+    LocationError,
     NotFoundError,
     RegistryError,
     UnavailableError,
@@ -533,7 +535,7 @@ class MlflowRegistry(HttpRegistry):
         }
         try:
             page = self._send("POST", "mlflow/logged-models/search", json=body).json()
-        except NotFoundError:  # an MLflow 2 server: no logged models
+        except (NotFoundError, LocationError):  # an MLflow 2 server: no logged models
             return run_uri
         for model in page.get("models", []):
             if model["info"].get("source_run_id") == run_id:
@@ -571,17 +573,19 @@ class MlflowRegistry(HttpRegistry):
         try:
             response = self._http.request(method, path, params=params, json=json)
         except httpx.TransportError as exc:
-            raise UnavailableError(f"MLflow at {self.base_url} unreachable: {exc!r}") from exc
+            raise self._unreachable(self.base_url, exc) or UnavailableError(
+                f"MLflow at {self.base_url} unreachable: {exc!r}"
+            ) from exc
         if response.is_success:
             return response
-        raise _error(response, f"{method} {self.base_url}/api/2.0/{path}")
+        raise _error(response, f"{method} {self.base_url}/api/2.0/{path}", self.base_url)
 
 
-def _error(response: httpx.Response, what: str) -> RegistryError:
+def _error(response: httpx.Response, what: str, base_url: str) -> RegistryError:
     try:
         body = response.json()
         code, message = str(body.get("error_code", "")), str(body.get("message", ""))
-    except ValueError:
+    except (ValueError, AttributeError):
         code, message = "", response.text[:200]
     text = f"{what}: {response.status_code} {code} {message}".rstrip()
     if response.status_code >= 500 or response.status_code == 429:
@@ -591,7 +595,12 @@ def _error(response: httpx.Response, what: str) -> RegistryError:
     if code in ERROR_BY_CODE:
         return ERROR_BY_CODE[code](text)
     if response.status_code == 404:
-        return NotFoundError(text)
+        # MLflow names every 404 of its API with an error code; a bare one is another
+        # server (a modelgate registry, a gateway, a typo'd port) or a path MLflow lacks.
+        return LocationError(
+            f"{base_url} is not an MLflow tracking server: {what} answered 404 "
+            f"(a modelgate registry server is {base_url} without mlflow+)"
+        )
     return RegistryError(text)
 
 

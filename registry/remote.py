@@ -23,6 +23,7 @@ from modelgate.registry.errors import (
     AuthError,
     ConflictError,
     InvalidRequestError,
+    LocationError,
     NotFoundError,
     RegistryError,
     SignatureMismatchError,
@@ -59,11 +60,11 @@ class RemoteRegistry(HttpRegistry):
     # --- reads ------------------------------------------------------------------------------
 
     def generation(self) -> str:
-        return str(self._json("GET", "generation")["generation"])
+        return str(self._listing("generation")["generation"])
 
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
         params = {"name": name} if name is not None else None
-        document = self._json("GET", "models", params=params)
+        document = self._listing("models", params=params)
         return [ModelVersion.from_json(v) for v in document["versions"]]
 
     def get(self, name: str, version: int) -> ModelVersion:
@@ -82,7 +83,7 @@ class RemoteRegistry(HttpRegistry):
 
     def history(self, name: str | None = None) -> list[Transition]:
         params = {"name": name} if name is not None else None
-        document = self._json("GET", "history", params=params)
+        document = self._listing("history", params=params)
         return [Transition.from_json(t) for t in document["transitions"]]
 
     # --- writes -----------------------------------------------------------------------------
@@ -162,6 +163,17 @@ class RemoteRegistry(HttpRegistry):
 
     # --- transport --------------------------------------------------------------------------
 
+    def _listing(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET one of the endpoints every registry server has: a 404 means that `url` is
+        some other server (MLflow, a gateway, a typo'd port), not a missing model."""
+        try:
+            return self._json("GET", path, params=params)
+        except NotFoundError:
+            raise LocationError(
+                f"{self.url} is not a modelgate registry server: GET /api/v1/{path} answered "
+                f"404 (an MLflow server is mlflow+{self.url})"
+            ) from None
+
     def _json(
         self,
         method: str,
@@ -203,7 +215,9 @@ class RemoteRegistry(HttpRegistry):
                 f"registry {self.url} did not answer {method} {path} within {self._timeout} s"
             ) from None
         except httpx.TransportError as exc:
-            raise UnavailableError(f"registry {self.url} is unreachable: {exc}") from None
+            raise self._unreachable(self.url, exc) or UnavailableError(
+                f"registry {self.url} is unreachable: {exc}"
+            ) from None
         if response.is_success:
             return response
         raise _error_of(response, f"{method} {path}")

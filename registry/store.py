@@ -41,6 +41,7 @@ from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
     InvalidRequestError,
+    LocationError,
     NotFoundError,
     RegistryError,
     UnavailableError,
@@ -128,11 +129,23 @@ class RegistryStore:
     records and bumps the generation counter, so a reader sees all of a change or none.
     A writer waits up to `lock_timeout` seconds for another one to finish, then fails
     with UnavailableError.
+
+    A directory is a store when it holds `registry.db`. Opening one that does not is a
+    LocationError, so that a mistyped path is never taken for an empty registry; `create`
+    makes the directory and the store instead.
     """
 
-    def __init__(self, root: Path | str, *, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self, root: Path | str, *, create: bool = False, lock_timeout: float = 30.0
+    ) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise LocationError(f"{self.root} is a file, not a store directory") from None
+        elif not (self.root / "registry.db").is_file():
+            raise LocationError(f"no registry at {self.root}{_missing(self.root)}")
         self._artifacts = self.root / "artifacts" / "sha256"
         self._db_path = self.root / "registry.db"
         self._lock_timeout = lock_timeout
@@ -538,6 +551,15 @@ def _not_found(db: sqlite3.Connection, name: str, version: int) -> NotFoundError
     if known is None:
         return NotFoundError(f"unknown model {name!r}")
     return NotFoundError(f"no version {version} of model {name!r}")
+
+
+def _missing(root: Path) -> str:
+    """Why `root` is no store, when it is not just absent."""
+    if root.is_dir():
+        return " (the directory has no registry.db)"
+    if root.exists():
+        return " (it is a file, not a directory)"
+    return ""
 
 
 def _locked(exc: sqlite3.OperationalError) -> RegistryError:

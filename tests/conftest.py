@@ -55,7 +55,7 @@ def reference() -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
 @pytest.fixture
 def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
     """An embedded registry with every test model in production."""
-    registry = RegistryStore(tmp_path / "store")
+    registry = RegistryStore(tmp_path / "store", create=True)
     for name, data in model_files.items():
         registry.register(name, data, stage=Stage.PRODUCTION)
     return registry

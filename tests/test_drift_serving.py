@@ -48,7 +48,7 @@ def store(tmp_path: Path) -> RegistryStore:
     model = modelzoo.classifier()
     sample_file = tmp_path / "reference.npy"
     np.save(sample_file, np.random.default_rng(3).normal(size=(4000, FEATURES)).astype("f4"))
-    registry = RegistryStore(tmp_path / "store")
+    registry = RegistryStore(tmp_path / "store", create=True)
     registry.register(
         "clf", model, stage=Stage.PRODUCTION, reference=reference_profile(model, sample_file)
     )

@@ -35,7 +35,7 @@ FEATURES = modelzoo.FEATURES
 def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
     """One classifier: v1 in production, v2 registered (same kind of model), v3 a model
     that disagrees with v1 on most rows."""
-    registry = RegistryStore(tmp_path / "store")
+    registry = RegistryStore(tmp_path / "store", create=True)
     registry.register("clf", model_files["classifier"], stage=Stage.PRODUCTION, actor="t")
     registry.register("clf", model_files["classifier"], actor="t")
     registry.register("clf", modelzoo.classifier(first=4), actor="t")
@@ -376,7 +376,7 @@ async def test_the_guard_archives_a_disagreeing_shadow(
 async def test_the_guard_archives_a_canary_that_times_out(
     settings: ServerSettings, tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path / "slow")
+    store = RegistryStore(tmp_path / "slow", create=True)
     store.register("clf", modelzoo.echo("FP32", width=4), stage=Stage.PRODUCTION, actor="t")
     store.register("clf", modelzoo.slow(width=4), actor="t")
     guard = GuardSettings(guard_enabled=True, guard_min_requests=20, guard_max_error_rate=0.2)

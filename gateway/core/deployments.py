@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # (a gRPC server on its own loop may be between routing and queueing).
 DRAIN_GRACE = 0.25
 _RETRY_MAX = 300.0  # longest wait before retrying a version that failed to load
+_POLL_BACKOFF_MAX = 30.0  # longest wait between registry reads while they fail
 
 
 class ModelState(enum.Enum):
@@ -115,6 +116,8 @@ class Deployments:
         # The registry's served versions at the last read: name -> version -> record.
         self._desired: dict[str, dict[str, ModelVersion]] = {}
         self._synced = False  # until the registry has been read once, no name is unknown
+        self._read = asyncio.Event()  # set with `_synced`, for those who wait for it
+        self._registry_error = ""  # why the last registry read failed ("" when it did not)
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation: str | None = None
         self._stopping = False
@@ -200,8 +203,10 @@ class Deployments:
 
     def _unknown(self, name: str) -> InferenceError:
         if not self._synced:
+            why = f": {self._registry_error}" if self._registry_error else ""
             return InferenceError(
-                ErrorCode.UNAVAILABLE, "server is starting: the model registry is not read yet"
+                ErrorCode.UNAVAILABLE,
+                f"server is starting: the model registry is not read yet{why}",
             )
         return InferenceError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
 
@@ -272,28 +277,60 @@ class Deployments:
                 else:
                     current.record = record
         self._synced = True
+        self._read.set()
         self._reroute()
 
+    async def wait_read(self) -> None:
+        """Until the registry has been read once (`follow` does that first)."""
+        await self._read.wait()
+
     async def follow(self) -> None:
-        """Poll the registry's generation and reconcile on change, until cancelled. An
-        unreachable registry is retried with exponential backoff and jitter; the gateway
-        keeps serving what it has meanwhile."""
+        """Read the registry, then poll its generation and reconcile on change, until
+        cancelled. A failing registry is retried with exponential backoff and jitter while
+        the gateway serves what it has (before the first read: nothing, and not ready).
+
+        Polls log only what changes: the first failure of a streak and the recovery, never
+        one line per failed poll (the `registry_polls` counter counts every one)."""
         interval = self._settings.poll_interval
-        delay = interval
+        delay = 0.0  # the first read at once
+        failures = 0
         polls = self._metrics.registry_polls
         while True:
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            if delay > 0:
+                await asyncio.sleep(delay * random.uniform(0.9, 1.1))
             try:
-                generation = await asyncio.to_thread(self._registry.generation)
-                if generation != self._generation or self._retry_due():
+                if not self._synced:
                     await self.refresh()
-                polls.labels("ok").inc()
-                delay = interval
+                else:
+                    generation = await asyncio.to_thread(self._registry.generation)
+                    if generation != self._generation or self._retry_due():
+                        await self.refresh()
             except Exception as exc:  # the registry's problem must never stop serving
                 polls.labels("error").inc()
-                delay = min(max(delay * 2, interval), 30.0)
-                level = logging.WARNING if isinstance(exc, UnavailableError) else logging.ERROR
-                log.log(level, "registry poll failed (retrying in %.1f s): %s", delay, exc)
+                delay = min(max(delay * 2, interval), _POLL_BACKOFF_MAX)
+                self._registry_error = str(exc)
+                if failures == 0:
+                    self._log_failure(exc)
+                failures += 1
+                continue
+            polls.labels("ok").inc()
+            if failures:
+                log.info("registry readable again after %d failed attempt(s)", failures)
+            failures, delay, self._registry_error = 0, interval, ""
+
+    def _log_failure(self, exc: Exception) -> None:
+        level = logging.WARNING if isinstance(exc, UnavailableError) else logging.ERROR
+        if self._synced:
+            what = "registry poll failed; serving the versions loaded"
+        else:
+            what = "registry not readable yet; not ready until it is"
+        log.log(
+            level,
+            "%s: %s (retrying with backoff up to %g s; logged again when it recovers)",
+            what,
+            exc,
+            _POLL_BACKOFF_MAX,
+        )
 
     def _retry_due(self) -> bool:
         now = time.monotonic()

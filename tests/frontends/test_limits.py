@@ -36,7 +36,7 @@ def slow_model() -> bytes:
 
 @pytest.fixture
 def slow_store(tmp_path: Path, slow_model: bytes, model_files: dict[str, bytes]) -> RegistryStore:
-    store = RegistryStore(tmp_path / "slow-store")
+    store = RegistryStore(tmp_path / "slow-store", create=True)
     store.register("slow", slow_model, stage=Stage.PRODUCTION)
     store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
     return store
@@ -179,7 +179,7 @@ async def test_a_model_still_loading_is_503_then_served(
 async def test_a_model_that_failed_to_load_is_503_and_the_others_serve(
     settings: ServerSettings, tmp_path: Path, model_files: dict[str, bytes], rng: Any
 ) -> None:
-    store = RegistryStore(tmp_path / "broken-store")
+    store = RegistryStore(tmp_path / "broken-store", create=True)
     store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
     broken = store.register("broken", model_files["pair"], stage=Stage.PRODUCTION)
     (store.root / "artifacts" / "sha256" / broken.sha256).write_bytes(b"not the model")

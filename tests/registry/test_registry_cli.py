@@ -214,7 +214,7 @@ def test_bad_input_exits_2_and_registers_nothing(
     message: str,
 ) -> None:
     np.save(tmp_path / "narrow.npy", np.zeros((5, 3)))
-    store = str(tmp_path / "store")
+    store = str(RegistryStore(tmp_path / "store", create=True).root)
     filled = [a.format(tmp=tmp_path, onnx=onnx_file) for a in args]
     code, out, err = _run(capsys, store, *filled)
     assert (code, out) == (2, "")
@@ -223,7 +223,7 @@ def test_bad_input_exits_2_and_registers_nothing(
 
 
 def test_serve_hands_the_store_to_the_registry_server(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     calls: list[tuple[Any, ...]] = []
     fake = types.ModuleType("modelgate.registry.server")
@@ -232,14 +232,29 @@ def test_serve_hands_the_store_to_the_registry_server(
     monkeypatch.setattr("modelgate.registry.server", fake, raising=False)
     tokens = tmp_path / "tokens"
     store = tmp_path / "store"
-    assert main(["registry", "--store", str(store), "serve", "--port", "8081"]) == 0
+    # No store there: an error, unless asked to start one.
+    assert main(["registry", "--store", str(store), "serve", "--port", "8081"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no registry at {store} (create one with `modelgate registry --store {store} "
+        "register NAME FILE` or pass the right --store, or pass --create-store)\n"
+    )
+    assert not store.exists()
+    assert main(["registry", "--store", str(store), "serve", "--port", "8081",
+                 "--create-store"]) == 0  # fmt: skip
     assert main([
         "registry", "--store", str(store), "serve", "--host", "0.0.0.0", "--port", "0",
         "--token-file", str(tokens), "--protect-reads",
     ]) == 0  # fmt: skip
+    # The variables `modelgate serve` reads, with flags winning over them.
+    monkeypatch.setenv("MODELGATE_HOST", "127.0.0.2")
+    monkeypatch.setenv("MODELGATE_STORE", str(store))
+    assert main(["registry", "serve", "--port", "1"]) == 0
+    assert main(["registry", "serve", "--port", "2", "--host", "127.0.0.3"]) == 0
     assert calls == [
         (store, {"host": "127.0.0.1", "port": 8081, "token_file": None, "protect_reads": False}),
         (store, {"host": "0.0.0.0", "port": 0, "token_file": tokens, "protect_reads": True}),
+        (store, {"host": "127.0.0.2", "port": 1, "token_file": None, "protect_reads": False}),
+        (store, {"host": "127.0.0.3", "port": 2, "token_file": None, "protect_reads": False}),
     ]
 
 
@@ -258,15 +273,20 @@ def test_a_remote_registry_gets_the_token_from_the_file_or_the_environment(
     monkeypatch.setattr(registry_cli, "open_registry", open_registry)
     url = "http://registry.test:8081"
     capsys.readouterr()  # the fixture's registrations
-    monkeypatch.setenv(registry_cli.TOKEN_ENV, "from-env")
+    monkeypatch.setenv("MODELGATE_REGISTRY_TOKEN", "from-env")
     assert main(["registry", "--registry", url, "list"]) == 0
     (tmp_path / "token").write_text("from-file\n")
+    (tmp_path / "env-token").write_text("from-env-file\n")
     assert (
         main(["registry", "--registry", url, "--token-file", str(tmp_path / "token"), "list"]) == 0
     )
-    assert opened == [(url, "from-env"), (url, "from-file")]
+    # The variables `modelgate serve` reads: where the registry is and its token file.
+    monkeypatch.setenv("MODELGATE_REGISTRY", url)
+    monkeypatch.setenv("MODELGATE_REGISTRY_TOKEN_FILE", str(tmp_path / "env-token"))
+    assert main(["registry", "list"]) == 0
+    assert opened == [(url, "from-env"), (url, "from-file"), (url, "from-env-file")]
     listings = capsys.readouterr().out.splitlines()
-    assert [line.split()[:3] for line in listings if line.startswith("clf")] == 2 * [
+    assert [line.split()[:3] for line in listings if line.startswith("clf")] == 3 * [
         ["clf", "1", "none"],
         ["clf", "2", "none"],
         ["clf", "3", "none"],
@@ -274,10 +294,162 @@ def test_a_remote_registry_gets_the_token_from_the_file_or_the_environment(
     code = main(["registry", "--registry", url, "serve", "--port", "1"])
     assert (code, capsys.readouterr().err) == (
         2,
-        "error: serve needs a --store directory, not --registry\n",
+        f"error: serve needs a store directory, not {url} (from --registry)\n",
+    )
+    code = main(["registry", "serve", "--port", "1"])
+    assert (code, capsys.readouterr().err) == (
+        2,
+        f"error: serve needs a store directory, not {url} (from MODELGATE_REGISTRY)\n",
     )
     code = main(["registry", "--store", store_dir, "--token-file", str(tmp_path / "token"), "list"])
     assert (code, capsys.readouterr().err) == (
         2,
-        "error: --token-file is for --registry URL, not for --store\n",
+        f"error: --token-file is for a registry server or MLflow, not for the store {store_dir}\n",
     )
+
+
+def _modelgate(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`modelgate ARGS` in `cwd` with no MODELGATE_* variables but those of `env`."""
+    from loadtest.procs import clean_environment
+
+    return subprocess.run(
+        [sys.executable, "-m", "modelgate", *args], capture_output=True, text=True,
+        timeout=120, cwd=cwd, env={**clean_environment(), **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flag", "location", "hint"),
+    [
+        ("--registry", "mlflow://host:5055", " (for MLflow: mlflow+http://host:port)"),
+        ("--registry", "ftp://x", ""),
+        ("--registry", "s3://bucket/models", ""),
+    ],
+)
+def test_an_unknown_scheme_is_an_error_and_creates_nothing(
+    tmp_path: Path, flag: str, location: str, hint: str
+) -> None:
+    """Not a directory called `mlflow:` that serves nothing and is ready."""
+    expected = (
+        f"unknown registry location '{location}'{hint}; use a store directory, "
+        "file:///path/to/store, http(s)://host:port (a `modelgate registry serve`) or "
+        "mlflow+http(s)://host:port (an MLflow tracking server)\n"
+    )
+    for command in (["registry", flag, location, "list"], ["registry", flag, location, "history"]):
+        done = _modelgate(*command, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", "error: " + expected)
+    served = _modelgate(
+        "serve", flag, location, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert (served.returncode, served.stderr) == (2, "modelgate: " + expected)
+    assert list(tmp_path.iterdir()) == []  # no directory called `mlflow:` or `ftp:`
+
+
+def test_reading_commands_never_create_a_store(tmp_path: Path, onnx_file: Path) -> None:
+    typo = tmp_path / "typo"
+    reads = (["list"], ["history"], ["show", "clf", "1"], ["transition", "clf", "1", "none"])
+    for command in reads:
+        done = _modelgate("registry", "--store", str(typo), *command, cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (
+            f"error: no registry at {typo} (create one with `modelgate registry --store {typo} "
+            "register NAME FILE` or pass the right --store)\n"
+        )
+    # Without flags, the default ./modelstore is not created either.
+    done = _modelgate("registry", "list", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "error: no registry at modelstore (create one with `modelgate registry --store "
+        "modelstore register NAME FILE` or pass the right --store)\n",
+    )
+    # A directory that holds no registry is not one.
+    (tmp_path / "empty").mkdir()
+    done = _modelgate("registry", "--store", str(tmp_path / "empty"), "list", cwd=tmp_path)
+    assert done.stderr.startswith(f"error: no registry at {tmp_path / 'empty'} (the directory "
+                                  "has no registry.db) (create one with")  # fmt: skip
+    # A register that fails on its own input leaves no store behind; one that works makes it.
+    done = _modelgate(
+        "registry", "--store", str(typo), "register", "clf", "nope.onnx", cwd=tmp_path
+    )
+    assert (done.returncode, done.stderr) == (2, "error: model file nope.onnx does not exist\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "model.onnx"]
+    done = _modelgate(
+        "registry", "--store", str(typo), "register", "clf", str(onnx_file), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        _modelgate("registry", "--store", str(typo), "show", "clf", "1", cwd=tmp_path).returncode
+        == 0
+    )
+
+
+def test_registry_commands_read_the_variables_serve_reads(tmp_path: Path, onnx_file: Path) -> None:
+    """As in the container (MODELGATE_STORE=/models): `modelgate registry list` reads that
+    store; `registry serve` binds MODELGATE_HOST; a client finds it with MODELGATE_REGISTRY
+    and authenticates with MODELGATE_REGISTRY_TOKEN_FILE."""
+    from loadtest.procs import ServerProcess
+
+    store = tmp_path / "models"
+    done = _modelgate("registry", "register", "clf", str(onnx_file), "--stage", "production",
+                      cwd=tmp_path, env={"MODELGATE_STORE": str(store)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = _modelgate("registry", "list", cwd=tmp_path, env={"MODELGATE_STORE": str(store)})
+    assert [row[:3] for row in _table(listed.stdout)] == [["clf", "1", "production"]]
+    assert not (tmp_path / "modelstore").exists()
+
+    (tmp_path / "tokens").write_text("ci:s3cret\n")
+    (tmp_path / "secret").write_text("s3cret\n")
+    argv = [sys.executable, "-m", "modelgate", "registry", "serve", "--port", "0",
+            "--token-file", str(tmp_path / "tokens")]  # fmt: skip
+    server = ServerProcess(
+        argv, tmp_path / "registry.log",
+        env={"MODELGATE_STORE": str(store), "MODELGATE_HOST": "127.0.0.2"},
+    )  # fmt: skip
+    try:
+        url = server.wait_for_line(r"listening on (http://\S+)", timeout=60).group(1)
+        assert url.startswith("http://127.0.0.2:")
+        client = {"MODELGATE_REGISTRY": url, "MODELGATE_STORE": str(tmp_path / "elsewhere")}
+        refused = _modelgate("registry", "register", "clf", str(onnx_file), cwd=tmp_path,
+                             env=client)  # fmt: skip
+        assert refused.returncode == 2  # no token: the registry wins over the store
+        client["MODELGATE_REGISTRY_TOKEN_FILE"] = str(tmp_path / "secret")
+        done = _modelgate("registry", "register", "clf", str(onnx_file), cwd=tmp_path, env=client)
+        assert done.returncode == 0, done.stderr
+        listed = _modelgate("registry", "list", cwd=tmp_path, env=client)
+        assert [row[:3] for row in _table(listed.stdout)] == [
+            ["clf", "1", "production"],
+            ["clf", "2", "none"],
+        ]
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_list_and_history_columns_line_up_whatever_the_widths(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, onnx_file: Path
+) -> None:
+    store = str(tmp_path / "store")
+    long_name = "fraud-detection-for-card-payments-eu"
+    for name in ("a", long_name):
+        assert main(["registry", "--store", store, "register", name, str(onnx_file)]) == 0
+    assert main(["registry", "--store", store, "transition", "a", "1", "canary", "--traffic",
+                 "12.5", "--actor", "someone-with-a-very-long-login-name"]) == 0  # fmt: skip
+    assert main(["registry", "--store", store, "transition", long_name, "1", "production"]) == 0
+    capsys.readouterr()
+    for command in ("list", "history"):
+        assert main(["registry", "--store", store, command]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        titles = lines[0].split()
+        starts = [lines[0].index(title) for title in titles]
+        assert len(lines) > 2
+        for line in lines[1:]:
+            # Each cell starts where its column's title does; numbers end where it ends.
+            for title, start, cell in zip(titles, starts, line.split(), strict=False):
+                if title in ("VERSION", "TRAFFIC", "SIZE"):
+                    end = start + len(title)
+                    assert line[end - len(cell) : end] == cell, (title, line)
+                else:
+                    assert line[start : start + len(cell)] == cell, (title, line)

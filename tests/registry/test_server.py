@@ -61,7 +61,7 @@ def serving(app: RegistryApp) -> Iterator[str]:
 
 @pytest.fixture
 def registry_store(tmp_path: Path) -> RegistryStore:
-    return RegistryStore(tmp_path / "store")
+    return RegistryStore(tmp_path / "store", create=True)
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_protected_reads_need_a_token(
 
 def test_protecting_reads_without_tokens_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs tokens"):
-        build_app(RegistryStore(tmp_path), tmp_path / "incoming", protect_reads=True)
+        build_app(RegistryStore(tmp_path, create=True), tmp_path / "incoming", protect_reads=True)
 
 
 def load_tokens_from(tmp_path: Path, text: str) -> Any:

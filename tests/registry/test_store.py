@@ -41,14 +41,14 @@ def _moves(history: list[Transition]) -> list[tuple[int, str, str, float | None]
 @pytest.fixture
 def three(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
     """A store with versions 1-3 of model `m`, all in stage none."""
-    store = RegistryStore(tmp_path / "store")
+    store = RegistryStore(tmp_path / "store", create=True)
     for _ in range(3):
         store.register("m", model_files["classifier"])
     return store
 
 
 def test_versions_are_numbered_per_model(tmp_path: Path, model_files: dict[str, bytes]) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     first = store.register("a", model_files["classifier"])
     second = store.register("a", model_files["classifier"], description="again", tags={"k": "v"})
     other = store.register("b", model_files["lookup"])
@@ -66,7 +66,7 @@ def test_versions_are_numbered_per_model(tmp_path: Path, model_files: dict[str, 
 def test_signature_is_read_from_the_onnx_graph(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    version = RegistryStore(tmp_path).register("c", model_files["classifier"])
+    version = RegistryStore(tmp_path, create=True).register("c", model_files["classifier"])
     assert [(s.name, s.datatype, s.shape) for s in version.inputs] == [("input", "FP32", (-1, 8))]
     assert [s.name for s in version.outputs] == ["label", "probabilities"]
 
@@ -74,7 +74,7 @@ def test_signature_is_read_from_the_onnx_graph(
 def test_register_in_a_stage_is_audited_from_none(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     store.register("a", model_files["classifier"], stage=Stage.PRODUCTION, actor="ci")
     store.register("a", model_files["classifier"], stage=Stage.CANARY, traffic=5, actor="ci")
     store.register("a", model_files["classifier"], stage=Stage.PRODUCTION, actor="bob")
@@ -319,7 +319,7 @@ def test_unknown_models_versions_and_names_are_clear_errors(three: RegistryStore
 def test_generation_changes_with_every_write_and_only_then(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     seen = [store.generation()]
     store.register("a", model_files["classifier"])
     seen.append(store.generation())
@@ -386,7 +386,7 @@ def test_two_writer_processes_never_make_two_production_versions(three: Registry
 def test_a_writer_that_cannot_get_the_lock_fails_cleanly(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path, lock_timeout=0.2)
+    store = RegistryStore(tmp_path, create=True, lock_timeout=0.2)
     store.register("a", model_files["classifier"])
     other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
     try:
@@ -404,7 +404,7 @@ def test_a_writer_that_cannot_get_the_lock_fails_cleanly(
 
 
 def test_not_an_onnx_model_is_refused(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     with pytest.raises(InvalidModelError, match="not an ONNX model"):
         store.register("a", b"definitely not onnx")
     assert store.list_versions() == []
@@ -415,7 +415,7 @@ def test_an_onnx_file_that_does_not_load_is_refused(tmp_path: Path) -> None:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     graph = helper.make_graph([helper.make_node("NoSuchOperator", ["x"], ["y"])], "g", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     with pytest.raises(InvalidModelError, match="does not load"):
         store.register("a", model.SerializeToString())
     assert store.list_versions() == []
@@ -426,7 +426,7 @@ def test_an_onnx_file_that_does_not_load_is_refused(tmp_path: Path) -> None:
 def test_a_tampered_artifact_is_detected_and_a_new_registration_repairs_it(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     version = store.register("a", model_files["classifier"])
     artifact = tmp_path / "artifacts" / "sha256" / version.sha256
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")
@@ -442,7 +442,7 @@ def test_a_tampered_artifact_is_detected_and_a_new_registration_repairs_it(
 def test_artifact_writes_are_atomic(
     tmp_path: Path, model_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     folder = tmp_path / "artifacts" / "sha256"
 
     def crash(src: Any, dst: Any) -> None:
@@ -461,7 +461,7 @@ def test_artifact_writes_are_atomic(
 def test_a_reference_profile_is_stored_with_the_version(
     tmp_path: Path, model_files: dict[str, bytes], rng: np.random.Generator
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     profile = build_profile({"input": rng.normal(size=(50, 8))}, {}).to_json()
     version = store.register("a", model_files["classifier"], reference=profile)
     assert version.reference == profile
@@ -493,7 +493,7 @@ def test_a_store_made_by_the_previous_schema_keeps_working(
         """
     )
     old.close()
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     assert store.generation() == "7"
     assert _stages(store, "old") == [(Stage.PRODUCTION, None)]
     store.register("old", model_files["classifier"], stage=Stage.PRODUCTION)
