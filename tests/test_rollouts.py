@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -339,6 +340,32 @@ async def test_an_unreachable_registry_leaves_serving_alone(
                 return await _answered_by(http) == "2"
 
             await _eventually(caught_up, timeout=15)
+    finally:
+        await gw.stop()
+
+
+async def test_an_outage_is_logged_once_and_so_is_the_recovery(
+    settings: ServerSettings, store: RegistryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not one line per failed poll: a registry down for an hour would write thousands."""
+    flaky = _FlakyRegistry(store)
+    settings = dataclasses.replace(settings, poll_interval=0.01)
+    gw = Gateway(settings, flaky)  # type: ignore[arg-type]
+    await gw.start()
+    try:
+        await gw.wait_loaded()
+        caplog.set_level(logging.INFO, logger="modelgate")
+        flaky.down = True
+        await _eventually(lambda: _polls(gw, "error") >= 5)
+        failed = [r for r in caplog.records if "registry poll failed" in r.getMessage()]
+        assert [r.levelno for r in failed] == [logging.WARNING]
+        assert "registry unreachable (test)" in failed[0].getMessage()
+        flaky.down = False
+        await _eventually(lambda: any("readable again" in r.getMessage() for r in caplog.records))
+        await _eventually(lambda: _polls(gw, "ok") >= 3)
+        recovered = [r.getMessage() for r in caplog.records if "readable again" in r.getMessage()]
+        assert len(recovered) == 1
+        assert f"after {int(_polls(gw, 'error'))} failed attempt(s)" in recovered[0]
     finally:
         await gw.stop()
 

@@ -56,7 +56,8 @@ class Registry:
     def start(self) -> None:
         self.starts += 1
         argv = [sys.executable, "-m", "modelgate", "registry", "--store", str(self.store),
-                "serve", "--port", str(self.port), "--token-file", str(self.tokens)]  # fmt: skip
+                "serve", "--port", str(self.port), "--token-file", str(self.tokens),
+                "--create-store"]  # fmt: skip
         self.process = ServerProcess(argv, self.log_dir / f"registry-{self.starts}.log")
         self.process.wait_for_line(REGISTRY, timeout=60)
 
@@ -132,7 +133,10 @@ def test_a_gateway_follows_a_registry_server_through_an_outage(
         registry.start()  # back: the gateway catches up with changes made meanwhile
         _transition(registry, 1, "production")
         _wait(lambda: _version(http) == "1", timeout=40)
-        assert "registry poll failed" in gateway.log_path.read_text()
+        log = gateway.log_path.read_text()
+        assert log.count("registry poll failed") == 1  # the outage, not each failed poll
+        assert log.count("registry readable again") == 1
+        assert "HTTP Request" not in log  # httpx's line per request: one per poll
     finally:
         assert gateway.stop() == 0
     assert not (tmp_path / "unused").exists()  # --registry wins over --store

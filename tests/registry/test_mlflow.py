@@ -314,6 +314,51 @@ def test_an_artifact_needs_exactly_one_loadable_onnx_file(
         registry.read_artifact(broken)
 
 
+def _cli(mlflow_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelgate", "registry", "--registry", f"mlflow+{mlflow_url}",
+         *args], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_list_and_show_read_sha256_size_and_signature_from_the_artifact(
+    client: MlflowClient, mlflow_url: str, name: str, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """MLflow records none of them; `registry list` and `show` read them from the file."""
+    data = model_files["classifier"]
+    publish(client, tmp_path, name, {"model.onnx": data})
+    publish(client, tmp_path, name, {"weights.bin": b"\0"})  # no model: nothing to read
+    client.set_registered_model_alias(name, "champion", "1")
+
+    listed = _cli(mlflow_url, "list", name)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert [row.split() for row in rows] == [
+        [name, "1", "production", hashlib.sha256(data).hexdigest(), "-", str(len(data))],
+        [name, "2", "none", "-", "-", "-"],
+    ]
+    assert header.index("SHA256") == rows[0].index(hashlib.sha256(data).hexdigest())
+    note = f"note: {name} v2: the artifact cannot be read: version 2 of {name!r} ("
+    assert listed.stderr.startswith(note), listed.stderr
+    assert listed.stderr.endswith(") has no .onnx file; modelgate needs exactly one\n")
+
+    shown = _cli(mlflow_url, "show", name, "1")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert f"sha256:       {hashlib.sha256(data).hexdigest()}" in lines
+    assert f"size:         {len(data)} bytes" in lines
+    inputs, outputs = lines.index("inputs:"), lines.index("outputs:")
+    assert [line.split() for line in lines[inputs + 1 : outputs]] == [
+        ["input", "FP32", "[-1,", "8]"]
+    ]
+    assert [line.split()[0] for line in lines[outputs + 1 :] if line.startswith("  ")][:2] == [
+        "label",
+        "probabilities",
+    ]
+    as_json = json.loads(_cli(mlflow_url, "show", name, "1", "--json").stdout)
+    assert (as_json["sha256"], as_json["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
 def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
 
