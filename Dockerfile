@@ -4,7 +4,10 @@
 #   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/modelstore:/models" modelgate
 #
 # The registry lives outside the image (a volume here, or `--registry http://...` /
-# `mlflow+http://...`); the gateway follows its stage changes. With a retraining webhook
+# `mlflow+http://...`); the gateway follows its stage changes. The store must exist (an
+# empty volume is refused, not served as an empty registry: register a model into it first,
+# or pass `serve --create-store`); `docker exec ... modelgate registry list` reads the same
+# store, through MODELGATE_STORE. With a retraining webhook
 # (`--retrain-webhook URL`, secret in MODELGATE_WEBHOOK_SECRET), undelivered events wait in
 # /models/webhook-outbox.db, so the volume must be writable by uid 10001 (or pass
 # `--webhook-outbox` on another volume).

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, environment: Mapping[str, Any] | None = None) 
             return _serve(args, where, environment)
         # Opened by the command once its own input checks out: a failed `register` leaves
         # no new store behind.
-        registry = functools.partial(_open, args, where, environment)
+        opener = functools.partial(_open, args, where, environment)
         command = {
             "register": _register,
             "transition": _transition,
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace, environment: Mapping[str, Any] | None = None) 
             "history": _history,
             "show": _show,
         }[args.registry_command]
-        status = command(registry, args)
+        status = command(opener, args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
         return status
     except BrokenPipeError:
@@ -232,11 +232,10 @@ def _open(
 def _fix_store(where: _Where) -> str:
     """What to do about a store that is not there."""
     quoted = f"'{where.location}'" if " " in where.location else where.location
-    fix = (
-        f"pass the right {where.named_by}"
-        if where.named_by.startswith("--")
-        else (f"set {where.named_by} to the right one")
-    )
+    if where.named_by.startswith("--"):
+        fix = f"pass the right {where.named_by}"
+    else:
+        fix = f"set {where.named_by} to the right one"
     return f"create one with `modelgate registry --store {quoted} register NAME FILE` or {fix}"
 
 
@@ -264,7 +263,7 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
     return 0
 
 
-def _register(registry: Opener, args: argparse.Namespace) -> int:
+def _register(opener: Opener, args: argparse.Namespace) -> int:
     tags: dict[str, str] = {}
     for item in args.tag:
         key, sep, value = item.partition("=")
@@ -277,7 +276,7 @@ def _register(registry: Opener, args: argparse.Namespace) -> int:
         from modelgate.registry.reference import reference_profile
 
         reference = reference_profile(model, args.reference)
-    version = registry().register(
+    version = opener().register(
         args.name,
         model,
         stage=Stage.parse(args.stage),

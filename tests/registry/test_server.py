@@ -488,7 +488,7 @@ class _TamperingStore(RegistryStore):
 def test_the_client_verifies_what_it_downloads(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = _TamperingStore(tmp_path / "store")
+    store = _TamperingStore(tmp_path / "store", create=True)
     version = store.register("m", model_files["classifier"])
     expected = f"does not match its sha256 {version.sha256}"
     with (
@@ -505,7 +505,7 @@ class _LockedStore(RegistryStore):
 
 
 def test_an_unavailable_store_is_503_and_unavailable(tmp_path: Path) -> None:
-    app = build_app(_LockedStore(tmp_path / "store"), tmp_path / "incoming")
+    app = build_app(_LockedStore(tmp_path / "store", create=True), tmp_path / "incoming")
     with serving(app) as url, RemoteRegistry(url) as client:
         with pytest.raises(UnavailableError, match="locked by a backup"):
             client.generation()
@@ -573,6 +573,7 @@ def test_registry_serve_command(tmp_path: Path, model_files: dict[str, bytes]) -
         "0",
         "--token-file",
         str(tmp_path / "tokens"),
+        "--create-store",
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
