@@ -41,7 +41,7 @@ def _damage(store: RegistryStore, record: ModelVersion) -> None:
 @pytest.fixture
 def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
     """`good` serves; `broken` has one version, in production, that cannot load."""
-    registry = RegistryStore(tmp_path / "store")
+    registry = RegistryStore(tmp_path / "store", create=True)
     registry.register("good", model_files["classifier"], stage=Stage.PRODUCTION)
     _damage(registry, registry.register("broken", model_files["pair"], stage=Stage.PRODUCTION))
     return registry

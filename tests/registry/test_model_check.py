@@ -47,7 +47,7 @@ def test_the_gateway_refuses_to_load_it(secret_next_door: str) -> None:
 
 
 def test_the_registry_refuses_to_register_it(secret_next_door: str, tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "store")
+    store = RegistryStore(tmp_path / "store", create=True)
     with pytest.raises(InvalidModelError) as caught:
         store.register("thief", modelzoo.file_reader(secret_next_door, len(SECRET)))
     assert "external data" in str(caught.value)
