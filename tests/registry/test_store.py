@@ -163,7 +163,7 @@ ECHO_MISSES = (
 @pytest.fixture
 def renamed(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
     """`m`: v1 the classifier in production (input `input`), v2 a model taking `x`."""
-    store = RegistryStore(tmp_path / "renamed")
+    store = RegistryStore(tmp_path / "renamed", create=True)
     store.register("m", model_files["classifier"], stage=Stage.PRODUCTION, actor="ci")
     store.register("m", modelzoo.echo("FP32", width=modelzoo.FEATURES), actor="ci")
     return store
@@ -200,7 +200,7 @@ def test_stages_that_take_no_live_traffic_are_not_compared(renamed: RegistryStor
 def test_the_first_production_version_sets_the_signature(
     tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path)
+    store = RegistryStore(tmp_path, create=True)
     store.register("m", modelzoo.echo("FP32"), stage=Stage.CANARY, traffic=5)
     store.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
     assert _stages(store, "m") == [(Stage.CANARY, 5.0), (Stage.PRODUCTION, None)]
