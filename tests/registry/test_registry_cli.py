@@ -165,7 +165,8 @@ def test_a_signature_change_is_refused_unless_allowed_with_a_reason(
                           "10", "--allow-signature-change", "--reason", "x clients")  # fmt: skip
     assert allowed.returncode == 0, allowed.stderr
     code, history, _ = _run(capsys, store_dir, "history", "clf")
-    assert history.splitlines()[-1].split("  ")[-1] == (
+    header, *_, last = history.splitlines()
+    assert last[header.index("REASON") :] == (
         "signature change allowed (input 'input' is missing (version 4 has 'x'); output 'label' "
         "is missing (version 4 has 'y'); output 'probabilities' is missing (version 4 has 'y')): "
         "x clients"
