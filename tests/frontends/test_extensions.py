@@ -118,7 +118,7 @@ async def test_repository_index_lists_the_served_versions(
     model_files: dict[str, bytes],
     protocol: str,
 ) -> None:
-    store = RegistryStore(tmp_path / "index-store")
+    store = RegistryStore(tmp_path / "index-store", create=True)
     store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
     store.register("classifier", model_files["classifier"], stage=Stage.CANARY, traffic=10)
     broken = store.register("broken", model_files["pair"], stage=Stage.PRODUCTION)
@@ -153,7 +153,7 @@ async def test_repository_index_lists_the_served_versions(
 async def test_repository_index_of_ready_versions_and_load_status(
     settings: ServerSettings, tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:
-    store = RegistryStore(tmp_path / "ready-store")
+    store = RegistryStore(tmp_path / "ready-store", create=True)
     store.register("classifier", model_files["classifier"], stage=Stage.PRODUCTION)
     broken = store.register("broken", model_files["pair"], stage=Stage.PRODUCTION)
     (store.root / "artifacts" / "sha256" / broken.sha256).write_bytes(b"not the model")
