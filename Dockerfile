@@ -6,7 +6,7 @@
 # The registry lives outside the image (a volume here, or `--registry http://...` /
 # `mlflow+http://...`); the gateway follows its stage changes. The store must exist (an
 # empty volume is refused, not served as an empty registry: register a model into it first,
-# or pass `serve --create-store`); `docker exec ... modelgate registry list` reads the same
+# or pass `serve --create-store on`); `docker exec ... modelgate registry list` reads the same
 # store, through MODELGATE_STORE. With a retraining webhook
 # (`--retrain-webhook URL`, secret in MODELGATE_WEBHOOK_SECRET), undelivered events wait in
 # /models/webhook-outbox.db, so the volume must be writable by uid 10001 (or pass

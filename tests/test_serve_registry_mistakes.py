@@ -63,7 +63,7 @@ def test_a_store_that_is_not_there_is_refused_unless_asked_to_create_it(tmp_path
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
         f"modelgate: no registry at {typo}: register a model there with `modelgate registry "
-        f"--store {typo} register NAME FILE`, pass --create-store to start with an empty one, "
+        f"--store {typo} register NAME FILE`, pass --create-store on to start with an empty one, "
         "or fix --store (MODELGATE_STORE)\n"
     )
     assert not typo.exists()
@@ -76,8 +76,8 @@ def test_a_store_that_is_not_there_is_refused_unless_asked_to_create_it(tmp_path
     assert done.stderr.endswith("or fix --registry (MODELGATE_REGISTRY)\n")
     assert list((tmp_path / "empty").iterdir()) == []
 
-    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(typo), "--create-store",
-            *PORTS]  # fmt: skip
+    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(typo),
+            "--create-store", "on", *PORTS]  # fmt: skip
     gateway = ServerProcess(argv, tmp_path / "gateway.log")
     try:
         http = gateway.wait_for_line(GATEWAY, timeout=60).group(1)
