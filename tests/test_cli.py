@@ -253,7 +253,7 @@ def test_a_port_in_use_is_one_clear_line(
 ) -> None:
     flag = "--" + setting.replace("_", "-")
     result = modelgate(
-        "serve", "--store", str(tmp_path / "s"), "--grpc-workers", workers,
+        "serve", "--store", str(tmp_path / "s"), "--create-store", "on", "--grpc-workers", workers,
         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", flag, str(taken_port),
     )  # fmt: skip
     assert (result.returncode, result.stderr) == (
@@ -265,8 +265,9 @@ def test_a_port_in_use_is_one_clear_line(
 
 def test_the_registry_server_names_a_port_in_use(tmp_path: Path, taken_port: int) -> None:
     result = modelgate(
-        "registry", "--store", str(tmp_path / "s"), "serve", "--port", str(taken_port)
-    )
+        "registry", "--store", str(tmp_path / "s"), "serve", "--port", str(taken_port),
+        "--create-store",
+    )  # fmt: skip
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.endswith(
