@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -30,6 +29,7 @@ from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.shadow import ShadowMirror
 from modelgate.gateway.frontends.grpc import GrpcFrontend
 from modelgate.gateway.frontends.http import HttpFrontend
+from modelgate.gateway.frontends.http_drain import DrainingServer, HttpDrain, protocol_for
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.settings import ServerSettings
 from modelgate.listen import address, bind_error, listen
@@ -45,14 +45,6 @@ class Addresses:
     http: str
     grpc: str
     metrics: str
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside our loop: signals are the gateway's to handle, not uvicorn's."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Gateway:
@@ -78,7 +70,8 @@ class Gateway:
         self.guard = RolloutGuard(
             self.deployments, self.mirror, self.registry, settings, self.metrics
         )
-        self._http: _EmbeddedUvicorn | None = None
+        self._http: DrainingServer | None = None
+        self._http_drain = HttpDrain()
         self._http_task: asyncio.Task[None] | None = None
         self._grpc = GrpcFrontend(self.service, settings)
         self._metrics_server: WSGIServer | None = None
@@ -108,14 +101,14 @@ class Gateway:
             undo.pop_all()
         config = uvicorn.Config(
             HttpFrontend(self.service, s.max_body_bytes, s.routing_key_header),
-            http="httptools",
+            http=protocol_for(self._http_drain),
             loop="none",
             lifespan="off",
             access_log=False,
             log_level="warning",
             timeout_graceful_shutdown=max(1, round(s.drain_seconds)),
         )
-        self._http = _EmbeddedUvicorn(config)
+        self._http = DrainingServer(config, sock)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         http_port = sock.getsockname()[1]
         while not self._http.started:
@@ -176,7 +169,9 @@ class Gateway:
         log.info("modelgate draining")
         self.service.begin_drain()
         # Connections the kernel accepted but uvicorn has not read from yet would be reset
-        # if the listener closed now: keep serving while load balancers see "not ready".
+        # if the listener closed now: keep serving while load balancers see "not ready",
+        # telling keep-alive clients to reconnect (Connection: close; see http_drain).
+        self._http_drain.begin()
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)
         if self._load_task is not None and not self._load_task.done():
