@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 import re
@@ -14,10 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
 from modelgate.gateway.settings import ServerSettings
 from modelgate.listen import BindError
@@ -119,7 +123,8 @@ class Process:
 
 
 @pytest.fixture
-def served(tmp_path: Path, onnx_file: Path) -> Iterator[tuple[Process, str]]:
+def served(tmp_path: Path, onnx_file: Path) -> Iterator[tuple[Process, str, str]]:
+    """A `modelgate serve` subprocess with `clf` in production: process, HTTP and gRPC."""
     store = tmp_path / "store"
     assert modelgate("registry", "--store", str(store), "register", "clf", str(onnx_file),
                      "--stage", "production").returncode == 0  # fmt: skip
@@ -128,8 +133,8 @@ def served(tmp_path: Path, onnx_file: Path) -> Iterator[tuple[Process, str]]:
          "--metrics-port", "0"], tmp_path,
     )  # fmt: skip
     try:
-        http = process.wait_for(LISTENING).group(1)
-        yield process, http
+        listening = process.wait_for(LISTENING)
+        yield process, listening.group(1), listening.group(2)
     finally:
         process.close()
 
@@ -142,8 +147,10 @@ async def _wait_ready(client: httpx.AsyncClient) -> None:
     raise AssertionError("never ready")
 
 
-async def test_serve_finishes_in_flight_requests_on_sigterm(served: tuple[Process, str]) -> None:
-    process, address = served
+async def test_serve_finishes_in_flight_requests_on_sigterm(
+    served: tuple[Process, str, str],
+) -> None:
+    process, address, _ = served
     x = np.random.default_rng().normal(size=(1, 8)).astype(np.float32)
     body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]}
     limits = httpx.Limits(max_connections=64)
@@ -159,13 +166,75 @@ async def test_serve_finishes_in_flight_requests_on_sigterm(served: tuple[Proces
         process.proc.send_signal(signal.SIGTERM)
         statuses = await asyncio.gather(*in_flight, return_exceptions=True)
     # Requests already accepted finish; ones that came after the listener closed could not
-    # connect at all (a refused connection, never a failed or half-answered request).
+    # connect at all or, on a connection still open, were refused with a 503 (never a
+    # failed or half-answered request).
     answered = [s for s in statuses if isinstance(s, int)]
-    assert answered and all(s == 200 for s in answered), statuses
+    assert 200 in answered and set(answered) <= {200, 503}, statuses
     refused = [s for s in statuses if not isinstance(s, int)]
     assert all(isinstance(s, httpx.ConnectError) for s in refused), refused
     assert process.proc.wait(30) == 0
     assert "modelgate stopped" in process.rest()
+
+
+async def test_serve_drains_steady_load_without_losing_a_request(
+    served: tuple[Process, str, str],
+) -> None:
+    """SIGTERM under steady keep-alive HTTP and gRPC load: every request is answered, or
+    refused cleanly (503, UNAVAILABLE, or a connection refused before anything was sent)."""
+    process, http_address, grpc_address = served
+    x = np.random.default_rng().normal(size=(1, 8)).astype(np.float32)
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]}
+    request = pb.ModelInferRequest(model_name="clf", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 8],
+        contents=pb.InferTensorContents(fp32_contents=x.ravel().tolist()),
+    )])  # fmt: skip
+    outcomes: list[str] = []
+    exited = asyncio.Event()
+
+    async def http_load(client: httpx.AsyncClient) -> None:
+        while not exited.is_set():
+            try:
+                reply = await client.post("/v2/models/clf/infer", json=body)
+                outcomes.append(f"http {reply.status_code}")
+            except httpx.ConnectError:
+                outcomes.append("http refused")
+                await asyncio.sleep(0.02)
+            except httpx.HTTPError as exc:
+                outcomes.append(f"http lost: {exc!r}")
+
+    async def grpc_load(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+        while not exited.is_set():
+            try:
+                await stub.ModelInfer(request, timeout=30)
+                outcomes.append("grpc OK")
+            except grpc.aio.AioRpcError as exc:
+                outcomes.append(f"grpc {exc.code().name}")
+                await asyncio.sleep(0.02)
+
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with (
+        httpx.AsyncClient(base_url=f"http://{http_address}", limits=limits) as client,
+        grpc.aio.insecure_channel(grpc_address) as channel,
+    ):
+        await _wait_ready(client)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        load = [asyncio.create_task(http_load(client)) for _ in range(16)]
+        load += [asyncio.create_task(grpc_load(stub)) for _ in range(8)]
+        await asyncio.sleep(1.0)
+        process.proc.send_signal(signal.SIGTERM)
+        status = await asyncio.to_thread(process.proc.wait, 60)
+        await asyncio.sleep(0.5)  # requests sent after the exit meet a closed port
+        exited.set()
+        await asyncio.gather(*load)
+    clean = {"http 200", "http 503", "http refused", "grpc OK", "grpc UNAVAILABLE"}
+    # gRPC core cancels calls it received but had not yet handed to the server's handler
+    # when shutdown begins (grpc/grpc#41785, fixed upstream by grpc/grpc#41786): a loss
+    # the gateway cannot prevent from outside the library. Anything else is the gateway's.
+    clean.add("grpc CANCELLED")
+    lost = [outcome for outcome in outcomes if outcome not in clean]
+    assert not lost, collections.Counter(outcomes)
+    assert {"http 200", "http refused", "grpc OK", "grpc UNAVAILABLE"} <= set(outcomes)
+    assert status == 0
 
 
 @pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed")
