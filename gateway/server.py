@@ -29,7 +29,12 @@ from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.shadow import ShadowMirror
 from modelgate.gateway.frontends.grpc import GrpcFrontend
 from modelgate.gateway.frontends.http import HttpFrontend
-from modelgate.gateway.frontends.http_drain import DrainingServer, HttpDrain, protocol_for
+from modelgate.gateway.frontends.http_connections import (
+    DrainingServer,
+    HeadLimits,
+    HttpDrain,
+    protocol_for,
+)
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.settings import ServerSettings
 from modelgate.listen import address, bind_error, listen
@@ -101,11 +106,12 @@ class Gateway:
             undo.pop_all()
         config = uvicorn.Config(
             HttpFrontend(self.service, s.max_body_bytes, s.routing_key_header),
-            http=protocol_for(self._http_drain),
+            http=protocol_for(self._http_drain, HeadLimits(s.max_header_bytes, s.header_timeout)),
             loop="none",
             lifespan="off",
             access_log=False,
             log_level="warning",
+            timeout_keep_alive=s.keep_alive_timeout,  # type: ignore[arg-type]  # float works
             timeout_graceful_shutdown=max(1, round(s.drain_seconds)),
         )
         self._http = DrainingServer(config, sock)
@@ -170,7 +176,7 @@ class Gateway:
         self.service.begin_drain()
         # Connections the kernel accepted but uvicorn has not read from yet would be reset
         # if the listener closed now: keep serving while load balancers see "not ready",
-        # telling keep-alive clients to reconnect (Connection: close; see http_drain).
+        # telling keep-alive clients to reconnect (Connection: close; see http_connections).
         self._http_drain.begin()
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)

@@ -201,6 +201,16 @@ class ServerSettings:
     max_body_bytes: int = setting(
         64 * 1024 * 1024, "largest HTTP body or gRPC message accepted", minimum=1
     )
+    max_header_bytes: int = setting(
+        64 * 1024, "largest HTTP request head (request line and headers); larger is 431",
+        minimum=1024,
+    )  # fmt: skip
+    header_timeout: float = setting(
+        10.0, "seconds an HTTP client gets to send a request head; then 408", above=0
+    )
+    keep_alive_timeout: float = setting(
+        5.0, "seconds an idle HTTP keep-alive connection stays open", above=0
+    )
     grpc_workers: str = setting(
         "shared",
         "gRPC on the HTTP server's event loop (shared), or on its own loop in a thread",

@@ -1,4 +1,10 @@
-"""HTTP/1.1 connections that drain without losing a request.
+"""HTTP/1.1 connections with bounded heads and a drain that loses no request.
+
+A request head (request line and headers) larger than `max_header_bytes` is answered 431
+and its connection closed; a head not complete `header_timeout` seconds after it began (or
+after the connection opened) is answered 408 and closed. uvicorn's httptools protocol has
+neither: a slowloris client holds its connection forever, and one header of any size is
+buffered whole.
 
 uvicorn's own shutdown closes every idle keep-alive connection at once and drops requests
 queued behind the one in flight. A client that sent a request a moment before cannot tell
@@ -24,6 +30,7 @@ import contextlib
 import functools
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import uvicorn
@@ -38,6 +45,20 @@ from modelgate.gateway.frontends.http_wire import Receive
 IDLE_LINGER = 0.5
 
 _REFUSAL = v2_http.encode_json({"error": "the server is shutting down; retry elsewhere"})
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """How large and how slow a request head may be."""
+
+    max_bytes: int
+    timeout: float
+
+
+def _answer(status: str, message: str) -> bytes:
+    body = v2_http.encode_json({"error": message})
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
 class HttpDrain:
@@ -62,17 +83,52 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the drain above; `protocol_for` binds its state."""
 
     drain: ClassVar[HttpDrain]
+    limits: ClassVar[HeadLimits]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_arriving = False
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()  # a connection that never sends a head is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        counting = self._head_arriving
+        super().data_received(data)
+        # Counted after parsing, so that one chunk (at most the transport's read size) is
+        # all a head can take beyond the limit. A chunk in which a head begins counts whole.
+        if self._head_arriving and (counting or self._head_bytes == 0):
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_bytes:
+                limit = self.limits.max_bytes
+                self._refuse(
+                    "431 Request Header Fields Too Large", f"request head over {limit} bytes"
+                )
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
 
     def on_message_begin(self) -> None:
         self._head_arriving = True
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._head_arriving = False
+        self._cancel_head_timer()
         super().on_headers_complete()
         if self.drain.closing and self.cycle is not None:
             # uvicorn then sends `connection: close` and closes after the answer.
@@ -88,6 +144,27 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         else:
             self.cycle.keep_alive = False
 
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        seconds = self.limits.timeout
+        self._refuse("408 Request Timeout", f"request head not complete within {seconds:g} s")
+
+    def _refuse(self, status: str, message: str) -> None:
+        """Answer `status` and close: the rest of what this connection sends is ignored."""
+        self._refused = True
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(_answer(status, message))
+            self.transport.close()
+
     def _close_if_idle(self) -> None:
         if self.transport.is_closing():
             return
@@ -102,9 +179,11 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_for(drain: HttpDrain) -> type[DrainingHttpProtocol]:
-    """A protocol class whose connections share `drain` (uvicorn instantiates the class)."""
-    return type("DrainingHttpProtocol", (DrainingHttpProtocol,), {"drain": drain})
+def protocol_for(drain: HttpDrain, limits: HeadLimits) -> type[DrainingHttpProtocol]:
+    """A protocol class whose connections share `drain` and `limits` (uvicorn instantiates
+    the class)."""
+    shared = {"drain": drain, "limits": limits}
+    return type("DrainingHttpProtocol", (DrainingHttpProtocol,), shared)
 
 
 class DrainingServer(uvicorn.Server):
