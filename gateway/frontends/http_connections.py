@@ -44,6 +44,9 @@ from modelgate.gateway.frontends.http_wire import Receive
 # listener close) to arrive and be answered 503; short so that stopping stays quick.
 IDLE_LINGER = 0.5
 
+# How long a connection refused 431/408 may go on sending (discarded) before it is closed.
+_REFUSED_LINGER = 1.0
+
 _REFUSAL = v2_http.encode_json({"error": "the server is shutting down; retry elsewhere"})
 
 
@@ -161,9 +164,16 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         """Answer `status` and close: the rest of what this connection sends is ignored."""
         self._refused = True
         self._cancel_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(_answer(status, message))
+        if self.transport.is_closing():
+            return
+        self.transport.write(_answer(status, message))
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        # Closing with unread input would reset the connection, and the client might never
+        # read the answer: send it and a FIN, discard what still comes for a moment, close.
+        self.transport.write_eof()
+        self.loop.call_later(_REFUSED_LINGER, self.transport.close)
 
     def _close_if_idle(self) -> None:
         if self.transport.is_closing():
