@@ -64,6 +64,10 @@ def _answer(status: str, message: str) -> bytes:
     return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
+class _HeadRefused(Exception):
+    """Raised in a parser callback to stop parsing a head that was answered 431."""
+
+
 class HttpDrain:
     """The drain state the HTTP connections of one server share."""
 
@@ -91,7 +95,8 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_arriving = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received since the head began: bounds a head arriving
+        self._head_exact = 0  # bytes of the head's parsed parts: checked once it is whole
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -113,10 +118,11 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         if self._head_arriving and (counting or self._head_bytes == 0):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_bytes:
-                limit = self.limits.max_bytes
-                self._refuse(
-                    "431 Request Header Fields Too Large", f"request head over {limit} bytes"
-                )
+                self._too_large()
+
+    def _too_large(self) -> None:
+        limit = self.limits.max_bytes
+        self._refuse("431 Request Header Fields Too Large", f"request head over {limit} bytes")
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -125,13 +131,25 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._head_arriving = True
         self._head_bytes = 0
+        self._head_exact = 0
         if self._head_timer is None:
             self._arm_head_timer()
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        self._head_exact += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_exact += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._head_arriving = False
         self._cancel_head_timer()
+        if self._head_exact > self.limits.max_bytes:  # a whole head within one chunk
+            self._too_large()
+            raise _HeadRefused  # stops the parser; no request is started
         super().on_headers_complete()
         if self.drain.closing and self.cycle is not None:
             # uvicorn then sends `connection: close` and closes after the answer.

@@ -121,6 +121,14 @@ async def test_request_heads_are_bounded_in_size_and_time_and_idle_connections_c
         assert await _closed(reader)
         writer.close()
 
+        # A head over the limit that arrives whole at once.
+        reader, writer = await connect()
+        writer.write(LIVE.replace(b"Host", b"X-Big: " + b"a" * 8192 + b"\r\nHost"))
+        status, _ = await _answer(reader)
+        assert status == 431
+        assert await _closed(reader)
+        writer.close()
+
         # A slowloris head: 408 and closed once the timeout passes; others are served.
         slow_reader, slow = await connect()
         slow.write(b"GET /v2/health/live HTTP/1.1\r\nHost: gw\r\n")
