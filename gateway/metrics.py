@@ -229,6 +229,13 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.requests_refused = Counter(
+            "modelgate_requests_refused",
+            "Inference requests refused at the front door before any work, by reason "
+            "(inflight: max_inflight requests were already in flight).",
+            ["reason"],
+            registry=r,
+        )
         self.guard_rollbacks = Counter(
             "modelgate_guard_rollbacks",
             "Versions the rollout guard archived, by the rule that tripped.",

@@ -23,6 +23,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from modelgate.gateway.alerting import DriftAlerts, notifier_for
+from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployments
 from modelgate.gateway.core.guard import RolloutGuard
 from modelgate.gateway.core.service import InferenceService
@@ -70,7 +71,12 @@ class Gateway:
         self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
         self.monitor.on_change = DriftAlerts(self.notifier, settings, self.deployments)
         self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
-        self.service = InferenceService(self.deployments, self.mirror, self.monitor)
+        admission = Admission(
+            settings.max_inflight, self.metrics.requests_refused.labels("inflight").inc
+        )
+        self.service = InferenceService(
+            self.deployments, self.mirror, self.monitor, admission=admission
+        )
         self._background: list[asyncio.Task[None]] = []
         self.guard = RolloutGuard(
             self.deployments, self.mirror, self.registry, settings, self.metrics

@@ -211,6 +211,15 @@ class ServerSettings:
     keep_alive_timeout: float = setting(
         5.0, "seconds an idle HTTP keep-alive connection stays open", above=0
     )
+    # 512: eight full default batches (max_batch_size 64) of single-row requests; enough to
+    # keep the batchers full, few enough that an overloaded process answers what it admits
+    # in well under a second. Measurements: docs/hardening.md, "Admission control".
+    max_inflight: int = setting(
+        512,
+        "inference requests in flight per process (being read, queued or computed); beyond, "
+        "a request is refused at once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED)",
+        minimum=1,
+    )
     grpc_workers: str = setting(
         "shared",
         "gRPC on the HTTP server's event loop (shared), or on its own loop in a thread",

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any, NoReturn
 
+from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployment, Deployments
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.runtime import OnnxModel
@@ -61,8 +62,12 @@ class InferenceService:
         mirror: ShadowMirror,
         monitor: DriftMonitor | None = None,
         name: str = "modelgate",
+        admission: Admission | None = None,
     ) -> None:
         self._deployments = deployments
+        # Front ends `enter` it before reading or decoding an inference request, and
+        # `leave` once it is answered: the work in flight stays bounded (core/admission.py).
+        self.admission = admission if admission is not None else Admission(2**31)
         self._mirror = mirror
         self._monitor = monitor
         self.name = name

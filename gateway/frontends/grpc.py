@@ -42,6 +42,9 @@ STATUS_BY_CODE = {
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
+# Calls grpcio takes beyond `max_inflight` inference calls (see `_start_here`).
+CONTROL_HEADROOM = 64
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
@@ -159,21 +162,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Takes and answers wire bytes (see `add_inference_service`), and maps its errors
         # itself rather than through `_mapped`: a coroutine and two calls less per request.
+        admission = self._service.admission
         try:
+            admission.enter()  # before decoding: a refused call costs no parsing
             try:
-                message = pb.ModelInferRequest.FromString(request)
-            except Exception as exc:  # as in `_lenient`
-                raise _malformed(exc) from None
-            infer_request, raw = codec.decode_infer_request(message)
-            remaining = context.time_remaining()
-            if remaining is not None and (
-                infer_request.timeout is None or remaining < infer_request.timeout
-            ):
-                infer_request.timeout = remaining
-            if self._service.uses_routing_key(infer_request.model):  # metadata: built per call
-                infer_request.routing_key = _metadata_value(context, self._routing_key)
-            response = await self._service.infer(infer_request)
-            return self._serialize(response, raw)
+                try:
+                    message = pb.ModelInferRequest.FromString(request)
+                except Exception as exc:  # as in `_lenient`
+                    raise _malformed(exc) from None
+                infer_request, raw = codec.decode_infer_request(message)
+                remaining = context.time_remaining()
+                if remaining is not None and (
+                    infer_request.timeout is None or remaining < infer_request.timeout
+                ):
+                    infer_request.timeout = remaining
+                if self._service.uses_routing_key(infer_request.model):  # metadata: per call
+                    infer_request.routing_key = _metadata_value(context, self._routing_key)
+                response = await self._service.infer(infer_request)
+                return self._serialize(response, raw)
+            finally:
+                admission.leave()
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
 
@@ -275,12 +283,20 @@ class GrpcFrontend:
 
     async def _start_here(self, host: str, port: int) -> int:
         limit = self._settings.max_body_bytes
+        inflight = self._settings.max_inflight
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+                # One connection cannot open more streams than the process admits: the
+                # client holds the rest back instead of the server buffering them.
+                ("grpc.max_concurrent_streams", inflight),
+            ],
+            # grpcio refuses calls beyond this with RESOURCE_EXHAUSTED before reading them;
+            # the headroom keeps health and metadata calls answered while inference calls
+            # fill `max_inflight` (those beyond it are refused by the admission count).
+            maximum_concurrent_rpcs=inflight + CONTROL_HEADROOM,
         )
         add_inference_service(
             InferenceServicer(self._service, self._settings.routing_key_header), server

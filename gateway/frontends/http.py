@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modelgate.gateway.codecs import v1, v2_http
+from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
@@ -48,6 +49,10 @@ STATUS_BY_CODE = {
 }
 
 _JSON = [(b"content-type", b"application/json")]
+# Extra headers of an error answer, by code: a refusal under load says when to come back.
+_HEADERS_BY_CODE = {
+    ErrorCode.RESOURCE_EXHAUSTED: [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+}
 TIMEOUT_HEADER = b"x-request-timeout-ms"
 _HEADER_LENGTH = b"inference-header-content-length"
 
@@ -113,7 +118,8 @@ class HttpFrontend:
                         (b"vary", b"accept-encoding"),
                     ]
         except InferenceError as exc:
-            status, body, out = STATUS_BY_CODE[exc.code], _error(exc.message), _JSON
+            status, body = STATUS_BY_CODE[exc.code], _error(exc.message)
+            out = [*_JSON, *_HEADERS_BY_CODE.get(exc.code, ())]
         except HttpError as exc:
             status, body, out = exc.status, _error(exc.message), [*_JSON, *exc.headers]
         except Exception:
@@ -133,12 +139,19 @@ class HttpFrontend:
                 f"method {method} is not allowed on {path} (use {allowed})",
                 ((b"allow", allowed.encode()),),
             )
-        if endpoint == "infer":
+        if endpoint in ("infer", "v1_predict"):
             assert model is not None
-            return await self._infer(receive, headers, model, version)
-        if endpoint == "v1_predict":
-            assert model is not None
-            return await self._predict_v1(receive, headers, model)
+            # Before the body is read: a refused request costs no memory nor decoding.
+            # uvicorn hands a connection's pipelined requests to the app one at a time
+            # (it stops reading while one is in flight), so each is counted here too.
+            admission = self._service.admission
+            admission.enter()
+            try:
+                if endpoint == "infer":
+                    return await self._infer(receive, headers, model, version)
+                return await self._predict_v1(receive, headers, model)
+            finally:
+                admission.leave()
         service = self._service
         if endpoint == "index":
             body = await read_body(receive, headers, self._max_body)
