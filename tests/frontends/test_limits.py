@@ -1,4 +1,5 @@
-"""Deadlines, a full queue and models that are not ready, over both protocols.
+"""Deadlines, a full queue, admission control (max_inflight) and models that are not ready,
+over both protocols.
 
 The `slow` model takes about 0.2 s per batch, so a second request reliably waits in the
 queue while the first one computes.
@@ -206,3 +207,77 @@ async def test_a_model_that_failed_to_load_is_503_and_the_others_serve(
         assert (await http.post("/v2/models/classifier/infer", json=body)).status_code == 200
         metrics = await scrape(gateway)
         assert sample(metrics, "modelgate_model_load_failures_total", model="broken", version="1")
+
+
+def _limited(settings: ServerSettings, store: RegistryStore) -> ServerSettings:
+    limited = _settings(settings, store, max_batch_size=1, max_queue=16)
+    return dataclasses.replace(limited, max_inflight=2)
+
+
+async def _refused(gateway: Gateway) -> float:
+    return sample(await scrape(gateway), "modelgate_requests_refused_total", reason="inflight")
+
+
+async def _status_without_body(gateway: Gateway) -> tuple[bytes, bytes]:
+    """Send an inference request's headers but never its body; the status line and the
+    rest of the head the server answers with (within a generous bound)."""
+    assert gateway.addresses is not None
+    host, port = gateway.addresses.http.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    finally:
+        writer.close()
+    status, _, rest = head.partition(b"\r\n")
+    return status, rest.lower()
+
+
+async def test_beyond_max_inflight_a_request_is_refused_unread_and_never_queued(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator
+) -> None:
+    async with (
+        running(_limited(settings, slow_store), slow_store) as gateway,
+        _clients(gateway) as (http, stub),
+    ):
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _computing(gateway)
+        queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _queue_depth_reaches(gateway, 1)  # two in flight: the limit
+
+        refused = await http.post("/v2/models/slow/infer", json=_body(x))
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert "capacity" in refused.json()["error"]
+        v1 = await http.post("/v1/models/slow:predict", json={"instances": x.tolist()})
+        assert v1.status_code == 503
+        assert v1.headers["retry-after"] == "1"
+        # Refused before the body is read: the answer comes though the body never does.
+        status, head = await _status_without_body(gateway)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert b"retry-after: 1" in head
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(_grpc_request(x))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "capacity" in (err.value.details() or "")
+        # Control-plane calls are not inference: they still answer.
+        assert (await http.get("/v2/health/ready")).status_code == 200
+        assert (await http.get("/v2/models/slow")).status_code == 200
+
+        assert (await computing).status_code == 200
+        assert (await queued).status_code == 200
+        assert await _refused(gateway) == 4
+        # Once the load is gone, every request is served again: places were given back,
+        # also by the refused and the malformed ones.
+        bad = await http.post("/v2/models/slow/infer", content=b"{not json")
+        assert bad.status_code == 400
+        for _ in range(3):
+            assert (await http.post("/v2/models/slow/infer", json=_body(x))).status_code == 200
+        await stub.ModelInfer(_grpc_request(x))
+        # Only the admitted requests ever reached the batcher.
+        assert await _batches(gateway) == 6
