@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from modelgate.gateway.core.errors import ErrorCode
+
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
@@ -232,7 +234,9 @@ class Metrics:
         self.requests_refused = Counter(
             "modelgate_requests_refused",
             "Inference requests refused at the front door before any work, by reason "
-            "(inflight: max_inflight requests were already in flight).",
+            "(inflight: max_inflight requests were already in flight; queue_budget: the "
+            "expected queue wait exceeded queue_budget_ms; deadline: the client's deadline "
+            "could not be met).",
             ["reason"],
             registry=r,
         )
@@ -270,6 +274,10 @@ class VersionMetrics:
         self.executions = Executions()
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.loaded = metrics.model_loaded.labels(model, version)
+        self.refused = {
+            ErrorCode.RESOURCE_EXHAUSTED: metrics.requests_refused.labels("queue_budget"),
+            ErrorCode.DEADLINE_EXCEEDED: metrics.requests_refused.labels("deadline"),
+        }
         # (protocol, outcome) -> latencies; their counts are the request counts. Entries are
         # only ever added (setdefault is atomic), and readers copy before iterating.
         self.outcomes: dict[tuple[str, str], Observations] = {}

@@ -41,6 +41,12 @@ class BatchSettings:
     max_queue: int = setting(
         4096, "rows that may wait; beyond, a request is refused at once", minimum=1
     )
+    queue_budget_ms: int = setting(
+        50,
+        "milliseconds a request may expect to wait in the queue (the full batches ahead of "
+        "it times the batch time); beyond, it is refused at once; 0: no budget",
+        minimum=0,
+    )
     inline_max_us: int = setting(
         250,
         "batches expected to compute within this many microseconds run on the event loop, "

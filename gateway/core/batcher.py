@@ -88,6 +88,7 @@ class BatchPolicy:
     ) -> None:
         self.max_rows = settings.max_batch_size if batchable else 1
         self.max_delay = settings.max_delay_us / 1e6
+        self.queue_budget = settings.queue_budget_ms / 1e3
         self.inline_max = settings.inline_max_us / 1e6
         self.batchable = batchable
         self.batch_seconds = batch_seconds
@@ -125,6 +126,23 @@ class BatchPolicy:
             return False
         self._probe += 1
         return self._probe % self.PROBE_EVERY != 0
+
+    def expected_wait(self, queued_rows: int) -> float:
+        """Seconds a request arriving now can expect to wait before its batch starts: one
+        batch time for each full batch queued ahead of it. The batch computing now is not
+        counted (how far it has got is unknown), so this errs towards admitting."""
+        return (queued_rows // self.max_rows) * self.batch_seconds
+
+    def refusal(self, queued_rows: int, deadline: float | None, now: float) -> ErrorCode | None:
+        """Why a request arriving now is refused before it queues, or None to queue it:
+        DEADLINE_EXCEEDED when its deadline will have passed before its batch can start,
+        RESOURCE_EXHAUSTED when its expected wait exceeds the queue budget."""
+        wait = self.expected_wait(queued_rows)
+        if deadline is not None and now + wait >= deadline:
+            return ErrorCode.DEADLINE_EXCEEDED
+        if self.queue_budget > 0 and wait > self.queue_budget:
+            return ErrorCode.RESOURCE_EXHAUSTED
+        return None
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
@@ -214,12 +232,13 @@ class MicroBatcher:
         """Queue validated `feeds` of `rows` rows; the future resolves to all model outputs.
 
         Must be called from a running event loop. Raises at once (never queues) when the
-        batcher is stopping (UNAVAILABLE) or the queue is full (RESOURCE_EXHAUSTED).
+        batcher is stopping (UNAVAILABLE), the queue is full or the expected wait exceeds
+        the queue budget (RESOURCE_EXHAUSTED), or `deadline` cannot be met
+        (DEADLINE_EXCEEDED): see `BatchPolicy.refusal`.
         """
         loop = asyncio.get_running_loop()
-        request = PendingRequest(
-            feeds, rows, deadline, loop, loop.create_future(), time.monotonic()
-        )
+        now = time.monotonic()
+        request = PendingRequest(feeds, rows, deadline, loop, loop.create_future(), now)
         with self._cond:
             if not self._accepting:
                 raise InferenceError(ErrorCode.UNAVAILABLE, "model version is shutting down")
@@ -228,6 +247,9 @@ class MicroBatcher:
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"queue full ({self._queued_rows} rows waiting, limit {self._max_queue})",
                 )
+            refusal = self._policy.refusal(self._queued_rows, deadline, now)
+            if refusal is not None:
+                raise self._refuse(refusal)
             self._queue.append(request)
             self._queued_rows += rows
             inline = self._policy.inline
@@ -260,6 +282,20 @@ class MicroBatcher:
             raise _deadline_error()
         self._metrics.queue_wait.observe(0.0)
         return self._compute(feeds, rows, 1)
+
+    def _refuse(self, code: ErrorCode) -> InferenceError:
+        """The error refusing a request before it queued (`BatchPolicy.refusal`), counted."""
+        self._metrics.refused[code].inc()
+        wait = self._policy.expected_wait(self._queued_rows) * 1000
+        if code is ErrorCode.DEADLINE_EXCEEDED:
+            return InferenceError(
+                code, f"deadline cannot be met: about {wait:.0f} ms of queued work ahead"
+            )
+        budget = self._policy.queue_budget * 1000
+        return InferenceError(
+            code, f"queue budget exceeded: about {wait:.0f} ms of queued work ahead "
+            f"(queue_budget_ms {budget:.0f}); retry later",
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Refuse new work (UNAVAILABLE); queued requests still run, then the worker ends."""

@@ -93,6 +93,26 @@ def test_policy_never_skips_the_queue_when_asked_to_wait_or_off_the_loop() -> No
         assert not policy.eager
 
 
+def test_policy_refuses_what_cannot_start_within_its_deadline_or_the_queue_budget() -> None:
+    policy = BatchPolicy(
+        BatchSettings(max_batch_size=4, queue_budget_ms=50), batchable=True, batch_seconds=0.02
+    )
+    # Only full batches ahead count: three rows still join the next batch.
+    assert policy.expected_wait(3) == 0
+    assert policy.expected_wait(9) == pytest.approx(0.04)
+    assert policy.refusal(9, None, now=10.0) is None
+    assert policy.refusal(12, None, now=10.0) is ErrorCode.RESOURCE_EXHAUSTED  # 60 ms > 50
+    # A client's deadline applies when it is the shorter one; a passed one always refuses.
+    assert policy.refusal(9, 10.03, now=10.0) is ErrorCode.DEADLINE_EXCEEDED
+    assert policy.refusal(9, 10.05, now=10.0) is None
+    assert policy.refusal(0, 9.99, now=10.0) is ErrorCode.DEADLINE_EXCEEDED
+    assert policy.refusal(12, 11.0, now=10.0) is ErrorCode.RESOURCE_EXHAUSTED
+    unbudgeted = BatchPolicy(
+        BatchSettings(max_batch_size=4, queue_budget_ms=0), batchable=True, batch_seconds=0.02
+    )
+    assert unbudgeted.refusal(4000, None, now=10.0) is None
+
+
 def test_split_outputs_rejects_a_wrong_row_count() -> None:
     with pytest.raises(InferenceError) as err:
         split_outputs([np.zeros((5, 2))], [2, 2])
@@ -120,8 +140,11 @@ class Recorder:
 
 def _batcher(run: object, **settings: int) -> MicroBatcher:
     """A batcher whose batches all run on its worker thread, unless `inline_max_us` says
-    otherwise (a gated model must not run on the test's event loop)."""
+    otherwise (a gated model must not run on the test's event loop), and with no queue
+    budget unless given one."""
     settings.setdefault("inline_max_us", 0)
+    # Without a budget: gated and sleeping models would make waits the tests don't measure.
+    settings.setdefault("queue_budget_ms", 0)
     metrics = Metrics().for_version("m", "1")
     return MicroBatcher(run, ["x"], BatchSettings(**settings), True, metrics)  # type: ignore[arg-type]
 
@@ -197,6 +220,30 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() 
     batcher.stop()
     assert batcher.join(5)
     assert run.batches == [1]
+
+
+async def test_requests_that_would_wait_too_long_are_refused_before_queueing() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    settings = BatchSettings(max_batch_size=1, queue_budget_ms=50, inline_max_us=0)
+    metrics = Metrics().for_version("m", "1")
+    # Batches known to take 0.1 s: one full batch queued means 100 ms of wait.
+    batcher = MicroBatcher(run, ["x"], settings, True, metrics, batch_seconds=0.1)  # type: ignore[arg-type]
+    blocker = batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    assert await asyncio.to_thread(run.entered.wait, 5)
+    queued = batcher.submit({"x": np.ones((1, 3))}, 1, None)  # next in line: no wait known
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert "queue budget" in err.value.message
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": np.ones((1, 3))}, 1, time.monotonic() + 0.08)
+    assert err.value.code is ErrorCode.DEADLINE_EXCEEDED
+    gate.set()
+    await asyncio.gather(blocker, queued)
+    batcher.stop()
+    assert batcher.join(5)
+    assert run.batches == [1, 1]
 
 
 async def test_stop_refuses_new_work_and_drains_the_queue() -> None:

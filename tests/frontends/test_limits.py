@@ -281,3 +281,43 @@ async def test_beyond_max_inflight_a_request_is_refused_unread_and_never_queued(
         await stub.ModelInfer(_grpc_request(x))
         # Only the admitted requests ever reached the batcher.
         assert await _batches(gateway) == 6
+
+
+async def test_a_request_that_would_wait_past_its_deadline_or_the_budget_is_refused_at_once(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator
+) -> None:
+    # One-row batches of ~0.35 s (learned at warm-up): one queued request ahead of a new
+    # one means ~0.35 s of wait, over the default 50 ms budget and a 100 ms deadline.
+    limited = _settings(settings, slow_store, max_batch_size=1, max_queue=16)
+    async with running(limited, slow_store) as gateway, _clients(gateway) as (http, stub):
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _computing(gateway)
+        queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _queue_depth_reaches(gateway, 1)
+
+        over_budget = await http.post("/v2/models/slow/infer", json=_body(x))
+        assert over_budget.status_code == 503, over_budget.text
+        assert over_budget.headers["retry-after"] == "1"
+        assert "queue budget" in over_budget.json()["error"]
+        too_late = await http.post(
+            "/v2/models/slow/infer", json=_body(x), headers={"x-request-timeout-ms": "100"}
+        )
+        assert too_late.status_code == 504, too_late.text
+        assert "cannot be met" in too_late.json()["error"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(_grpc_request(x), timeout=5)  # longer than the wait
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(_grpc_request(x), timeout=0.1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        assert (await computing).status_code == 200
+        assert (await queued).status_code == 200
+        metrics = await scrape(gateway)
+        refused = "modelgate_requests_refused_total"
+        assert sample(metrics, refused, reason="queue_budget") == 2
+        assert sample(metrics, refused, reason="deadline") == 2
+        assert (await http.post("/v2/models/slow/infer", json=_body(x))).status_code == 200
+        # The refused requests were never computed.
+        assert await _batches(gateway) == 3
