@@ -217,11 +217,12 @@ class ServerSettings:
     keep_alive_timeout: float = setting(
         5.0, "seconds an idle HTTP keep-alive connection stays open", above=0
     )
-    # 512: eight full default batches (max_batch_size 64) of single-row requests; enough to
-    # keep the batchers full, few enough that an overloaded process answers what it admits
-    # in well under a second. Measurements: docs/hardening.md, "Admission control".
+    # 128: two full default batches (max_batch_size 64) of one-row requests, one computing
+    # and one gathering, enough to keep a batcher busy; and about what a process serving a
+    # few thousand requests a second answers within tens of milliseconds. Measured against
+    # 512: docs/hardening.md, "Admission control".
     max_inflight: int = setting(
-        512,
+        128,
         "inference requests in flight per process (being read, queued or computed); beyond, "
         "a request is refused at once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED)",
         minimum=1,
