@@ -61,7 +61,7 @@ def _signature(value: onnx.ValueInfoProto) -> TensorSignature:
 def read_signature(model: bytes) -> tuple[tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
     """(inputs, outputs) of an ONNX model; initialisers listed as inputs are left out.
     A model that is not self-contained is refused (see model_check)."""
-    graph = parse_model(model).graph
+    graph = parse_model(model).proto.graph
     if not graph.output:
         raise InvalidModelError("not an ONNX model: the graph has no outputs")
     initialisers = {init.name for init in graph.initializer}

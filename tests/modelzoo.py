@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -138,4 +140,44 @@ def file_reader(location: str, length: int) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # onnx's checker would refuse the path; the attacker skips it
+    return model.SerializeToString()
+
+
+def filler() -> bytes:
+    """`total = sum(ones(n))` for an INT64 input `n` of shape [1]: a request chooses how much
+    memory the run allocates (n = 10**10 asks for 40 GB)."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["n"], ["ones"], value=one),
+        helper.make_node("ReduceSum", ["ones"], ["total"], keepdims=1),
+    ]
+    n = helper.make_tensor_value_info("n", TensorProto.INT64, [1])
+    total = helper.make_tensor_value_info("total", TensorProto.FLOAT, [1])
+    return _serialise(helper.make_graph(nodes, "filler", [n], [total]))
+
+
+def folding_filler(elements: int) -> bytes:
+    """`y = x + sum(ones(elements))` with `elements` a constant: ONNX Runtime's constant
+    folding would build the ones (4 bytes each) while loading the model."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    shape = numpy_helper.from_array(np.array([elements], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=one),
+        helper.make_node("ReduceSum", ["ones"], ["total"], keepdims=1),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    return _serialise(helper.make_graph(nodes, "folding", [x], [y], initializer=[shape]))
+
+
+def configured(options: dict[str, int]) -> bytes:
+    """Identity over FP32 [N, 2] whose metadata carries ONNX Runtime session options
+    (`ort_config`), which ONNX Runtime applies when ORT_LOAD_CONFIG_FROM_MODEL=1."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "configured", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"ort_config": json.dumps({"session_options": options})})
     return model.SerializeToString()
