@@ -65,7 +65,17 @@ class BatchSettings:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
-    """ONNX Runtime session options for each loaded model version."""
+    """ONNX Runtime session options for each loaded model version.
+
+    max_run_memory_bytes: memory one model version may compute with. Its runs (every batch
+        in flight, warm-up included) share an ONNX Runtime arena of this size: a run that
+        would need more fails (INVALID_ARGUMENT, the other requests of its batch are retried
+        alone), and the server keeps serving. Constant folding at load may add at most as
+        much in total. The weights themselves are not counted. String tensors keep their
+        characters outside the arena (see docs/hardening.md).
+    max_run_seconds: wall-clock limit of one run (one batch); a run still going after it is
+        stopped and its requests fail with DEADLINE_EXCEEDED. 0: no limit.
+    """
 
     intra_op_threads: int = setting(
         1, "ONNX Runtime threads per run (0 lets ONNX Runtime choose)", minimum=0
@@ -76,6 +86,18 @@ class RuntimeSettings:
         choices=("disable", "basic", "extended", "all"),
     )
     warmup_runs: int = setting(2, "runs on zeros before a version takes traffic", minimum=0)
+    max_run_memory_bytes: int = setting(
+        1024 * 1024 * 1024,
+        "memory a model version may compute with (its runs' ONNX Runtime arena, and constant "
+        "folding at load); a run needing more fails alone (INVALID_ARGUMENT)",
+        minimum=1024 * 1024,
+    )
+    max_run_seconds: float = setting(
+        30.0,
+        "seconds one run (one batch) may take before it is stopped (DEADLINE_EXCEEDED); "
+        "0: no limit",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
