@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -131,3 +131,17 @@ def sample(
 ) -> float:
     """One sample's value (0 when absent, as a counter that never moved)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _peak_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+@contextlib.contextmanager
+def peak_growth() -> Iterator[Callable[[], int]]:
+    """How far this process's peak resident memory rose within the block above where it
+    stood at the start, in bytes (Linux resets the peak through /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    start = _peak_kib()
+    yield lambda: (_peak_kib() - start) * 1024

@@ -181,3 +181,40 @@ def configured(options: dict[str, int]) -> bytes:
     model.ir_version = 8
     helper.set_model_props(model, {"ort_config": json.dumps({"session_options": options})})
     return model.SerializeToString()
+
+
+def spinner() -> bytes:
+    """`y = x` after a Loop of `turns` empty turns, for an INT64 input `turns` of shape [1]
+    and FP32 `x` of shape [1]: instant on warm-up's zeros, endless for turns = 10**12."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
+        "turn",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    keep_going = numpy_helper.from_array(np.array(True), "keep_going")
+    nodes = [
+        helper.make_node("Squeeze", ["turns"], ["trips"]),
+        helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "spinner",
+        [
+            helper.make_tensor_value_info("turns", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[keep_going],
+    )
+    return _serialise(graph)

@@ -3,9 +3,6 @@ limits of what a model may compute with (memory, time), at load, at warm-up and 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import modelzoo
+from conftest import peak_growth
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.runtime import ModelLoadError, OnnxModel, _direct_run
 from modelgate.gateway.settings import RuntimeSettings
@@ -52,20 +50,6 @@ def test_without_a_native_binding_the_public_run_is_used() -> None:
 
 
 MiB = 1024 * 1024
-
-
-def _peak_kib() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
-
-
-@contextlib.contextmanager
-def peak_growth() -> Iterator[Callable[[], int]]:
-    """How far the process's peak resident memory rose above where it stood at the start of
-    the block, in bytes (Linux resets the peak through /proc/self/clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    start = _peak_kib()
-    yield lambda: (_peak_kib() - start) * 1024
 
 
 def test_a_run_needing_more_memory_than_allowed_fails_and_the_session_serves_on() -> None:
