@@ -17,7 +17,7 @@ import onnxruntime as ort
 from modelgate.gateway.core.datatypes import ORT_TO_V2, numpy_dtype
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.types import TensorSpec
-from modelgate.gateway.core.watchdog import RunWatchdog, shared_watchdog
+from modelgate.gateway.core.watchdog import shared_watchdog
 from modelgate.gateway.settings import RuntimeSettings
 from modelgate.registry.model_check import ONNX_FORMAT_ONLY, InvalidModelError, parse_model
 
@@ -101,9 +101,7 @@ class OnnxModel:
     then may the batcher concatenate requests along it.
     """
 
-    def __init__(
-        self, model: bytes, settings: RuntimeSettings, watchdog: RunWatchdog | None = None
-    ) -> None:
+    def __init__(self, model: bytes, settings: RuntimeSettings) -> None:
         try:
             # Whichever backend the bytes came from, a model reaching outside its own file,
             # or declaring more than it holds, never gets to ONNX Runtime.
@@ -125,25 +123,22 @@ class OnnxModel:
         self._warmup_runs = settings.warmup_runs
         self._max_bytes = settings.max_run_memory_bytes
         self._max_seconds = settings.max_run_seconds
-        self._watchdog = watchdog or shared_watchdog()
+        self._watchdog = shared_watchdog()
         self._call = _direct_run(self._session)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs, in `self.outputs` order. Called from a batch worker thread or inline
         on an event loop; stopped after `max_run_seconds` (DEADLINE_EXCEEDED)."""
-        if not self._max_seconds:
-            try:
-                return self._call(self.output_names, feeds, None)
-            except Exception as exc:
-                raise self._failure(exc, None) from exc
-        options = ort.RunOptions()
-        self._watchdog.watch(options, self._max_seconds)
+        options = ort.RunOptions() if self._max_seconds else None
+        if options is not None:
+            self._watchdog.watch(options, self._max_seconds)
         try:
             return self._call(self.output_names, feeds, options)
         except Exception as exc:
             raise self._failure(exc, options) from exc
         finally:
-            self._watchdog.release(options)
+            if options is not None:
+                self._watchdog.release(options)
 
     def _failure(self, exc: Exception, options: ort.RunOptions | None) -> InferenceError:
         if options is not None and options.terminate:
