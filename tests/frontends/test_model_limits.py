@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 async def limited(tmp_path: Path, settings: ServerSettings) -> AsyncIterator[Gateway]:
     """Hostile models beside a good one, every model capped at 64 MiB and half a second."""
-    store = RegistryStore(tmp_path / "limited-store")
+    store = RegistryStore(tmp_path / "limited-store", create=True)
     store.register("filler", modelzoo.filler(), stage=Stage.PRODUCTION)
     store.register("spinner", modelzoo.spinner(), stage=Stage.PRODUCTION)
     store.register("folding", modelzoo.folding_filler(2 * 10**8), stage=Stage.PRODUCTION)

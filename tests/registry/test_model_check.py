@@ -245,7 +245,7 @@ HOSTILE = {
 @pytest.mark.parametrize("case", HOSTILE)
 def test_the_registry_refuses_a_hostile_model(case: str, tmp_path: Path) -> None:
     build, says = HOSTILE[case]
-    store = RegistryStore(tmp_path / "store")
+    store = RegistryStore(tmp_path / "store", create=True)
     with pytest.raises(InvalidModelError, match=re.escape(says)):
         store.register("hostile", build())
     assert store.list_versions() == []
