@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelgate import __version__
 from modelgate.gateway.settings import (
     SETTINGS,
     ServerSettings,
@@ -113,6 +114,7 @@ def _registry(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"modelgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(

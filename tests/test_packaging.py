@@ -6,6 +6,7 @@ import ast
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,14 @@ def test_the_code_imports_its_packages_through_modelgate() -> None:
                     if m.split(".")[0] in FOLDERS
                 ]
     assert offenders == []
+
+
+def test_modelgate_version_prints_the_installed_distribution_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelgate", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"modelgate {version('modelgate')}\n"
