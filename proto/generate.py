@@ -16,6 +16,18 @@ those that declare a service, and the package's `__init__.py`; removes generated
 
 The output depends only on the .proto files and the grpcio-tools version, so a test can
 compare a fresh generation with the committed stubs.
+
+Which grpcio-tools: the one whose version is pyproject.toml's grpcio minimum (1.66.2 now). The
+stubs refuse a protobuf runtime older than the protoc that grpcio-tools bundles (1.66.2 writes
+gencode for protobuf 5.27.2, pyproject's protobuf minimum) and a grpcio older than grpcio-tools;
+a newer grpcio-tools would raise both floors. So regenerate with that version, in its own
+virtualenv (it requires protobuf<6):
+
+    nox -s stubs      (or: pip install grpcio-tools==1.66.2 && python proto/generate.py)
+
+To move the floor, raise the grpc minimums in pyproject.toml together (grpcio,
+grpcio-health-checking, grpcio-reflection), regenerate, and set the protobuf minimum to the
+"Protobuf Python Version" in the new stubs' header; tests/test_protocol_stubs.py checks both.
 """
 
 from __future__ import annotations
