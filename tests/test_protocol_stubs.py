@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "gateway" / "protocol"
@@ -46,10 +47,12 @@ def _installed(distribution: str) -> str | None:
 def _declared_minimums() -> dict[str, str]:
     """`name -> X` for every `name>=X` among pyproject.toml's runtime dependencies."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return dict(
-        re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", dep).groups()  # type: ignore[union-attr]
-        for dep in pyproject["project"]["dependencies"]
-    )
+    return {
+        requirement.name: spec.version
+        for requirement in map(Requirement, pyproject["project"]["dependencies"])
+        for spec in requirement.specifier
+        if spec.operator == ">="
+    }
 
 
 def _generate(out: Path) -> dict[str, str]:
