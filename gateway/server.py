@@ -111,7 +111,7 @@ class Gateway:
             metrics_port = self._start_metrics()
             undo.pop_all()
         config = uvicorn.Config(
-            HttpFrontend(self.service, s.max_body_bytes, s.routing_key_header),
+            HttpFrontend(self.service, s),
             http=protocol_for(self._http_drain, HeadLimits(s.max_header_bytes, s.header_timeout)),
             loop="none",
             lifespan="off",

@@ -229,6 +229,26 @@ class ServerSettings:
     max_body_bytes: int = setting(
         64 * 1024 * 1024, "largest HTTP body or gRPC message accepted", minimum=1
     )
+    # Decoding JSON costs far more memory and event-loop time per byte than binary data
+    # (docs/hardening.md, "Request limits"): large tensors belong in the binary extension or
+    # gRPC, so JSON has a limit of its own.
+    max_json_bytes: int = setting(
+        8 * 1024 * 1024,
+        "largest JSON in a request (a V2 or V1 JSON body, the JSON part of a binary one); "
+        "larger is 413",
+        minimum=1,
+    )
+    max_request_elements: int = setting(
+        16 * 1024 * 1024,
+        "tensor elements one inference request may declare, all inputs together (the "
+        "default is 64 MiB of FP32); checked before anything is allocated",
+        minimum=1,
+    )
+    # Each BYTES element is a Python object made and converted on the event loop, about a
+    # microsecond apiece where a number costs nothing (docs/hardening.md).
+    max_request_strings: int = setting(
+        128 * 1024, "BYTES elements one inference request may declare", minimum=1
+    )
     max_header_bytes: int = setting(
         64 * 1024, "largest HTTP request head (request line and headers); larger is 431",
         minimum=1024,

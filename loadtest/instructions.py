@@ -103,7 +103,7 @@ async def _gateway_handler(store: Path, monitoring: bool) -> tuple[Handler, Gate
     gateway = Gateway(settings)
     await gateway.start()
     await gateway.wait_loaded()
-    handler = InferenceServicer(gateway.service).ModelInfer
+    handler = InferenceServicer(gateway.service, settings).ModelInfer
 
     async def call(data: bytes, context: Any) -> bytes:
         return await handler(data, context)

@@ -7,13 +7,12 @@ request used; FP16 has no typed field, so a response holding FP16 is always raw.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from modelgate.gateway.codecs.tensors import array_from_raw, array_to_raw
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.types import (
     Duration,
     InferRequest,
@@ -58,10 +57,13 @@ _CONFIG_TYPES: dict[str, str] = {
 _BACKEND_BY_PLATFORM = {"onnxruntime_onnx": "onnxruntime"}
 
 
-def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]:
+def decode_infer_request(
+    msg: pb.ModelInferRequest, budget: ElementBudget
+) -> tuple[InferRequest, bool]:
     """The `InferRequest` a ModelInfer message carries, and whether its inputs came raw.
 
-    Every malformed input is an INVALID_ARGUMENT `InferenceError` naming the input.
+    Every malformed input is an INVALID_ARGUMENT `InferenceError` naming the input, and so
+    is a shape the request's `budget` cannot hold.
     """
     # Repeated fields are sliced into lists first: iterating the containers costs more
     # than the rest of the decoding (about a microsecond per loop).
@@ -69,9 +71,9 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> tuple[InferRequest, bool]
     tensors = msg.inputs[:]
     raw = len(raw_contents) > 0
     if not raw:
-        inputs = [_decode_input(tensor, None) for tensor in tensors]
+        inputs = [_decode_input(tensor, None, budget) for tensor in tensors]
     elif len(raw_contents) == len(tensors):
-        inputs = [_decode_input(t, c) for t, c in zip(tensors, raw_contents, strict=True)]
+        inputs = [_decode_input(t, c, budget) for t, c in zip(tensors, raw_contents, strict=True)]
     else:
         names = ", ".join(repr(tensor.name) for tensor in tensors)
         raise invalid(
@@ -100,20 +102,21 @@ def _timeout(param: pb.InferParameter) -> float | None:
     return timeout_seconds(None if choice is None else getattr(param, choice))
 
 
-def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+def _decode_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, budget: ElementBudget
+) -> Tensor:
     name = tensor.name
     datatype = tensor.datatype
     if datatype not in V2_TO_NUMPY:
         raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
-    shape = tuple(tensor.shape[:])  # slicing first: faster than iterating the container
-    if shape and min(shape) < 0:
-        raise invalid(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    # Sliced first: a list is faster to check than the repeated-field container.
+    shape, count = budget.take(name, datatype, tensor.shape[:])
     if raw is None:
-        data = _from_contents(tensor, shape, math.prod(shape))
+        data = _from_contents(tensor, shape, count)
     elif tensor.HasField("contents"):
         raise invalid(f"input {name!r}: contents given although the request uses raw contents")
     else:
-        data = array_from_raw(name, datatype, shape, raw)
+        data = array_from_raw(name, datatype, shape, count, raw)
     return Tensor(name, datatype, data)
 
 

@@ -15,13 +15,19 @@ import orjson
 
 from modelgate.gateway.codecs.tensors import array_from_nested
 from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.types import InferRequest, InferResponse, Tensor, TensorSpec
 
 
 def decode_predict_request(
-    body: bytes, model: str, version: str | None, inputs: tuple[TensorSpec, ...]
+    body: bytes,
+    model: str,
+    version: str | None,
+    inputs: tuple[TensorSpec, ...],
+    budget: ElementBudget,
 ) -> InferRequest:
-    """An `InferRequest` from a V1 body, typed by the model's input signature."""
+    """An `InferRequest` from a V1 body, typed by the model's input signature; the shapes
+    of its data are charged to the request's `budget`."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -33,8 +39,8 @@ def decode_predict_request(
     else:
         columns = _columns_from_inputs(doc["inputs"], inputs)
     tensors = [
-        Tensor(spec.name, spec.datatype, array_from_nested(spec.name, spec.datatype, column))
-        for spec, column in zip(inputs, columns, strict=True)
+        Tensor(spec.name, spec.datatype, array_from_nested(spec.name, spec.datatype, col, budget))
+        for spec, col in zip(inputs, columns, strict=True)
     ]
     return InferRequest(model=model, version=version, inputs=tensors, protocol="v1")
 

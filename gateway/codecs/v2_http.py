@@ -14,13 +14,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelgate.gateway.codecs.tensors import (
-    array_from_json,
-    array_from_raw,
-    array_to_raw,
-    check_shape,
-)
+from modelgate.gateway.codecs.tensors import array_from_json, array_from_raw, array_to_raw
 from modelgate.gateway.core.errors import invalid
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.types import (
     Duration,
     InferRequest,
@@ -68,9 +64,10 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, model: str, version: str | None
+    body: bytes, header_length: int | None, model: str, version: str | None, budget: ElementBudget
 ) -> tuple[InferRequest, OutputEncoding]:
-    """Decode a V2 infer body (JSON, or JSON + binary tensors) into an `InferRequest`."""
+    """Decode a V2 infer body (JSON, or JSON + binary tensors) into an `InferRequest`, its
+    declared shapes charged to the request's `budget` before anything is allocated."""
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -89,7 +86,7 @@ def decode_infer_request(
     inputs = []
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset)
+        tensor, used = _decode_input(item, binary, offset, budget)
         offset += used
         inputs.append(tensor)
     if offset != len(binary):
@@ -125,23 +122,26 @@ def decode_infer_request(
     return request, encoding
 
 
-def _decode_input(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
+def _decode_input(
+    item: Any, binary: bytes, offset: int, budget: ElementBudget
+) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise invalid("each input must be an object")
     name = item.get("name")
     datatype = item.get("datatype")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise invalid("each input needs a 'name' and a 'datatype'")
-    shape = check_shape(name, item.get("shape"))
+    shape, count = budget.take(name, datatype, item.get("shape"))
     size = _parameters(item, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if type(size) is not int or size < 0 or offset + size > len(binary):
             raise invalid(f"input {name!r}: binary_data_size {size} exceeds the binary data")
-        data = array_from_raw(name, datatype, shape, binary[offset : offset + size])
+        data = array_from_raw(name, datatype, shape, count, binary[offset : offset + size])
         return Tensor(name, datatype, data), size
     if "data" not in item:
         raise invalid(f"input {name!r} has no 'data'")
-    return Tensor(name, datatype, array_from_json(name, datatype, shape, item["data"])), 0
+    data = array_from_json(name, datatype, shape, count, item["data"])
+    return Tensor(name, datatype, data), 0
 
 
 def encode_infer_response(

@@ -21,10 +21,17 @@ class ErrorCode(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
+# An error message quotes what the client sent (an input's name, say): it is cut at this
+# many characters, so that it fits in a gRPC status (trailing metadata is limited) and a log.
+MAX_MESSAGE_CHARS = 500
+
+
 class InferenceError(Exception):
     """A request could not be served; `code` says why in protocol-neutral terms."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.code = code
         self.message = message

@@ -57,14 +57,30 @@ def model_feeds(inputs: list[Tensor], model: OnnxModel) -> tuple[dict[str, np.nd
     return feeds, max(rows, 1)
 
 
-def timeout_seconds(timeout: Any) -> float | None:
-    """The value of the V2 `timeout` parameter in seconds; it is in microseconds (as Triton
-    defines it), None when not given."""
+# A client's timeout beyond a day counts as a day: a deadline that far is no deadline in
+# practice, and a bounded one keeps the event loop's timers within their range. Beyond 64
+# bits (Triton's uint64), a value is no timeout any protocol field can carry: refused.
+MAX_TIMEOUT_SECONDS = 86_400
+_MAX_TIMEOUT_VALUE = 2**64 - 1
+
+_PER_SECOND = {"microseconds": 1_000_000, "milliseconds": 1_000}
+
+
+def timeout_seconds(
+    timeout: Any, unit: str = "microseconds", what: str = "parameter 'timeout'"
+) -> float | None:
+    """A client's timeout in seconds, None when not given.
+
+    The V2 `timeout` parameter counts microseconds (as Triton defines it), the HTTP header
+    `x-request-timeout-ms` milliseconds. It must be a positive integer of at most 64 bits;
+    beyond `MAX_TIMEOUT_SECONDS` it is capped.
+    """
     if timeout is None:
         return None
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise invalid("parameter 'timeout' must be a positive integer (microseconds)")
-    return timeout / 1e6
+    if type(timeout) is not int or not 0 < timeout <= _MAX_TIMEOUT_VALUE:  # bool is not one
+        raise invalid(f"{what} must be a positive integer of at most 64 bits ({unit})")
+    per_second = _PER_SECOND[unit]
+    return min(timeout, MAX_TIMEOUT_SECONDS * per_second) / per_second
 
 
 def _shape_fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -78,14 +94,20 @@ def _shape_fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
 
 def _as_strings(name: str, data: np.ndarray) -> np.ndarray:
     """ONNX Runtime takes string tensors as object arrays of `str`."""
-    out = np.empty(data.shape, dtype=object)
-    flat = out.reshape(-1)
-    for i, item in enumerate(data.reshape(-1)):
-        if isinstance(item, bytes | bytearray):
-            try:
-                flat[i] = bytes(item).decode("utf-8")
-            except UnicodeDecodeError:
-                raise invalid(f"input {name!r}: element {i} is not valid UTF-8") from None
-        else:
-            flat[i] = str(item)
-    return out
+    items = data.reshape(-1).tolist()
+    try:  # the usual case, as one comprehension: every element is UTF-8 bytes
+        strings = [item.decode("utf-8") for item in items]
+    except (AttributeError, UnicodeDecodeError):
+        strings = [_as_string(name, i, item) for i, item in enumerate(items)]
+    out = np.empty(len(strings), dtype=object)
+    out[:] = strings
+    return out.reshape(data.shape)
+
+
+def _as_string(name: str, i: int, item: Any) -> str:
+    if isinstance(item, bytes | bytearray):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid(f"input {name!r}: element {i} is not valid UTF-8") from None
+    return str(item)

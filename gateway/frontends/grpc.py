@@ -22,7 +22,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from modelgate.gateway.codecs import grpc as codec
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.frontends.errorlog import log_refused, log_unexpected
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.protocol import model_config_pb2 as mc
@@ -96,8 +98,10 @@ def _malformed(error: Exception) -> InferenceError:
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
     """End the call with the status `exc` maps to (`context.abort` raises)."""
     if isinstance(exc, InferenceError):
-        await context.abort(STATUS_BY_CODE[exc.code], exc.message)
-    log.error("unhandled error in %s", method, exc_info=exc)
+        status = STATUS_BY_CODE[exc.code]
+        log_refused(log, method, status.name, exc.message)
+        await context.abort(status, exc.message)
+    log_unexpected(log, method, exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     raise AssertionError("unreachable: abort raises")
 
@@ -109,9 +113,11 @@ def _version(value: str) -> str | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The V2 gRPC service over the shared `InferenceService`."""
 
-    def __init__(self, service: InferenceService, routing_key: str = "x-routing-key") -> None:
+    def __init__(self, service: InferenceService, settings: ServerSettings) -> None:
         self._service = service
-        self._routing_key = routing_key
+        self._routing_key = settings.routing_key_header
+        self._max_elements = settings.max_request_elements
+        self._max_strings = settings.max_request_strings
         self._serialize = codec.InferResponseSerializer()
 
     @_mapped
@@ -170,7 +176,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     message = pb.ModelInferRequest.FromString(request)
                 except Exception as exc:  # as in `_lenient`
                     raise _malformed(exc) from None
-                infer_request, raw = codec.decode_infer_request(message)
+                budget = ElementBudget(self._max_elements, self._max_strings)
+                infer_request, raw = codec.decode_infer_request(message, budget)
                 remaining = context.time_remaining()
                 if remaining is not None and (
                     infer_request.timeout is None or remaining < infer_request.timeout
@@ -298,9 +305,7 @@ class GrpcFrontend:
             # fill `max_inflight` (those beyond it are refused by the admission count).
             maximum_concurrent_rpcs=inflight + CONTROL_HEADROOM,
         )
-        add_inference_service(
-            InferenceServicer(self._service, self._settings.routing_key_header), server
-        )
+        add_inference_service(InferenceServicer(self._service, self._settings), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),

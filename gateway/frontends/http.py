@@ -18,9 +18,12 @@ from typing import Any
 
 from modelgate.gateway.codecs import v1, v2_http
 from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS
-from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
+from modelgate.gateway.core.validation import timeout_seconds
+from modelgate.gateway.frontends.errorlog import log_refused, log_unexpected
 from modelgate.gateway.frontends.http_wire import (
     MIN_COMPRESSED,
     Headers,
@@ -31,6 +34,7 @@ from modelgate.gateway.frontends.http_wire import (
     read_body,
     response_coding,
 )
+from modelgate.gateway.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +91,13 @@ _MODEL_ACTIONS = {
 class HttpFrontend:
     """The ASGI application; one per server, sharing the service with the gRPC front end."""
 
-    def __init__(
-        self,
-        service: InferenceService,
-        max_body_bytes: int,
-        routing_key_header: str = "x-routing-key",
-    ) -> None:
+    def __init__(self, service: InferenceService, settings: ServerSettings) -> None:
         self._service = service
-        self._max_body = max_body_bytes
-        self._routing_key = routing_key_header.encode("latin-1")
+        self._max_body = settings.max_body_bytes
+        self._max_json = settings.max_json_bytes
+        self._max_elements = settings.max_request_elements
+        self._max_strings = settings.max_request_strings
+        self._routing_key = settings.routing_key_header.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -120,10 +122,12 @@ class HttpFrontend:
         except InferenceError as exc:
             status, body = STATUS_BY_CODE[exc.code], _error(exc.message)
             out = [*_JSON, *_HEADERS_BY_CODE.get(exc.code, ())]
+            log_refused(log, scope["path"], status, exc.message)
         except HttpError as exc:
             status, body, out = exc.status, _error(exc.message), [*_JSON, *exc.headers]
-        except Exception:
-            log.exception("unhandled error serving %s", scope.get("path"))
+            log_refused(log, scope["path"], status, exc.message)
+        except Exception as exc:
+            log_unexpected(log, scope["path"], exc)
             status, body, out = 500, _error("internal error"), _JSON
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
@@ -154,7 +158,7 @@ class HttpFrontend:
                 admission.leave()
         service = self._service
         if endpoint == "index":
-            body = await read_body(receive, headers, self._max_body)
+            body = await self._read_json(receive, headers)
             index = service.repository_index(v2_http.decode_index_request(body))
             return 200, v2_http.encode_json(v2_http.repository_index_json(index)), _JSON
         if endpoint in ("load", "unload"):
@@ -193,9 +197,20 @@ class HttpFrontend:
     async def _infer(
         self, receive: Receive, headers: Headers, model: str, version: str | None
     ) -> Answer:
-        body = await read_body(receive, headers, self._max_body)
         header_length = int_header(headers, _HEADER_LENGTH)
-        request, encoding = v2_http.decode_infer_request(body, header_length, model, version)
+        if header_length is None:
+            body = await self._read_json(receive, headers)
+        else:  # JSON then binary tensors: the JSON part is held to the JSON limit alone
+            if header_length > self._max_json:
+                raise HttpError(
+                    413,
+                    f"JSON part of {header_length} bytes exceeds the limit of "
+                    f"{self._max_json} (max_json_bytes)",
+                )
+            body = await read_body(receive, headers, self._max_body)
+        request, encoding = v2_http.decode_infer_request(
+            body, header_length, model, version, self._budget()
+        )
         _apply_timeout_header(request, headers)
         self._apply_routing_key(request, headers)
         response = await self._service.infer(request)
@@ -212,13 +227,21 @@ class HttpFrontend:
         )
 
     async def _predict_v1(self, receive: Receive, headers: Headers, model: str) -> Answer:
-        body = await read_body(receive, headers, self._max_body)
+        body = await self._read_json(receive, headers)
         inputs = self._service.model_metadata(model, None).inputs
-        request = v1.decode_predict_request(body, model, None, inputs)
+        request = v1.decode_predict_request(body, model, None, inputs, self._budget())
         _apply_timeout_header(request, headers)
         self._apply_routing_key(request, headers)
         response = await self._service.infer(request)
         return 200, v1.encode_predict_response(response), _JSON
+
+    def _budget(self) -> ElementBudget:
+        return ElementBudget(self._max_elements, self._max_strings)
+
+    async def _read_json(self, receive: Receive, headers: Headers) -> bytes:
+        """A body that is all JSON: decoding it costs far more than its size in memory and
+        time on the event loop, hence a limit of its own (docs/hardening.md)."""
+        return await read_body(receive, headers, self._max_json, "max_json_bytes")
 
     def _apply_routing_key(self, request: InferRequest, headers: Headers) -> None:
         key = headers.get(self._routing_key)
@@ -275,13 +298,11 @@ def _model_path(parts: list[str]) -> tuple[str, str | None, str]:
 
 def _apply_timeout_header(request: InferRequest, headers: Headers) -> None:
     """`x-request-timeout-ms` sets the deadline unless the body's `timeout` already did."""
-    millis = int_header(headers, TIMEOUT_HEADER)
-    if millis is None:
-        return
-    if millis <= 0:
-        raise invalid("x-request-timeout-ms must be positive")
-    if request.timeout is None or millis / 1000 < request.timeout:
-        request.timeout = millis / 1000
+    seconds = timeout_seconds(
+        int_header(headers, TIMEOUT_HEADER), "milliseconds", "header x-request-timeout-ms"
+    )
+    if seconds is not None and (request.timeout is None or seconds < request.timeout):
+        request.timeout = seconds
 
 
 def _error(message: str) -> bytes:

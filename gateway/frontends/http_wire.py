@@ -52,12 +52,15 @@ def int_header(headers: Headers, name: bytes) -> int | None:
         raise HttpError(400, f"header {name.decode()} must be an integer") from None
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """The request body, decompressed, at most `limit` bytes both before and after."""
+async def read_body(
+    receive: Receive, headers: Headers, limit: int, setting: str = "max_body_bytes"
+) -> bytes:
+    """The request body, decompressed, at most `limit` bytes both before and after; a 413
+    names the `setting` that sets the limit."""
     coding = _content_coding(headers)  # refuse an unknown coding before reading
     declared = int_header(headers, b"content-length")
     if declared is not None and declared > limit:
-        raise HttpError(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        raise HttpError(413, f"body of {declared} bytes exceeds the limit of {limit} ({setting})")
     message = await receive()
     body: bytes = message.get("body", b"")
     if message.get("more_body"):
@@ -68,10 +71,10 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise HttpError(413, f"body exceeds the limit of {limit} bytes")
+                raise HttpError(413, f"body exceeds the limit of {limit} bytes ({setting})")
             chunks.append(chunk)
         body = b"".join(chunks)
-    return body if coding is None else inflate(body, coding, limit)
+    return body if coding is None else inflate(body, coding, limit, setting)
 
 
 def _content_coding(headers: Headers) -> str | None:
@@ -92,8 +95,9 @@ def _content_coding(headers: Headers) -> str | None:
     )
 
 
-def inflate(data: bytes, coding: str, limit: int) -> bytes:
-    """`data` decompressed; 413 past `limit` bytes, 400 when it is not a whole stream."""
+def inflate(data: bytes, coding: str, limit: int, setting: str = "max_body_bytes") -> bytes:
+    """`data` decompressed; 413 past `limit` bytes (naming the `setting`), 400 when it is
+    not a whole stream."""
     wbits = _WBITS[coding]
     if coding == "deflate" and not _zlib_framed(data):
         wbits = _RAW_DEFLATE
@@ -107,7 +111,9 @@ def inflate(data: bytes, coding: str, limit: int) -> bytes:
             raise HttpError(400, f"body is not valid {coding} data: {exc}") from None
         size += len(piece)
         if size > limit:
-            raise HttpError(413, f"decompressed body exceeds the limit of {limit} bytes")
+            raise HttpError(
+                413, f"decompressed body exceeds the limit of {limit} bytes ({setting})"
+            )
         pieces.append(piece)
         if not inflater.eof:
             raise HttpError(400, f"body is not valid {coding} data: the stream is truncated")

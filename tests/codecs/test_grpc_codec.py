@@ -21,6 +21,7 @@ from modelgate.gateway.codecs.grpc import (
 )
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.types import (
     InferResponse,
     ModelConfig,
@@ -29,6 +30,14 @@ from modelgate.gateway.core.types import (
     TensorSpec,
 )
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
+from modelgate.gateway.settings import ServerSettings
+
+
+def budget() -> ElementBudget:
+    """As much as the default settings allow one request."""
+    s = ServerSettings()
+    return ElementBudget(s.max_request_elements, s.max_request_strings)
+
 
 DATATYPES = tuple(V2_TO_NUMPY)
 TYPED = tuple(d for d in DATATYPES if d != "FP16")
@@ -87,7 +96,7 @@ def typed_request(name: str, datatype: str, array: np.ndarray) -> pb.ModelInferR
 
 def assert_invalid(msg: pb.ModelInferRequest, *words: str) -> None:
     with pytest.raises(InferenceError) as info:
-        decode_infer_request(msg)
+        decode_infer_request(msg, budget())
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     for word in words:
         assert word in info.value.message, info.value.message
@@ -103,7 +112,7 @@ def assert_same(got: np.ndarray, want: np.ndarray, datatype: str) -> None:
 @pytest.mark.parametrize("shape", [(3, 5), (1,), (0, 4), ()])
 def test_raw_round_trip(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> None:
     x = random_array(datatype, shape, rng)
-    request, raw = decode_infer_request(raw_request({"x": (datatype, x)}))
+    request, raw = decode_infer_request(raw_request({"x": (datatype, x)}), budget())
     assert raw
     [tensor] = request.inputs
     assert (tensor.name, tensor.datatype) == ("x", datatype)
@@ -119,7 +128,7 @@ def test_raw_round_trip(datatype: str, shape: tuple[int, ...], rng: np.random.Ge
 @pytest.mark.parametrize("shape", [(4, 3), (0,)])
 def test_typed_round_trip(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> None:
     x = random_array(datatype, shape, rng)
-    request, raw = decode_infer_request(typed_request("x", datatype, x))
+    request, raw = decode_infer_request(typed_request("x", datatype, x), budget())
     assert not raw
     assert_same(request.inputs[0].data, x, datatype)
 
@@ -142,7 +151,7 @@ def test_request_fields_and_parameters(rng: np.random.Generator) -> None:
     msg.parameters["flag"].bool_param = True
     msg.parameters["tag"].string_param = "blue"
     msg.parameters["ratio"].double_param = 0.25
-    request, _ = decode_infer_request(msg)
+    request, _ = decode_infer_request(msg, budget())
     assert (request.model, request.version, request.id, request.protocol) == (
         "m",
         None,
@@ -153,12 +162,14 @@ def test_request_fields_and_parameters(rng: np.random.Generator) -> None:
     assert request.outputs == ["y"]
     assert request.timeout == pytest.approx(1.5)  # the other parameters are accepted, unused
 
-    bare, _ = decode_infer_request(raw_request({"a": ("FP32", np.zeros((1, 1), np.float32))}))
+    bare, _ = decode_infer_request(
+        raw_request({"a": ("FP32", np.zeros((1, 1), np.float32))}), budget()
+    )
     assert (bare.version, bare.id, bare.outputs, bare.timeout) == (None, None, None, None)
 
     unset = raw_request({"a": ("FP32", np.zeros((1, 1), np.float32))})
     unset.parameters["timeout"].SetInParent()  # present, with no value: as if not given
-    assert decode_infer_request(unset)[0].timeout is None
+    assert decode_infer_request(unset, budget())[0].timeout is None
 
 
 def test_bad_timeout_is_invalid() -> None:
@@ -305,7 +316,9 @@ def test_tritonclient_interop(datatype: str, rng: np.random.Generator) -> None:
     )
     theirs.inputs.add(name="x", datatype=datatype, shape=x.shape)
     theirs.parameters["timeout"].int64_param = 2_000
-    request, raw = decode_infer_request(pb.ModelInferRequest.FromString(theirs.SerializeToString()))
+    request, raw = decode_infer_request(
+        pb.ModelInferRequest.FromString(theirs.SerializeToString()), budget()
+    )
     assert raw and request.version == "2" and request.timeout == pytest.approx(0.002)
     assert_same(request.inputs[0].data, x, datatype)
 

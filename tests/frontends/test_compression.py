@@ -45,8 +45,9 @@ def _bomb(inflated: int) -> bytes:
 
 @pytest.fixture
 async def small(settings: ServerSettings, store: RegistryStore) -> AsyncIterator[Gateway]:
-    """A gateway whose bodies may be at most `LIMIT` bytes."""
-    async with running(dataclasses.replace(settings, max_body_bytes=LIMIT), store) as gw:
+    """A gateway whose bodies, JSON or not, may be at most `LIMIT` bytes."""
+    limited = dataclasses.replace(settings, max_body_bytes=LIMIT, max_json_bytes=LIMIT)
+    async with running(limited, store) as gw:
         yield gw
 
 
