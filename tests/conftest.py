@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import uvloop
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 import modelzoo
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
 from modelgate.gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
+from modelgate.registry.server import RegistryApp, RegistryServer
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
 
 DATATYPES = tuple(modelzoo.ONNX_TYPES)
+T = TypeVar("T")
+
+# Property-based tests: a modest, fixed set of examples (the same on every run, so CI is
+# reproducible and a failure repeats), no per-example deadline (each one is a request to a
+# real server on a shared machine), and no example database written into the repository.
+hypothesis_settings.register_profile(
+    "modelgate",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile("modelgate")
 
 
 @pytest.fixture(scope="session")
@@ -52,22 +73,32 @@ def reference() -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
     return run  # type: ignore[return-value]
 
 
-@pytest.fixture
-def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
-    """An embedded registry with every test model in production."""
-    registry = RegistryStore(tmp_path / "store", create=True)
+def filled_store(root: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """An embedded registry at `root` with every test model in production."""
+    registry = RegistryStore(root, create=True)
     for name, data in model_files.items():
         registry.register(name, data, stage=Stage.PRODUCTION)
     return registry
 
 
-@pytest.fixture
-def settings(store: RegistryStore) -> ServerSettings:
+def loopback_settings(store: RegistryStore) -> ServerSettings:
     """Loopback, free ports, default batching."""
     return ServerSettings(
         store=store.root, host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0,
         drain_delay=0.0, drain_seconds=5.0,
     )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path, model_files: dict[str, bytes]) -> RegistryStore:
+    """An embedded registry with every test model in production."""
+    return filled_store(tmp_path / "store", model_files)
+
+
+@pytest.fixture
+def settings(store: RegistryStore) -> ServerSettings:
+    """Loopback, free ports, default batching."""
+    return loopback_settings(store)
 
 
 def with_batching(settings: ServerSettings, **batch: int) -> ServerSettings:
@@ -86,6 +117,62 @@ async def running(settings: ServerSettings, store: RegistryStore) -> AsyncIterat
         yield gw
     finally:
         await gw.stop()
+
+
+@contextlib.contextmanager
+def loop_thread() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
+    """An event loop (uvloop, as in production) on a thread of its own, for synchronous tests
+    of servers: yields `run(coroutine)`, which runs the coroutine there and returns its
+    result. The loop stops and closes afterwards."""
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
+    thread.start()
+
+    def run(coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(120)
+
+    try:
+        yield run
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def running_in_thread(settings: ServerSettings, store: RegistryStore) -> Iterator[Gateway]:
+    """`running` for synchronous tests: the gateway serves from its own thread's loop."""
+    with loop_thread() as run:
+        context = running(settings, store)
+        gateway = run(context.__aenter__())
+        try:
+            yield gateway
+        finally:
+            run(context.__aexit__(None, None, None))
+
+
+@contextlib.contextmanager
+def serving_registry(app: RegistryApp) -> Iterator[str]:
+    """A registry `app` on 127.0.0.1 (a free port) on its own loop in a thread; yields its
+    URL and always stops it."""
+    with loop_thread() as run:
+        server = RegistryServer(app, "127.0.0.1", 0)
+        url = run(server.start())
+        try:
+            yield url
+        finally:
+            run(server.stop())
+
+
+@pytest.fixture(scope="module")
+def module_gateway(
+    tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, bytes]
+) -> Iterator[Gateway]:
+    """One gateway with every test model for a whole test module, serving from its own
+    thread: for synchronous tests that send it many requests (Hypothesis)."""
+    store = filled_store(tmp_path_factory.mktemp("module") / "store", model_files)
+    with running_in_thread(loopback_settings(store), store) as gateway:
+        yield gateway
 
 
 @pytest.fixture

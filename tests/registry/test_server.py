@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import queue
 import re
@@ -20,9 +18,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvloop
 
 import modelzoo
+from conftest import serving_registry
 from modelgate.monitor.profile import build_profile
 from modelgate.registry.client import open_registry
 from modelgate.registry.errors import (
@@ -35,28 +33,12 @@ from modelgate.registry.errors import (
     UnavailableError,
 )
 from modelgate.registry.remote import RemoteRegistry
-from modelgate.registry.server import RegistryApp, RegistryServer, build_app, load_tokens
+from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import ModelVersion, Stage
 
 WRITER = "s3cret-ci"
 TOKENS = f"# who may write\nci:{WRITER}\n\nalice : pw-alice\n"
-
-
-@contextlib.contextmanager
-def serving(app: RegistryApp) -> Iterator[str]:
-    """`app` on 127.0.0.1 (a free port) on its own uvloop in a thread; always stopped."""
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = RegistryServer(app, "127.0.0.1", 0)
-    try:
-        yield asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture
@@ -69,7 +51,7 @@ def url(tmp_path: Path, registry_store: RegistryStore) -> Iterator[str]:
     """A registry server with the two tokens of TOKENS, reads open."""
     (tmp_path / "tokens").write_text(TOKENS)
     tokens = load_tokens(tmp_path / "tokens")
-    with serving(build_app(registry_store, tmp_path / "incoming", tokens=tokens)) as base:
+    with serving_registry(build_app(registry_store, tmp_path / "incoming", tokens=tokens)) as base:
         yield base
 
 
@@ -220,7 +202,7 @@ def test_without_a_token_file_the_registry_is_read_only(
     tmp_path: Path, registry_store: RegistryStore, model_files: dict[str, bytes]
 ) -> None:
     registry_store.register("m", model_files["classifier"])
-    with serving(build_app(registry_store, tmp_path / "incoming")) as url:
+    with serving_registry(build_app(registry_store, tmp_path / "incoming")) as url:
         with RemoteRegistry(url, token="anything") as client:
             assert [v.name for v in client.list_versions()] == ["m"]
             with pytest.raises(AuthError, match="read-only: start it with --token-file"):
@@ -237,7 +219,7 @@ def test_protected_reads_need_a_token(
     registry_store.register("m", model_files["classifier"])
     tokens = load_tokens_from(tmp_path, TOKENS)
     app = build_app(registry_store, tmp_path / "incoming", tokens=tokens, protect_reads=True)
-    with serving(app) as url:
+    with serving_registry(app) as url:
         with RemoteRegistry(url) as anonymous, pytest.raises(AuthError, match="for reads"):
             anonymous.list_versions()
         with RemoteRegistry(url, token="wrong") as stranger, pytest.raises(AuthError):
@@ -442,7 +424,7 @@ def test_bodies_over_the_limits_are_refused(
         max_artifact_bytes=64,
         max_json_bytes=256,
     )
-    with serving(app) as url, RemoteRegistry(url, token=WRITER) as client:
+    with serving_registry(app) as url, RemoteRegistry(url, token=WRITER) as client:
         with pytest.raises(InvalidRequestError, match="exceeds the limit of 64"):
             client.register("m", model_files["classifier"])
         big = httpx.put(
@@ -492,7 +474,7 @@ def test_the_client_verifies_what_it_downloads(
     version = store.register("m", model_files["classifier"])
     expected = f"does not match its sha256 {version.sha256}"
     with (
-        serving(build_app(store, tmp_path / "incoming")) as url,
+        serving_registry(build_app(store, tmp_path / "incoming")) as url,
         RemoteRegistry(url) as client,
         pytest.raises(ArtifactIntegrityError, match=expected),
     ):
@@ -506,7 +488,7 @@ class _LockedStore(RegistryStore):
 
 def test_an_unavailable_store_is_503_and_unavailable(tmp_path: Path) -> None:
     app = build_app(_LockedStore(tmp_path / "store", create=True), tmp_path / "incoming")
-    with serving(app) as url, RemoteRegistry(url) as client:
+    with serving_registry(app) as url, RemoteRegistry(url) as client:
         with pytest.raises(UnavailableError, match="locked by a backup"):
             client.generation()
         assert httpx.get(f"{url}/api/v1/generation").status_code == 503
