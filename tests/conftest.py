@@ -21,6 +21,7 @@ from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 import modelzoo
+from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
 from modelgate.gateway.settings import BatchSettings, ModelServingSettings, ServerSettings
@@ -169,9 +170,14 @@ def module_gateway(
     tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, bytes]
 ) -> Iterator[Gateway]:
     """One gateway with every test model for a whole test module, serving from its own
-    thread: for synchronous tests that send it many requests (Hypothesis)."""
+    thread: for synchronous tests that send it many requests (Hypothesis).
+
+    It does not poll the registry (nothing changes it here): the poll's jitter draws from
+    the global `random`, which Hypothesis refuses to see change while it generates data.
+    """
     store = filled_store(tmp_path_factory.mktemp("module") / "store", model_files)
-    with running_in_thread(loopback_settings(store), store) as gateway:
+    settings = dataclasses.replace(loopback_settings(store), poll_interval=86_400.0)
+    with running_in_thread(settings, store) as gateway:
         yield gateway
 
 
@@ -232,3 +238,23 @@ def peak_growth() -> Iterator[Callable[[], int]]:
     Path("/proc/self/clear_refs").write_text("5")
     start = _peak_kib()
     yield lambda: (_peak_kib() - start) * 1024
+
+
+def assert_serves_http(client: httpx.Client, rng: np.random.Generator) -> None:
+    """A good V2 JSON request to `echo_fp32` is answered with its own data."""
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.tolist()}]}
+    r = client.post("/v2/models/echo_fp32/infer", json=body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32), x.ravel())
+
+
+def assert_serves_grpc(stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Generator) -> None:
+    """A good raw ModelInfer request to `echo_fp32` is answered with its own data."""
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="echo_fp32")
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    answer = stub.ModelInfer(request, timeout=30)
+    got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 3)
+    np.testing.assert_array_equal(got, x)

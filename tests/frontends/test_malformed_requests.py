@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from conftest import assert_serves_grpc, assert_serves_http
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -73,24 +74,6 @@ def assert_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
     assert len(text) < 600, text
 
 
-def serves_http(http: httpx.Client, rng: np.random.Generator) -> None:
-    x = rng.normal(size=(2, 3)).astype(np.float32)
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.tolist()}]}
-    r = http.post("/v2/models/echo_fp32/infer", json=body)
-    assert r.status_code == 200, r.text
-    np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32), x.ravel())
-
-
-def serves_grpc(stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Generator) -> None:
-    x = rng.normal(size=(2, 3)).astype(np.float32)
-    request = pb.ModelInferRequest(model_name="echo_fp32")
-    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
-    request.raw_input_contents.append(x.tobytes())
-    answer = stub.ModelInfer(request, timeout=30)
-    got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 3)
-    np.testing.assert_array_equal(got, x)
-
-
 def peak_rss_growth(send: Any) -> int:
     """How far this process's peak resident memory rose while `send()` ran (the gateway
     serves from a thread of this process)."""
@@ -129,7 +112,7 @@ def test_a_bytes_bomb_over_http_binary_is_400_without_allocating(
     assert answers[0].status_code == 400, answers[0].text
     assert "max_request_elements" in answers[0].json()["error"]
     assert_one_short_line(gateway_log)
-    serves_http(http, rng)
+    assert_serves_http(http, rng)
 
 
 def test_a_bytes_bomb_over_grpc_raw_is_invalid_without_allocating(
@@ -151,7 +134,7 @@ def test_a_bytes_bomb_over_grpc_raw_is_invalid_without_allocating(
     assert errors[0].code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_request_elements" in errors[0].details()
     assert_one_short_line(gateway_log)
-    serves_grpc(stub, rng)
+    assert_serves_grpc(stub, rng)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +166,7 @@ def test_impossible_shapes_over_grpc_raw_are_invalid(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in info.value.details()
     assert_one_short_line(gateway_log)
-    serves_grpc(stub, rng)
+    assert_serves_grpc(stub, rng)
 
 
 def _nested(value: Any, depth: int) -> bytes:
@@ -269,7 +252,7 @@ def test_malformed_http_requests_are_400_with_one_log_line(
     assert r.status_code == 400, r.text
     assert words in r.json()["error"]
     assert_one_short_line(gateway_log)
-    serves_http(http, rng)
+    assert_serves_http(http, rng)
 
 
 def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
@@ -316,7 +299,7 @@ def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
     )
     assert r.status_code == 413
     assert "max_json_bytes" in r.json()["error"]
-    serves_http(http, rng)
+    assert_serves_http(http, rng)
 
 
 def test_a_huge_timeout_is_served_capped_and_a_bad_one_refused(
@@ -342,7 +325,7 @@ def test_a_huge_timeout_is_served_capped_and_a_bad_one_refused(
     request.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
     request.parameters["timeout"].uint64_param = 2**64 - 1
     stub.ModelInfer(request, timeout=30)
-    serves_grpc(stub, rng)
+    assert_serves_grpc(stub, rng)
 
 
 def test_long_names_are_cut_short_in_errors_and_logs(
@@ -365,8 +348,8 @@ def test_long_names_are_cut_short_in_errors_and_logs(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(info.value.details()) <= 500
     assert_one_short_line(gateway_log)
-    serves_grpc(stub, rng)
-    serves_http(http, rng)
+    assert_serves_grpc(stub, rng)
+    assert_serves_http(http, rng)
 
 
 def test_bytes_raw_that_does_not_add_up_is_invalid(
@@ -389,4 +372,4 @@ def test_bytes_raw_that_does_not_add_up_is_invalid(
             stub.ModelInfer(request, timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert words in info.value.details(), info.value.details()
-    serves_grpc(stub, rng)
+    assert_serves_grpc(stub, rng)
