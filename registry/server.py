@@ -534,8 +534,14 @@ def _sha256(value: str) -> str:
     return value
 
 
+# Version numbers are SQLite integers: a larger number names no version and cannot be
+# looked up (SQLite refuses it), so it is refused as malformed.
+_MAX_VERSION = 2**63 - 1
+
+
 def _version(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    # isdigit alone takes "²" and other Unicode digits int() refuses or reads otherwise.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= _MAX_VERSION:
         raise InvalidRequestError(f"a version is a positive integer, not {value!r}")
     return int(value)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -200,6 +201,39 @@ async def grpc_stub(gateway: Gateway) -> AsyncIterator[pb_grpc.GRPCInferenceServ
     assert gateway.addresses is not None
     async with grpc.aio.insecure_channel(gateway.addresses.grpc) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+class Alarms(logging.Handler):
+    """The project's warnings and errors since the last `clear`: a server's log when its
+    tests expect none."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def assert_none(self) -> None:
+        assert not self.records, self.records[0].getMessage()[:2000]
+
+    def __repr__(self) -> str:  # Hypothesis prints a failing example's arguments
+        return f"Alarms({len(self.records)} records)"
+
+
+@pytest.fixture(scope="module")
+def alarms() -> Iterator[Alarms]:
+    """Warnings and errors logged by modelgate while the test module runs."""
+    handler = Alarms()
+    logger = logging.getLogger("modelgate")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ logs no warning or error for it; and the next good request is served correctly.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import struct
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from conftest import DATATYPES, assert_serves_grpc, assert_serves_http
+from conftest import DATATYPES, Alarms, assert_serves_grpc, assert_serves_http
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -237,37 +236,6 @@ HEADERS = st.fixed_dictionaries(
 
 
 # --- the gateway and what every example must leave behind ---------------------------------------
-
-
-class Alarms(logging.Handler):
-    """The gateway's warnings and errors since the last `clear` (there should be none)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def clear(self) -> None:
-        self.records.clear()
-
-    def assert_none(self) -> None:
-        assert not self.records, self.records[0].getMessage()[:2000]
-
-    def __repr__(self) -> str:  # Hypothesis prints a failing example's arguments
-        return f"Alarms({len(self.records)} records)"
-
-
-@pytest.fixture(scope="module")
-def alarms() -> Iterator[Alarms]:
-    handler = Alarms()
-    logger = logging.getLogger("modelgate")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
