@@ -64,6 +64,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import uvicorn
 
+from modelgate.errorlog import log_unexpected
 from modelgate.listen import address, listen
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
@@ -232,8 +233,8 @@ class RegistryApp:
             status, body, headers = _status_of(exc), _error(str(exc), exc.code), _JSON
         except InvalidModelError as exc:
             status, body, headers = _status_of(exc), _error(str(exc), "invalid_model"), _JSON
-        except Exception:
-            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+        except Exception as exc:
+            log_unexpected(log, f"{scope['method']} {scope['path']}", exc)
             status, body, headers = 500, _error("internal error"), _JSON
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -20,11 +20,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from modelgate.errorlog import log_refused, log_unexpected
 from modelgate.gateway.codecs import grpc as codec
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
-from modelgate.gateway.frontends.errorlog import log_refused, log_unexpected
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.protocol import model_config_pb2 as mc

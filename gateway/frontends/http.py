@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from modelgate.errorlog import log_refused, log_unexpected
 from modelgate.gateway.codecs import v1, v2_http
 from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
@@ -23,7 +24,6 @@ from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
 from modelgate.gateway.core.validation import timeout_seconds
-from modelgate.gateway.frontends.errorlog import log_refused, log_unexpected
 from modelgate.gateway.frontends.http_wire import (
     MIN_COMPRESSED,
     Headers,

@@ -1,9 +1,9 @@
-"""How the front ends log the requests they do not serve, so that no client decides how much
-the log grows.
+"""How the servers (the gateway's front ends, the registry API) log the requests they do not
+serve, so that no client decides how much the log grows.
 
 A refused request (a client's mistake, or the service's 503/504) has already told the
 client why: it is one DEBUG line, its message cut short (`--log-level debug` shows them).
-An unexpected error is a bug in the gateway: one ERROR record with the innermost frames of
+An unexpected error is a bug in the server: one ERROR record with the innermost frames of
 its traceback, never the whole of a deep one, and never more than a few hundred characters
 of what the request contained.
 """
