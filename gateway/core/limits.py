@@ -56,13 +56,14 @@ class ElementBudget:
             if dim:
                 size *= dim
             count *= dim
-        if size > self._elements:
+        # `size` bounds what NumPy must index, `count` what the request still may hold.
+        if size > self.max_elements or count > self._elements:
             raise invalid(
                 f"input {name!r}: shape {list(shape)} is too large: a request may hold at "
                 f"most {self.max_elements} elements in all (max_request_elements)"
             )
         if datatype == "BYTES":
-            if size > self._strings:
+            if count > self._strings:
                 raise invalid(
                     f"input {name!r}: shape {list(shape)} is too large: a request may hold "
                     f"at most {self.max_strings} BYTES elements in all (max_request_strings)"
