@@ -55,7 +55,7 @@ def registry(
     """A registry server that holds `m` v1 and an uploaded artifact; a client with a
     writer's token, and that artifact's sha256."""
     root = tmp_path_factory.mktemp("registry")
-    store = RegistryStore(root / "store")
+    store = RegistryStore(root / "store", create=True)
     store.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
     (root / "tokens").write_text(f"fuzz:{WRITER}\n")
     app = build_app(store, root / "incoming", tokens=load_tokens(root / "tokens"))
