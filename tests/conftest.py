@@ -44,6 +44,11 @@ hypothesis_settings.register_profile(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# A longer hunt, by hand: pytest --hypothesis-profile modelgate-long tests/.../test_*fuzz*.py
+hypothesis_settings.register_profile(
+    "modelgate-long", hypothesis_settings.get_profile("modelgate"), max_examples=5000,
+    derandomize=False,
+)  # fmt: skip
 hypothesis_settings.load_profile("modelgate")
 
 
