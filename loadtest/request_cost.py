@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             costs = run_cases(args, server, urls)
     rows = [
         [c.case, f"{c.request_bytes:,}", c.answer[:40], f"{c.seconds:.2f}",
-         f"{c.rss_growth_mb:.0f}", f"{c.other_waited_ms:.0f}"]
+         f"{max(c.rss_growth_mb, 0):.0f}", f"{c.other_waited_ms:.0f}"]
         for c in costs
     ]  # fmt: skip
     header = report.finish_header(header, started)

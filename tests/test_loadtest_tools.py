@@ -1,6 +1,7 @@
-"""The overload, drain and slow-client tools (loadtest/overload.py, drain.py, slowclients.py)
-run end to end in a tiny configuration, as subprocesses against real gateways: each prints its
-table and writes JSON whose counts add up. No figure is judged here: speed lives in the tools.
+"""The overload, drain, slow-client and request-cost tools (loadtest/overload.py, drain.py,
+slowclients.py, request_cost.py) run end to end in a tiny configuration, as subprocesses
+against real gateways: each prints its table and writes JSON whose counts add up. No figure
+is judged here: speed lives in the tools.
 
 The runs go at the same time (they mostly wait), so the module takes as long as the
 slowest of them."""
@@ -52,6 +53,7 @@ RUNS = {  # name: (module, arguments); the two protocols of overload run apart, 
         "--connections", "10", "--huge-connections", "2", "--header-bytes", "65536",
         "--hold", "1", "--trickle", "0.3",
     ]),
+    "request_cost": ("request_cost", ["--json-mb", "0.1", "--strings", "30"]),
 }  # fmt: skip
 
 
@@ -134,6 +136,18 @@ def test_slowclients_reports_every_scenario(ran: dict[str, Ran]) -> None:
     for s in scenarios:
         assert 0 < s["opened"] <= s["connections"], s
         assert s["fds"][1] >= s["fds"][0], s
+
+
+def test_request_cost_reports_every_case(ran: dict[str, Ran]) -> None:
+    run = ran["request_cost"]
+    assert run.code == 0, run.output
+    assert "other client waited ms" in run.output, run.output
+    cases = {c["case"]: c for c in run.results["cases"]}
+    assert list(cases) == ["bomb-http", "bomb-grpc", "json-0.1", "strings-30"]
+    assert cases["bomb-http"]["answer"].startswith("400")
+    assert cases["bomb-grpc"]["answer"].startswith("INVALID_ARGUMENT")
+    assert cases["json-0.1"]["answer"] == "200" and cases["strings-30"]["answer"] == "OK"
+    assert all(c["request_bytes"] > 0 and c["seconds"] > 0 for c in cases.values())
 
 
 def test_statuses_map_to_outcomes() -> None:
