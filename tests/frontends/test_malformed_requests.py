@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import assert_serves_grpc, assert_serves_http
+from conftest import assert_serves_grpc, assert_serves_http, peak_growth
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -74,43 +74,20 @@ def assert_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
     assert len(text) < 600, text
 
 
-def peak_rss_growth(send: Any) -> int:
-    """How far this process's peak resident memory rose while `send()` ran (the gateway
-    serves from a thread of this process)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # peak := current
-    before = _status_bytes("VmHWM")
-    send()
-    return _status_bytes("VmHWM") - before
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 def test_a_bytes_bomb_over_http_binary_is_400_without_allocating(
     http: httpx.Client, gateway_log: pytest.LogCaptureFixture, rng: np.random.Generator
 ) -> None:
     body = BOMB_HEADER + b"\0\0\0\0"
     assert len(body) < 120
-    answers: list[httpx.Response] = []
-
-    def send() -> None:
-        answers.append(
-            http.post(
-                "/v2/models/echo_bytes/infer",
-                content=body,
-                headers={"inference-header-content-length": str(len(BOMB_HEADER))},
-            )
+    with peak_growth() as grown:  # the gateway serves from a thread of this process
+        r = http.post(
+            "/v2/models/echo_bytes/infer",
+            content=body,
+            headers={"inference-header-content-length": str(len(BOMB_HEADER))},
         )
-
-    assert peak_rss_growth(send) < GROWTH_ALLOWED
-    assert answers[0].status_code == 400, answers[0].text
-    assert "max_request_elements" in answers[0].json()["error"]
+    assert grown() < GROWTH_ALLOWED
+    assert r.status_code == 400, r.text
+    assert "max_request_elements" in r.json()["error"]
     assert_one_short_line(gateway_log)
     assert_serves_http(http, rng)
 
@@ -123,16 +100,11 @@ def test_a_bytes_bomb_over_grpc_raw_is_invalid_without_allocating(
     request = pb.ModelInferRequest(model_name="echo_bytes")
     request.inputs.add(name="x", datatype="BYTES", shape=[BOMB_ELEMENTS])
     request.raw_input_contents.append(b"\0\0\0\0")
-    errors: list[grpc.RpcError] = []
-
-    def send() -> None:
-        with pytest.raises(grpc.RpcError) as info:
-            stub.ModelInfer(request, timeout=60)
-        errors.append(info.value)
-
-    assert peak_rss_growth(send) < GROWTH_ALLOWED
-    assert errors[0].code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "max_request_elements" in errors[0].details()
+    with peak_growth() as grown, pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=60)
+    assert grown() < GROWTH_ALLOWED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_request_elements" in info.value.details()
     assert_one_short_line(gateway_log)
     assert_serves_grpc(stub, rng)
 
