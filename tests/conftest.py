@@ -19,6 +19,7 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import modelzoo
@@ -31,6 +32,21 @@ from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
 
 DATATYPES = tuple(modelzoo.ONNX_TYPES)
+# The typed `contents` field of ModelInferRequest that carries each datatype (FP16 has none).
+TYPED_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 T = TypeVar("T")
 
 # Property-based tests: a modest, fixed set of examples (the same on every run, so CI is
@@ -50,6 +66,38 @@ hypothesis_settings.register_profile(
     derandomize=False,
 )  # fmt: skip
 hypothesis_settings.load_profile("modelgate")
+
+# Any JSON value a client might send: integers of any size, NaN and infinities among the
+# floats (`json.dumps` writes them; a JSON parser must refuse them), nested lists and objects.
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Edits for `mutated`: (position, bytes to write there; empty: cut the message there).
+BYTE_EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=3)), max_size=6)
+
+
+def mutated(good: bytes, edits: list[tuple[int, bytes]]) -> bytes:
+    """`good` with each edit's bytes written over as many at its position (wrapped to the
+    message's length), or the message cut there when an edit has none."""
+    out = bytearray(good)
+    for position, replacement in edits:
+        at = position % (len(out) + 1)
+        if replacement:
+            out[at : at + len(replacement)] = replacement
+        else:
+            del out[at:]
+    return bytes(out)
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +233,22 @@ def module_gateway(
     settings = dataclasses.replace(loopback_settings(store), poll_interval=86_400.0)
     with running_in_thread(settings, store) as gateway:
         yield gateway
+
+
+@pytest.fixture(scope="module")
+def module_http(module_gateway: Gateway) -> Iterator[httpx.Client]:
+    """A synchronous HTTP client of `module_gateway`."""
+    assert module_gateway.addresses is not None
+    with httpx.Client(base_url=f"http://{module_gateway.addresses.http}", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def module_channel(module_gateway: Gateway) -> Iterator[grpc.Channel]:
+    """A synchronous gRPC channel to `module_gateway`."""
+    assert module_gateway.addresses is not None
+    with grpc.insecure_channel(module_gateway.addresses.grpc) as channel:
+        yield channel
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton_pb
 from tritonclient.utils import serialize_byte_tensor
 
+from conftest import TYPED_CONTENTS
 from modelgate.gateway.codecs.grpc import (
     InferResponseSerializer,
     decode_infer_request,
@@ -41,20 +42,6 @@ def budget() -> ElementBudget:
 
 DATATYPES = tuple(V2_TO_NUMPY)
 TYPED = tuple(d for d in DATATYPES if d != "FP16")
-FIELDS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -90,7 +77,7 @@ def raw_request(arrays: dict[str, tuple[str, np.ndarray]], **fields: Any) -> pb.
 def typed_request(name: str, datatype: str, array: np.ndarray) -> pb.ModelInferRequest:
     msg = pb.ModelInferRequest(model_name="m")
     tensor = msg.inputs.add(name=name, datatype=datatype, shape=array.shape)
-    getattr(tensor.contents, FIELDS[datatype]).extend(array.ravel().tolist())
+    getattr(tensor.contents, TYPED_CONTENTS[datatype]).extend(array.ravel().tolist())
     return msg
 
 
@@ -136,8 +123,8 @@ def test_typed_round_trip(datatype: str, shape: tuple[int, ...], rng: np.random.
     assert len(answer.raw_output_contents) == 0
     [out] = answer.outputs
     assert (out.datatype, tuple(out.shape)) == (datatype, shape)
-    assert [f.name for f, _ in out.contents.ListFields()] in ([], [FIELDS[datatype]])
-    assert list(getattr(out.contents, FIELDS[datatype])) == x.ravel().tolist()
+    assert [f.name for f, _ in out.contents.ListFields()] in ([], [TYPED_CONTENTS[datatype]])
+    assert list(getattr(out.contents, TYPED_CONTENTS[datatype])) == x.ravel().tolist()
 
 
 def test_request_fields_and_parameters(rng: np.random.Generator) -> None:
@@ -240,7 +227,7 @@ def test_fp16_needs_raw_contents() -> None:
                                                  ("UINT16", 65536)])  # fmt: skip
 def test_narrow_ints_out_of_range(datatype: str, value: int) -> None:
     msg = typed_request("n", datatype, np.zeros(2, dtype=np.int64))
-    getattr(msg.inputs[0].contents, FIELDS[datatype])[1] = value
+    getattr(msg.inputs[0].contents, TYPED_CONTENTS[datatype])[1] = value
     assert_invalid(msg, "'n'", "range")
 
 

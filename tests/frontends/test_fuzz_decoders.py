@@ -12,21 +12,28 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import httpx
 import numpy as np
-import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from conftest import DATATYPES, Alarms, assert_serves_grpc, assert_serves_http
+from conftest import (
+    BYTE_EDITS,
+    DATATYPES,
+    JSON_SCALARS,
+    JSON_VALUES,
+    TYPED_CONTENTS,
+    Alarms,
+    assert_serves_grpc,
+    assert_serves_http,
+    mutated,
+)
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelgate.gateway.server import Gateway
 
 # The answers a client may get: its own mistake (4xx), a model not ready or a full queue
 # (503), its deadline passed (504). Anything else from 500 up is a gateway bug.
@@ -60,20 +67,6 @@ def rarely(draw: st.DrawFn) -> bool:
     return draw(st.integers(0, 9)) == 9
 
 
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats()  # NaN and infinities too: json.dumps writes them, orjson must refuse them
-    | st.text(max_size=8)
-)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 EDGE_DIMS = st.sampled_from([2**31, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 268_435_456])
 DIMS = st.integers(0, 4) | st.integers(-3, 2**66) | EDGE_DIMS
 
@@ -122,8 +115,8 @@ def values_for(datatype: str, typed: bool) -> st.SearchStrategy[Any]:
         inside = st.integers(int(info.min), int(info.max))
         edge = st.sampled_from([int(info.min) - 1, int(info.max) + 1, 2**64, -(2**63) - 1])
     else:
-        return SCALARS
-    return inside if typed else inside | edge | SCALARS
+        return JSON_SCALARS
+    return inside if typed else inside | edge | JSON_SCALARS
 
 
 def _count(shape: Any) -> int | None:
@@ -192,7 +185,7 @@ def model_and_datatype(draw: st.DrawFn) -> tuple[str, str]:
 
 
 GOOD_TIMEOUTS = st.integers(10**6, 10**8)  # microseconds: 1 to 100 s
-TIMEOUTS = st.integers(-5, 2**70) | st.integers(1, 10**4) | st.integers(2**63, 2**65) | SCALARS
+TIMEOUTS = st.integers(-5, 2**70) | st.integers(1, 10**4) | st.integers(2**63, 2**65) | JSON_SCALARS
 
 
 @st.composite
@@ -205,16 +198,16 @@ def v2_document(draw: st.DrawFn, inputs: list[Any]) -> Any:
             if rarely(draw)
             else {
                 "timeout": draw(TIMEOUTS if rarely(draw) else GOOD_TIMEOUTS),
-                "binary_data_output": draw(SCALARS if rarely(draw) else st.booleans()),
+                "binary_data_output": draw(JSON_SCALARS if rarely(draw) else st.booleans()),
             }
         )
     if draw(st.booleans()):
         output: dict[str, Any] = {"name": draw(NAMES) if rarely(draw) else "y"}
         if draw(st.booleans()):
-            output["parameters"] = {"binary_data": draw(SCALARS)}
+            output["parameters"] = {"binary_data": draw(JSON_SCALARS)}
         doc["outputs"] = [output] if not rarely(draw) else draw(JSON_VALUES)
     if draw(st.booleans()):
-        doc["id"] = draw(SCALARS if rarely(draw) else st.text(max_size=8))
+        doc["id"] = draw(JSON_SCALARS if rarely(draw) else st.text(max_size=8))
     if rarely(draw) and rarely(draw):
         return draw(JSON_VALUES)  # not an object at all, or one without inputs
     return doc
@@ -236,20 +229,6 @@ HEADERS = st.fixed_dictionaries(
 
 
 # --- the gateway and what every example must leave behind ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def http(module_gateway: Gateway) -> Iterator[httpx.Client]:
-    assert module_gateway.addresses is not None
-    with httpx.Client(base_url=f"http://{module_gateway.addresses.http}", timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def channel(module_gateway: Gateway) -> Iterator[grpc.Channel]:
-    assert module_gateway.addresses is not None
-    with grpc.insecure_channel(module_gateway.addresses.grpc) as channel:
-        yield channel
 
 
 def assert_http_handled(
@@ -292,7 +271,7 @@ def assert_grpc_handled(channel: grpc.Channel, alarms: Alarms, message: bytes) -
 
 @given(target=model_and_datatype(), data=st.data(), headers=HEADERS)
 def test_v2_json(
-    http: httpx.Client,
+    module_http: httpx.Client,
     alarms: Alarms,
     target: tuple[str, str],
     data: st.DataObject,
@@ -306,7 +285,7 @@ def test_v2_json(
     )
     body = _json(data.draw(v2_document(inputs)))
     path = f"/v2/models/{model}/infer"
-    assert_http_handled(http, alarms, path, body, headers, finite=True)
+    assert_http_handled(module_http, alarms, path, body, headers, finite=True)
 
 
 def _good_v2_body() -> bytes:
@@ -314,25 +293,12 @@ def _good_v2_body() -> bytes:
     return _json({"inputs": [tensor], "parameters": {"timeout": 10**7}})
 
 
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=3)), max_size=6))
-def test_v2_json_mutated(
-    http: httpx.Client, alarms: Alarms, edits: list[tuple[int, bytes]]
+@given(edits=BYTE_EDITS)
+def test_v2_jsonmutated(
+    module_http: httpx.Client, alarms: Alarms, edits: list[tuple[int, bytes]]
 ) -> None:
-    body = _mutated(_good_v2_body(), edits)
-    assert_http_handled(http, alarms, "/v2/models/echo_fp32/infer", body, {})
-
-
-def _mutated(good: bytes, edits: list[tuple[int, bytes]]) -> bytes:
-    """`good` with each edit's bytes put in place of as many at its position (an empty
-    edit cuts the message there)."""
-    out = bytearray(good)
-    for position, replacement in edits:
-        at = position % (len(out) + 1)
-        if replacement:
-            out[at : at + len(replacement)] = replacement
-        else:
-            del out[at:]
-    return bytes(out)
+    body = mutated(_good_v2_body(), edits)
+    assert_http_handled(module_http, alarms, "/v2/models/echo_fp32/infer", body, {})
 
 
 # --- the binary tensor data extension ---------------------------------------------------------
@@ -362,7 +328,7 @@ def binary_input(draw: st.DrawFn, datatype: str) -> tuple[dict[str, Any], bytes]
         raw = draw(raw_values(datatype, count))
     size: Any = len(raw)
     if rarely(draw):
-        size = draw(st.integers(-2, 2**66) | SCALARS)
+        size = draw(st.integers(-2, 2**66) | JSON_SCALARS)
     tensor = {
         "name": draw(NAMES) if rarely(draw) else "x",
         "datatype": datatype,
@@ -374,7 +340,7 @@ def binary_input(draw: st.DrawFn, datatype: str) -> tuple[dict[str, Any], bytes]
 
 @given(target=model_and_datatype(), data=st.data())
 def test_v2_binary(
-    http: httpx.Client,
+    module_http: httpx.Client,
     alarms: Alarms,
     target: tuple[str, str],
     data: st.DataObject,
@@ -393,7 +359,7 @@ def test_v2_binary(
             | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8)
         )
     headers = {"inference-header-content-length": length, **data.draw(HEADERS)}
-    assert_http_handled(http, alarms, f"/v2/models/{model}/infer", body, headers)
+    assert_http_handled(module_http, alarms, f"/v2/models/{model}/infer", body, headers)
 
 
 # --- V1 ----------------------------------------------------------------------------------------
@@ -430,7 +396,7 @@ def _deep(value: Any, depth: int) -> Any:
 
 @given(target=model_and_datatype(), data=st.data(), headers=HEADERS)
 def test_v1(
-    http: httpx.Client,
+    module_http: httpx.Client,
     alarms: Alarms,
     target: tuple[str, str],
     data: st.DataObject,
@@ -439,7 +405,7 @@ def test_v1(
     model, datatype = target
     body = _json(data.draw(v1_body(datatype)))
     path = f"/v1/models/{model}:predict"
-    assert_http_handled(http, alarms, path, body, headers, finite=True)
+    assert_http_handled(module_http, alarms, path, body, headers, finite=True)
 
 
 # --- gRPC ------------------------------------------------------------------------------------
@@ -454,20 +420,6 @@ CONTENTS = {
     "fp32_contents": st.floats(width=32),
     "fp64_contents": st.floats(),
     "bytes_contents": st.binary(max_size=6),
-}
-TYPED_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
 }
 
 
@@ -511,7 +463,7 @@ def grpc_request(draw: st.DrawFn, raw: bool) -> bytes:
             else:
                 msg.raw_input_contents.append(draw(raw_values(datatype, count)))
             continue
-        field = TYPED_FIELD.get(datatype, "int_contents")
+        field = TYPED_CONTENTS.get(datatype, "int_contents")
         if rarely(draw):
             field = draw(st.sampled_from(sorted(CONTENTS)))
         size = count if count is not None and not rarely(draw) else None
@@ -530,13 +482,13 @@ def grpc_request(draw: st.DrawFn, raw: bool) -> bytes:
 
 
 @given(message=grpc_request(raw=True))
-def test_grpc_raw(channel: grpc.Channel, alarms: Alarms, message: bytes) -> None:
-    assert_grpc_handled(channel, alarms, message)
+def test_grpc_raw(module_channel: grpc.Channel, alarms: Alarms, message: bytes) -> None:
+    assert_grpc_handled(module_channel, alarms, message)
 
 
 @given(message=grpc_request(raw=False))
-def test_grpc_typed(channel: grpc.Channel, alarms: Alarms, message: bytes) -> None:
-    assert_grpc_handled(channel, alarms, message)
+def test_grpc_typed(module_channel: grpc.Channel, alarms: Alarms, message: bytes) -> None:
+    assert_grpc_handled(module_channel, alarms, message)
 
 
 def _good_grpc_message() -> bytes:
@@ -547,8 +499,8 @@ def _good_grpc_message() -> bytes:
     return msg.SerializeToString()
 
 
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=3)), max_size=6))
-def test_grpc_mutated(
-    channel: grpc.Channel, alarms: Alarms, edits: list[tuple[int, bytes]]
+@given(edits=BYTE_EDITS)
+def test_grpcmutated(
+    module_channel: grpc.Channel, alarms: Alarms, edits: list[tuple[int, bytes]]
 ) -> None:
-    assert_grpc_handled(channel, alarms, _mutated(_good_grpc_message(), edits))
+    assert_grpc_handled(module_channel, alarms, mutated(_good_grpc_message(), edits))

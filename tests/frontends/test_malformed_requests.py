@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -38,17 +37,8 @@ GROWTH_ALLOWED = 100 << 20
 
 
 @pytest.fixture(scope="module")
-def http(module_gateway: Gateway) -> Iterator[httpx.Client]:
-    assert module_gateway.addresses is not None
-    with httpx.Client(base_url=f"http://{module_gateway.addresses.http}", timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(module_gateway: Gateway) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    assert module_gateway.addresses is not None
-    with grpc.insecure_channel(module_gateway.addresses.grpc) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+def stub(module_channel: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(module_channel)
 
 
 @pytest.fixture
@@ -75,12 +65,12 @@ def assert_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_a_bytes_bomb_over_http_binary_is_400_without_allocating(
-    http: httpx.Client, gateway_log: pytest.LogCaptureFixture, rng: np.random.Generator
+    module_http: httpx.Client, gateway_log: pytest.LogCaptureFixture, rng: np.random.Generator
 ) -> None:
     body = BOMB_HEADER + b"\0\0\0\0"
     assert len(body) < 120
     with peak_growth() as grown:  # the gateway serves from a thread of this process
-        r = http.post(
+        r = module_http.post(
             "/v2/models/echo_bytes/infer",
             content=body,
             headers={"inference-header-content-length": str(len(BOMB_HEADER))},
@@ -89,7 +79,7 @@ def test_a_bytes_bomb_over_http_binary_is_400_without_allocating(
     assert r.status_code == 400, r.text
     assert "max_request_elements" in r.json()["error"]
     assert_one_short_line(gateway_log)
-    assert_serves_http(http, rng)
+    assert_serves_http(module_http, rng)
 
 
 def test_a_bytes_bomb_over_grpc_raw_is_invalid_without_allocating(
@@ -212,7 +202,7 @@ def _v2(datatype: str, shape: Any, data: bytes) -> bytes:
     ],
 )
 def test_malformed_http_requests_are_400_with_one_log_line(
-    http: httpx.Client,
+    module_http: httpx.Client,
     gateway_log: pytest.LogCaptureFixture,
     rng: np.random.Generator,
     path: str,
@@ -220,15 +210,15 @@ def test_malformed_http_requests_are_400_with_one_log_line(
     headers: dict[str, str],
     words: str,
 ) -> None:
-    r = http.post(path, content=body, headers=headers)
+    r = module_http.post(path, content=body, headers=headers)
     assert r.status_code == 400, r.text
     assert words in r.json()["error"]
     assert_one_short_line(gateway_log)
-    assert_serves_http(http, rng)
+    assert_serves_http(module_http, rng)
 
 
 def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
-    http: httpx.Client, module_gateway: Gateway, rng: np.random.Generator
+    module_http: httpx.Client, module_gateway: Gateway, rng: np.random.Generator
 ) -> None:
     limit = module_gateway.settings.max_json_bytes
     assert limit < module_gateway.settings.max_body_bytes
@@ -237,7 +227,7 @@ def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
     tensor = {"name": "x", "datatype": "FP32", "shape": [rows, 3], "data": x}
     body = orjson.dumps({"inputs": [tensor]})
     assert limit < len(body) < module_gateway.settings.max_body_bytes
-    r = http.post("/v2/models/echo_fp32/infer", content=body)
+    r = module_http.post("/v2/models/echo_fp32/infer", content=body)
     assert r.status_code == 413, r.text
     assert "max_json_bytes" in r.json()["error"]
     # The same tensor as binary data is within the limits: the JSON part is small.
@@ -255,7 +245,7 @@ def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
         }
     )
     data = rng.normal(size=(rows, 3)).astype(np.float32)
-    r = http.post(
+    r = module_http.post(
         "/v2/models/echo_fp32/infer",
         content=header + data.tobytes(),
         headers={"inference-header-content-length": str(len(header))},
@@ -264,33 +254,33 @@ def test_a_json_body_beyond_its_limit_is_413_naming_the_setting(
     json_length = int(r.headers["inference-header-content-length"])
     np.testing.assert_array_equal(np.frombuffer(r.content[json_length:], "<f4"), data.ravel())
     # A binary request whose JSON part alone is beyond the JSON limit is refused unread.
-    r = http.post(
+    r = module_http.post(
         "/v2/models/echo_fp32/infer",
         content=b"{}",
         headers={"inference-header-content-length": str(limit + 1)},
     )
     assert r.status_code == 413
     assert "max_json_bytes" in r.json()["error"]
-    assert_serves_http(http, rng)
+    assert_serves_http(module_http, rng)
 
 
 def test_a_huge_timeout_is_served_capped_and_a_bad_one_refused(
-    http: httpx.Client, stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Generator
+    module_http: httpx.Client, stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Generator
 ) -> None:
     x = [[1.0, 2.0, 3.0]]
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": x}]}
     for header in (str(2**64 - 1), str(2**63)):
-        r = http.post(
+        r = module_http.post(
             "/v2/models/echo_fp32/infer", json=body, headers={"x-request-timeout-ms": header}
         )
         assert r.status_code == 200, r.text
     for header in (str(2**64), "0", "-5", "soon", "1" * 5000):
-        r = http.post(
+        r = module_http.post(
             "/v2/models/echo_fp32/infer", json=body, headers={"x-request-timeout-ms": header}
         )
         assert r.status_code == 400, (header[:20], r.text)
     with_timeout = {**body, "parameters": {"timeout": 2**64 - 1}}  # microseconds, capped
-    r = http.post("/v2/models/echo_fp32/infer", content=orjson.dumps(with_timeout))
+    r = module_http.post("/v2/models/echo_fp32/infer", content=orjson.dumps(with_timeout))
     assert r.status_code == 200, r.text
     request = pb.ModelInferRequest(model_name="echo_fp32")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
@@ -301,14 +291,14 @@ def test_a_huge_timeout_is_served_capped_and_a_bad_one_refused(
 
 
 def test_long_names_are_cut_short_in_errors_and_logs(
-    http: httpx.Client,
+    module_http: httpx.Client,
     stub: pb_grpc.GRPCInferenceServiceStub,
     gateway_log: pytest.LogCaptureFixture,
     rng: np.random.Generator,
 ) -> None:
     name = "\u00e9" * 100_000  # 200 KB of UTF-8 in a name the error message quotes
     body = {"inputs": [{"name": name, "datatype": "FP32", "shape": [-1], "data": []}]}
-    r = http.post("/v2/models/echo_fp32/infer", json=body)
+    r = module_http.post("/v2/models/echo_fp32/infer", json=body)
     assert r.status_code == 400
     assert len(r.json()["error"]) <= 500
     assert_one_short_line(gateway_log)
@@ -321,7 +311,7 @@ def test_long_names_are_cut_short_in_errors_and_logs(
     assert len(info.value.details()) <= 500
     assert_one_short_line(gateway_log)
     assert_serves_grpc(stub, rng)
-    assert_serves_http(http, rng)
+    assert_serves_http(module_http, rng)
 
 
 def test_bytes_raw_that_does_not_add_up_is_invalid(

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from conftest import Alarms, serving_registry
+from conftest import BYTE_EDITS, JSON_VALUES, Alarms, mutated, serving_registry
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
@@ -27,20 +27,6 @@ from modelgate.registry.types import Stage
 WRITER = "fuzz-writer"
 AUTH = {"authorization": f"Bearer {WRITER}"}
 
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats()
-    | st.text(max_size=8)
-)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
 STAGES = st.sampled_from([s.value for s in Stage] + ["PRODUCTION", "prod", ""])
 NAMES = st.sampled_from(["m", "fraud", "other"]) | st.text(min_size=1, max_size=10)
 VERSIONS = st.sampled_from(
@@ -152,10 +138,7 @@ def test_transition(
     assert_handled(client, alarms, "POST", path, _json(body))
 
 
-@given(
-    edits=st.lists(st.tuples(st.integers(0, 10**4), st.binary(max_size=3)), max_size=5),
-    transition=st.booleans(),
-)
+@given(edits=BYTE_EDITS, transition=st.booleans())
 def test_mutated_bodies(
     registry: tuple[httpx.Client, str],
     alarms: Alarms,
@@ -167,14 +150,7 @@ def test_mutated_bodies(
         path, good = "models/m/versions/1/transition", {"stage": "production", "reason": "r"}
     else:
         path, good = "models/fraud/versions", {"sha256": sha, "stage": "staging", "tags": {}}
-    body = bytearray(_json(good))
-    for position, replacement in edits:
-        at = position % (len(body) + 1)
-        if replacement:
-            body[at : at + len(replacement)] = replacement
-        else:
-            del body[at:]
-    assert_handled(client, alarms, "POST", path, bytes(body))
+    assert_handled(client, alarms, "POST", path, mutated(_json(good), edits))
 
 
 @given(
