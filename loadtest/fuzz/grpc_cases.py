@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.fuzz import mutate
+from loadtest.fuzz import mutate, values
 from loadtest.fuzz.http_cases import Check
 from loadtest.fuzz.seeds import GOOD_MODELS, INPUTS, Oracle, from_raw, inputs_for, mismatch, to_raw
 from loadtest.fuzz.wire import GRPC_SERVICE, Case, Reply
@@ -114,12 +114,12 @@ def _op_name(msg: Message, rng: random.Random) -> None:
 
 
 def _op_datatype(msg: Message, rng: random.Random) -> None:
-    _tensor(msg, rng).datatype = mutate.datatype(rng)
+    _tensor(msg, rng).datatype = values.datatype(rng)
 
 
 def _op_shape(msg: Message, rng: random.Random) -> None:
     tensor = _tensor(msg, rng)
-    shape = [d for d in mutate.dims(rng) if isinstance(d, int) and -(2**63) <= d < 2**63]
+    shape = [d for d in values.dims(rng) if isinstance(d, int) and -(2**63) <= d < 2**63]
     if rng.random() < 0.3:
         shape = [rng.choice(_INT64) for _ in range(rng.randrange(1, 4))]
     del tensor.shape[:]
@@ -162,7 +162,7 @@ def _op_inputs(msg: Message, rng: random.Random) -> None:
     elif how == 1 and msg.inputs:
         msg.inputs.add().CopyFrom(rng.choice(msg.inputs))
     else:
-        msg.inputs.add(name=rng.choice(("", "extra", "x")), datatype=mutate.datatype(rng))
+        msg.inputs.add(name=rng.choice(("", "extra", "x")), datatype=values.datatype(rng))
 
 
 def _op_contents(msg: Message, rng: random.Random) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from loadtest.fuzz import mutate
+from loadtest.fuzz import mutate, values
 from loadtest.fuzz.seeds import GOOD_MODELS, INPUTS, Oracle, from_raw, inputs_for, mismatch, to_raw
 from loadtest.fuzz.wire import Case, Reply
 
@@ -66,9 +66,9 @@ def _mutated_json(doc: Any, rng: random.Random, ops: list[str]) -> bytes:
     """Structure-aware mutation (75%), then byte-level too (15%), or byte-level only (10%)."""
     roll = rng.random()
     if roll >= 0.9:
-        return mutate.mutate_bytes(mutate.dumps(doc), rng, ops)
+        return mutate.mutate_bytes(values.dumps(doc), rng, ops)
     doc = mutate.mutate_json(doc, rng, ops)
-    body = mutate.dumps(doc, ascii_only=rng.random() < 0.8)
+    body = values.dumps(doc, ascii_only=rng.random() < 0.8)
     return mutate.mutate_bytes(body, rng, ops) if roll >= 0.75 else body
 
 
@@ -197,7 +197,7 @@ class HttpBinary:
         if rng.random() < 0.3:
             doc.setdefault("parameters", {})["binary_data_output"] = True
         lie = self._mutate(doc, chunks, rng, ops)
-        header = mutate.dumps(doc)
+        header = values.dumps(doc)
         body = header + b"".join(chunks)
         length = str(len(header)) if lie is None else lie
         if rng.random() < 0.1:
@@ -222,7 +222,7 @@ class HttpBinary:
                 params = rng.choice(sized)["parameters"]
                 true = params["binary_data_size"]
                 params["binary_data_size"] = rng.choice(
-                    (true + 1, true - 1, 0, true * 2, *mutate.INTS, "8", 8.0, None, True)
+                    (true + 1, true - 1, 0, true * 2, *values.INTS, "8", 8.0, None, True)
                 )
                 ops.append("binary-size-lie")
         elif roll < 0.65 and chunks:
@@ -237,7 +237,7 @@ class HttpBinary:
                 ops.append("bytes-length-lie")
         elif roll < 0.9:
             ops.append("header-length-lie")
-            true = len(mutate.dumps(doc))
+            true = len(values.dumps(doc))
             return str(
                 rng.choice(
                     (true - 1, true + 1, 0, -1, 1, true * 2, 2**31, 2**63, 10**30, "x", "", "1.5")

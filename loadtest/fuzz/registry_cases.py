@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from loadtest.fuzz import mutate
+from loadtest.fuzz import mutate, values
 from loadtest.fuzz.http_cases import Check
 from loadtest.fuzz.wire import Case, Reply
 
@@ -66,7 +66,7 @@ class Registry:
         elif roll < 0.84:
             headers[0] = ("Authorization", rng.choice(_AUTHS))
             ops.append("auth")
-        data = body if isinstance(body, bytes) else mutate.dumps(body) if body is not None else b""
+        data = body if isinstance(body, bytes) else values.dumps(body) if body is not None else b""
         if roll >= 0.84:
             data = mutate.mutate_bytes(data, rng, ops)
         path = "/" + "/".join(parts) + (f"?{query}" if query else "")

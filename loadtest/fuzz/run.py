@@ -64,6 +64,7 @@ class Options:
     case_timeout: float
     out: Path
     save_limit: int
+    server_memory: float  # GiB of address space each server may map
 
 
 @dataclass(slots=True)
@@ -167,9 +168,9 @@ def fuzz(decoder: Decoder, target: Target, opts: Options, deadline: float) -> Ta
             continue
         tally.cases += 1
         _count(tally, verdict, index, case, reply, saver)
-        _recover(target, verdict, opts.case_timeout)
+        _recover(target, verdict, reply, opts.case_timeout)
         if (index + 1) % opts.check_every == 0:
-            _check_good(decoder, target, opts.seed, index, tally, saver)
+            _check_good(decoder, target, opts.seed, index, tally, saver, opts.case_timeout)
     tally.seconds = time.monotonic() - started
     return tally
 
@@ -188,14 +189,21 @@ def _count(
         saver.save(index, case, reply, verdict, new)
 
 
-def _recover(target: Target, verdict: Verdict, timeout: float) -> None:
+def _recover(target: Target, verdict: Verdict, reply: Reply, timeout: float) -> None:
     """Restart a server that died, or that stopped answering after a hang."""
-    if "crash" in verdict.failures or ("hang" in verdict.failures and _stuck(target, timeout)):
+    hung = reply.transport == "hang"
+    if "crash" in verdict.failures or (hung and _stuck(target, timeout)):
         target.restart()
 
 
 def _check_good(
-    decoder: Decoder, target: Target, seed: int, index: int, tally: Tally, saver: Saver
+    decoder: Decoder,
+    target: Target,
+    seed: int,
+    index: int,
+    tally: Tally,
+    saver: Saver,
+    timeout: float,
 ) -> None:
     """A known good request through the decoder's protocol; its answer must be right."""
     case, check = decoder.good(random.Random(f"{seed}:{decoder.name}:good:{index}"))
@@ -207,7 +215,10 @@ def _check_good(
     verdict = judge(target, reply)
     tally.good_checks += 1
     tally.log_bytes += verdict.log_bytes
-    if problem is not None and "wrong" not in verdict.failures:
+    # Whatever came back instead of the right answer, it is "wrong" (not a case's class),
+    # plus what the server itself showed.
+    verdict.failures = [f for f in verdict.failures if f in ("traceback", "crash")]
+    if problem is not None:
         verdict.failures.insert(0, "wrong")
         verdict.signature = verdict.signature or f"wrong answer: {problem[:160]}"
     for name in verdict.failures:
@@ -216,7 +227,7 @@ def _check_good(
         tally.failures += 1
         new = tally.fail(verdict.signature or "?", index)
         saver.save(index, case, reply, verdict, new)
-    _recover(target, verdict, 10.0)
+    _recover(target, verdict, reply, timeout)
 
 
 def build_decoders(workdir: Path) -> tuple[dict[str, Decoder], dict[str, bytes], dict[str, Any]]:
@@ -242,15 +253,18 @@ def start_targets(
     reference: dict[str, Any],
     kinds: set[str],
     timeout: float,
+    memory: float,
 ) -> dict[str, Target]:
+    """Start the servers the chosen decoders need ("gateway", "registry"), each on a store
+    of its own holding the served models."""
     targets = {}
     if "gateway" in kinds:
         store = make_store(workdir / "gateway-store", models, reference)
-        targets["gateway"] = Target("gateway", store, workdir, timeout)
+        targets["gateway"] = Target("gateway", store, workdir, timeout, memory)
     if "registry" in kinds:
         subset = {n: models[n] for n in ("light", "words", "lookup")}
         store = make_store(workdir / "registry-store", subset, reference)
-        targets["registry"] = Target("registry", store, workdir, timeout)
+        targets["registry"] = Target("registry", store, workdir, timeout, memory)
     for target in targets.values():
         target.start()
     return targets
@@ -268,7 +282,9 @@ def run(opts: Options) -> int:
         workdir = Path(tmp)
         decoders, models, reference = build_decoders(workdir)
         kinds = {_target_kind(decoders[name].server) for name in opts.decoders}
-        targets = start_targets(workdir, models, reference, kinds, opts.case_timeout)
+        targets = start_targets(
+            workdir, models, reference, kinds, opts.case_timeout, opts.server_memory
+        )
         tallies = []
         try:
             for position, name in enumerate(opts.decoders):
@@ -299,20 +315,25 @@ def run(opts: Options) -> int:
     return 1 if any(t.failures for t in tallies) else 0
 
 
-def replay(paths: list[Path], case_timeout: float) -> int:
+def replay(paths: list[Path], case_timeout: float, memory: float) -> int:
     """Send saved failing cases to fresh servers and print how each is answered now."""
-    docs = [json.loads(path.read_text()) for path in paths]
+    try:
+        docs = [json.loads(path.read_text()) for path in paths]
+        cases = [Case.from_json(doc["case"]) for doc in docs]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"fuzz: cannot read a saved case: {exc!r}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="modelgate-fuzz-") as tmp:
         workdir = Path(tmp)
         models = build_models()
         reference = light_reference(models["light"], workdir)
         kinds = {_target_kind(doc["server"]) for doc in docs}
-        targets = start_targets(workdir, models, reference, kinds, case_timeout)
+        targets = start_targets(workdir, models, reference, kinds, case_timeout, memory)
         failed = 0
         try:
-            for path, doc in zip(paths, docs, strict=True):
+            for path, doc, case in zip(paths, docs, cases, strict=True):
                 target = targets[_target_kind(doc["server"])]
-                reply = _send(target, Case.from_json(doc["case"]))
+                reply = _send(target, case)
                 verdict = judge(target, reply)
                 failed += bool(verdict.failures)
                 print(
@@ -322,7 +343,7 @@ def replay(paths: list[Path], case_timeout: float) -> int:
                 )
                 if verdict.log_text.strip():
                     print("  log: " + verdict.log_text.strip().replace("\n", "\n  log: ")[:3000])
-                _recover(target, verdict, case_timeout)
+                _recover(target, verdict, reply, case_timeout)
         finally:
             for target in targets.values():
                 target.stop()
@@ -347,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     cli.add_argument("--save-limit", type=int, default=20, help="failing cases saved per decoder")
     cli.add_argument(
+        "--server-memory",
+        type=float,
+        default=6.0,
+        help="GiB of address space per server (prlimit --as; 0: no cap; default 6)",
+    )
+    cli.add_argument(
         "--replay", nargs="+", type=Path, metavar="CASE.json", help="resend saved cases"
     )
     args = cli.parse_args(argv)
@@ -354,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.error("--cases must be >= 0; --check-every, --time-limit, --case-timeout positive")
     try:
         if args.replay:
-            return replay(args.replay, args.case_timeout)
+            return replay(args.replay, args.case_timeout, args.server_memory)
         args.out.mkdir(parents=True, exist_ok=True)
         opts = Options(
             cases=args.cases,
@@ -365,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             case_timeout=args.case_timeout,
             out=args.out,
             save_limit=args.save_limit,
+            server_memory=args.server_memory,
         )
         return run(opts)
     except ServerError as exc:

@@ -5,6 +5,7 @@ if fuzzing kills it.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,24 @@ def make_store(root: Path, models: dict[str, bytes], reference: dict[str, Any]) 
     return root
 
 
+def capped(argv: list[str], limit: int) -> list[str]:
+    """`argv` run with its address space capped at `limit` bytes (util-linux prlimit), so an
+    allocation sized by a hostile request fails in the server (a traceback, counted) instead
+    of taking the shared machine's memory. Uncapped where prlimit is missing."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None or limit <= 0:
+        return argv
+    return [prlimit, f"--as={limit}", "--", *argv]
+
+
 class Target:
     """One server process, its log watch and its clients; `restart` after a crash."""
 
-    def __init__(self, kind: str, store: Path, workdir: Path, case_timeout: float) -> None:
+    def __init__(
+        self, kind: str, store: Path, workdir: Path, case_timeout: float, memory_gib: float
+    ) -> None:
         self.kind = kind  # gateway | registry
+        self._memory = int(memory_gib * (1 << 30))
         self._store = store
         self._workdir = workdir
         self._timeout = case_timeout
@@ -77,7 +91,7 @@ class Target:
             argv = [python, "-m", "modelgate", "registry", "--store", str(self._store),
                     "serve", "--host", "127.0.0.1", "--port", "0",
                     "--token-file", str(tokens)]  # fmt: skip
-        self.process = ServerProcess(argv, log, cwd=REPO)
+        self.process = ServerProcess(capped(argv, self._memory), log, cwd=REPO)
         if self.kind == "gateway":
             found = self.process.wait_for_line(GATEWAY_LINE, READY_TIMEOUT)
             http, grpc = found.group(1), found.group(2)
