@@ -16,12 +16,13 @@ CASES = 50
 
 
 def test_every_decoder_is_fuzzed_and_reported(tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
     argv = [sys.executable, "-m", "loadtest.fuzz", "--cases", str(CASES), "--check-every", "25",
-            "--time-limit", "400", "--out", str(tmp_path)]  # fmt: skip
+            "--time-limit", "400", "--save-dir", str(tmp_path), "--out", str(out),
+            "--markdown"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=500, cwd=REPO)
     assert done.returncode in (0, 1), done.stderr
-    (summary,) = tmp_path.glob("fuzz-*.json")
-    tallies = {t["decoder"]: t for t in json.loads(summary.read_text())["decoders"]}
+    tallies = {t["decoder"]: t for t in json.loads(out.read_text())["decoders"]}
     assert list(tallies) == list(DECODERS)
     for name, tally in tallies.items():
         table_row = next(

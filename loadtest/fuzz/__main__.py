@@ -2,6 +2,6 @@
 
 import sys
 
-from loadtest.fuzz.run import main
+from loadtest.fuzz.cli import main
 
 sys.exit(main())

@@ -117,7 +117,7 @@ def _http_case(
 
 
 class HttpJson:
-    """V2 infer requests with JSON tensors."""
+    """V2 infer requests with JSON tensors (and a few repository index requests)."""
 
     name = "http-json"
     server = "http"
@@ -126,8 +126,12 @@ class HttpJson:
         self._oracle = oracle
 
     def case(self, rng: random.Random) -> Case:
+        if rng.random() < 0.05:  # the other V2 JSON body: a repository index request
+            ops = ["index"]
+            body = _mutated_json({"ready": rng.random() < 0.5}, rng, ops)
+            return _http_case(rng, ops, "/v2/repository/index", body, [JSON])
         model = rng.choice(_JSON_MODELS)
-        ops: list[str] = [model]
+        ops = [model]
         body = _mutated_json(_v2_doc(model, rng), rng, ops)
         return _http_case(rng, ops, _infer_path(model, rng), body, [JSON])
 

@@ -65,7 +65,8 @@ def classify(reply: Reply, registry: bool = False) -> tuple[str, str | None]:
 def _normalise(text: str, limit: int = 120) -> str:
     """A message with its numbers and quoted values blanked, so like failures group."""
     text = re.sub(r"'[^']{0,200}'|\"[^\"]{0,200}\"", "'…'", text.strip())
-    text = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", text)
+    text = re.sub(r"0x[0-9a-fA-F]+|\d+(\.\d*)?", "N", text)
+    text = re.sub(r"\b[KMGTPE]iB\b", "<size>", text)  # "Unable to allocate N GiB / PiB"
     return " ".join(text.split())[:limit]
 
 

@@ -1,20 +1,15 @@
-"""The fuzzing loop: cases per decoder against live servers, judged, counted and saved."""
+"""The fuzzing loop: a decoder's cases against a live server, judged, counted and saved."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from loadtest.bench import REPO
-from loadtest.fuzz import report
 from loadtest.fuzz.grpc_cases import GrpcBytes, GrpcInfer
 from loadtest.fuzz.http_cases import HttpBinary, HttpJson, HttpV1
 from loadtest.fuzz.outcome import (
@@ -28,19 +23,9 @@ from loadtest.fuzz.registry_cases import Registry
 from loadtest.fuzz.seeds import Oracle, build_models
 from loadtest.fuzz.servers import Target, light_reference, make_store
 from loadtest.fuzz.wire import Case, HttpClient, Reply
-from loadtest.procs import ServerError
 
-DECODERS: tuple[str, ...] = (
-    "http-json",
-    "http-binary",
-    "http-v1",
-    "grpc-raw",
-    "grpc-typed",
-    "grpc-bytes",
-)
-DECODERS += ("registry",)
-RESULTS = REPO / "loadtest" / "results"
-SHUTDOWN_RESERVE = 15.0  # seconds of the time limit kept for stopping the servers
+DECODERS: tuple[str, ...] = ("http-json", "http-binary", "http-v1", "grpc-raw", "grpc-typed")
+DECODERS += ("grpc-bytes", "registry")
 
 
 class Decoder(Protocol):
@@ -62,7 +47,7 @@ class Options:
     decoders: tuple[str, ...]
     check_every: int
     case_timeout: float
-    out: Path
+    save_dir: Path  # failing cases go to <save_dir>/fuzz-<decoder>/
     save_limit: int
     server_memory: float  # GiB of address space each server may map
 
@@ -134,7 +119,7 @@ class Saver:
         path.with_suffix(".body").write_bytes(case.body)
 
 
-def _send(target: Target, case: Case) -> Reply:
+def send(target: Target, case: Case) -> Reply:
     client = target.grpc if case.kind == "grpc" else target.http
     assert client is not None
     return client.send(case)
@@ -155,20 +140,20 @@ def fuzz(decoder: Decoder, target: Target, opts: Options, deadline: float) -> Ta
     """Run `decoder`'s cases until `opts.cases` or `deadline`; a good request every
     `opts.check_every` cases."""
     tally = Tally(decoder.name)
-    saver = Saver(opts.out, decoder.name, decoder.server, opts.seed, opts.save_limit)
+    saver = Saver(opts.save_dir, decoder.name, decoder.server, opts.seed, opts.save_limit)
     started = time.monotonic()
     for index in range(opts.cases):
         if time.monotonic() >= deadline:
             break
         case = decoder.case(random.Random(f"{opts.seed}:{decoder.name}:{index}"))
-        reply = _send(target, case)
+        reply = send(target, case)
         verdict = judge(target, reply)
         if verdict.klass == "unsent":
             tally.unsent += 1
             continue
         tally.cases += 1
         _count(tally, verdict, index, case, reply, saver)
-        _recover(target, verdict, reply, opts.case_timeout)
+        recover(target, verdict, reply, opts.case_timeout)
         if (index + 1) % opts.check_every == 0:
             _check_good(decoder, target, opts.seed, index, tally, saver, opts.case_timeout)
     tally.seconds = time.monotonic() - started
@@ -189,7 +174,7 @@ def _count(
         saver.save(index, case, reply, verdict, new)
 
 
-def _recover(target: Target, verdict: Verdict, reply: Reply, timeout: float) -> None:
+def recover(target: Target, verdict: Verdict, reply: Reply, timeout: float) -> None:
     """Restart a server that died, or that stopped answering after a hang."""
     hung = reply.transport == "hang"
     if "crash" in verdict.failures or (hung and _stuck(target, timeout)):
@@ -207,7 +192,7 @@ def _check_good(
 ) -> None:
     """A known good request through the decoder's protocol; its answer must be right."""
     case, check = decoder.good(random.Random(f"{seed}:{decoder.name}:good:{index}"))
-    reply = _send(target, case)
+    reply = send(target, case)
     try:
         problem = check(reply)
     except Exception as exc:  # an answer too broken to parse
@@ -227,7 +212,7 @@ def _check_good(
         tally.failures += 1
         new = tally.fail(verdict.signature or "?", index)
         saver.save(index, case, reply, verdict, new)
-    _recover(target, verdict, reply, timeout)
+    recover(target, verdict, reply, timeout)
 
 
 def build_decoders(workdir: Path) -> tuple[dict[str, Decoder], dict[str, bytes], dict[str, Any]]:
@@ -255,8 +240,8 @@ def start_targets(
     timeout: float,
     memory: float,
 ) -> dict[str, Target]:
-    """Start the servers the chosen decoders need ("gateway", "registry"), each on a store
-    of its own holding the served models."""
+    """Start the servers `kinds` names ("gateway", "registry"), each on a store of its own
+    holding the served models."""
     targets = {}
     if "gateway" in kinds:
         store = make_store(workdir / "gateway-store", models, reference)
@@ -270,131 +255,6 @@ def start_targets(
     return targets
 
 
-def _target_kind(server: str) -> str:
+def target_kind(server: str) -> str:
+    """Which server a decoder's `server` ("http", "grpc", "registry") is part of."""
     return "registry" if server == "registry" else "gateway"
-
-
-def run(opts: Options) -> int:
-    """Fuzz every chosen decoder within the time limit; print the table; 1 on any failure."""
-    started = time.monotonic()
-    deadline = started + opts.time_limit
-    with tempfile.TemporaryDirectory(prefix="modelgate-fuzz-") as tmp:
-        workdir = Path(tmp)
-        decoders, models, reference = build_decoders(workdir)
-        kinds = {_target_kind(decoders[name].server) for name in opts.decoders}
-        targets = start_targets(
-            workdir, models, reference, kinds, opts.case_timeout, opts.server_memory
-        )
-        tallies = []
-        try:
-            for position, name in enumerate(opts.decoders):
-                left = len(opts.decoders) - position
-                budget = (deadline - SHUTDOWN_RESERVE - time.monotonic()) / left
-                decoder = decoders[name]
-                target = targets[_target_kind(decoder.server)]
-                tally = fuzz(decoder, target, opts, time.monotonic() + max(budget, 0.0))
-                print(report.progress_line(tally), flush=True)
-                tallies.append(tally)
-        finally:
-            for target in targets.values():
-                target.stop()
-    print()
-    print(report.table(tallies, opts))
-    print(report.signatures(tallies, opts.out))
-    summary = opts.out / f"fuzz-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    summary.write_text(
-        json.dumps(
-            {
-                "options": {**asdict(opts), "out": str(opts.out)},
-                "decoders": [asdict(t) for t in tallies],
-            },
-            indent=1,
-        )
-    )
-    print(f"\nsummary: {summary}")
-    return 1 if any(t.failures for t in tallies) else 0
-
-
-def replay(paths: list[Path], case_timeout: float, memory: float) -> int:
-    """Send saved failing cases to fresh servers and print how each is answered now."""
-    try:
-        docs = [json.loads(path.read_text()) for path in paths]
-        cases = [Case.from_json(doc["case"]) for doc in docs]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"fuzz: cannot read a saved case: {exc!r}", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="modelgate-fuzz-") as tmp:
-        workdir = Path(tmp)
-        models = build_models()
-        reference = light_reference(models["light"], workdir)
-        kinds = {_target_kind(doc["server"]) for doc in docs}
-        targets = start_targets(workdir, models, reference, kinds, case_timeout, memory)
-        failed = 0
-        try:
-            for path, doc, case in zip(paths, docs, cases, strict=True):
-                target = targets[_target_kind(doc["server"])]
-                reply = _send(target, case)
-                verdict = judge(target, reply)
-                failed += bool(verdict.failures)
-                print(
-                    report.replay_line(
-                        path, reply, verdict.klass, verdict.failures, verdict.signature
-                    )
-                )
-                if verdict.log_text.strip():
-                    print("  log: " + verdict.log_text.strip().replace("\n", "\n  log: ")[:3000])
-                _recover(target, verdict, reply, case_timeout)
-        finally:
-            for target in targets.values():
-                target.stop()
-    return 1 if failed else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(
-        prog="python -m loadtest.fuzz",
-        description=(sys.modules["loadtest.fuzz"].__doc__ or "").splitlines()[0],
-    )
-    cli.add_argument("--cases", type=int, default=2000, help="cases per decoder (default 2000)")
-    cli.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
-    cli.add_argument(
-        "--time-limit", type=float, default=600.0, help="seconds for the whole run (default 600)"
-    )
-    cli.add_argument(
-        "--decoder", action="append", choices=DECODERS, help="fuzz only this one (repeatable)"
-    )
-    cli.add_argument("--check-every", type=int, default=50, help="cases between good requests")
-    cli.add_argument("--case-timeout", type=float, default=10.0, help="seconds before a hang")
-    cli.add_argument("--out", type=Path, default=RESULTS, help="where results go")
-    cli.add_argument("--save-limit", type=int, default=20, help="failing cases saved per decoder")
-    cli.add_argument(
-        "--server-memory",
-        type=float,
-        default=6.0,
-        help="GiB of address space per server (prlimit --as; 0: no cap; default 6)",
-    )
-    cli.add_argument(
-        "--replay", nargs="+", type=Path, metavar="CASE.json", help="resend saved cases"
-    )
-    args = cli.parse_args(argv)
-    if args.cases < 0 or args.check_every < 1 or args.time_limit <= 0 or args.case_timeout <= 0:
-        cli.error("--cases must be >= 0; --check-every, --time-limit, --case-timeout positive")
-    try:
-        if args.replay:
-            return replay(args.replay, args.case_timeout, args.server_memory)
-        args.out.mkdir(parents=True, exist_ok=True)
-        opts = Options(
-            cases=args.cases,
-            seed=args.seed,
-            time_limit=args.time_limit,
-            decoders=tuple(args.decoder or DECODERS),
-            check_every=args.check_every,
-            case_timeout=args.case_timeout,
-            out=args.out,
-            save_limit=args.save_limit,
-            server_memory=args.server_memory,
-        )
-        return run(opts)
-    except ServerError as exc:
-        print(f"fuzz: a server did not start: {exc}", file=sys.stderr)
-        return 1
