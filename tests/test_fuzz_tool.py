@@ -33,7 +33,7 @@ def test_every_decoder_is_fuzzed_and_reported(tmp_path: Path) -> None:
         classes = ("ok", "refused", "shed", "5xx", "reset", "hang")  # one per case
         assert sum(tally["counts"].get(c, 0) for c in classes) == CASES, tally
         saved = list((tmp_path / f"fuzz-{name}").glob("case-*.json"))
-        assert len(saved) == min(tally["failures"], 20), name
+        assert min(tally["failures"], 20) <= len(saved) <= min(tally["failures"], 40), name
     failed = any(t["failures"] for t in tallies.values())
     assert done.returncode == (1 if failed else 0), done.stdout
 

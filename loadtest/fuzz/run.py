@@ -74,6 +74,10 @@ def judge(target: Target, reply: Reply) -> Verdict:
         failures.append("traceback")
         signature = found  # where it broke says more than the status it broke with
     status = target.exit_status()
+    waited = 0
+    while status is None and klass == "reset" and waited < 10:  # a dying server drops its
+        time.sleep(0.1)  # connections a moment before it can be seen to have exited
+        status, waited = target.exit_status(), waited + 1
     if status is not None:
         failures.append("crash")
         signature = f"crash: exit status {status}"
