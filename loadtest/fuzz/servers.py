@@ -38,7 +38,7 @@ def light_reference(model: bytes, workdir: Path) -> dict[str, Any]:
 
 def make_store(root: Path, models: dict[str, bytes], reference: dict[str, Any]) -> Path:
     """A registry store with each model's version 1 in production."""
-    store = RegistryStore(root)
+    store = RegistryStore(root, create=True)
     for name, model in models.items():
         store.register(
             name,
