@@ -62,9 +62,10 @@ def classify(reply: Reply, registry: bool = False) -> tuple[str, str | None]:
     return "5xx", f"{code}: {_normalise(reply.detail)}"
 
 
-def _normalise(text: str, limit: int = 120) -> str:
-    """A message with its numbers and quoted values blanked, so like failures group."""
+def _normalise(text: str, limit: int = 160) -> str:
+    """A message with its numbers, paths and quoted values blanked, so like failures group."""
     text = re.sub(r"'[^']{0,200}'|\"[^\"]{0,200}\"", "'…'", text.strip())
+    text = re.sub(r"/[^\s:]+", "/…", text)
     text = re.sub(r"0x[0-9a-fA-F]+|\d+(\.\d*)?", "N", text)
     text = re.sub(r"\b[KMGTPE]iB\b", "<size>", text)  # "Unable to allocate N GiB / PiB"
     return " ".join(text.split())[:limit]
@@ -93,6 +94,23 @@ def traceback_signature(text: str) -> str | None:
         last = frames[-1]
         where = f" @ {Path(last.group(1)).name}:{last.group(2)} in {last.group(3)}"
     return f"{_normalise(exception)}{where}"
+
+
+_ERROR_LINE = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) \S+: (.*)$", re.M)
+
+
+def error_signature(text: str) -> str | None:
+    """Like `traceback_signature` for an error logged without the "Traceback" header (the
+    message of its first ERROR line and the innermost frame printed after it), or None."""
+    found = _ERROR_LINE.search(text)
+    if found is None:
+        return None
+    frames = list(_FRAME.finditer(text, found.end()))
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" @ {Path(last.group(1)).name}:{last.group(2)} in {last.group(3)}"
+    return f"{_normalise(found.group(1))}{where}"
 
 
 def traceback_text(text: str, limit: int = 6000) -> str:

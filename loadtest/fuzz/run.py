@@ -16,6 +16,7 @@ from loadtest.fuzz.outcome import (
     FAILURES,
     Tally,
     classify,
+    error_signature,
     traceback_signature,
     traceback_text,
 )
@@ -73,6 +74,8 @@ def judge(target: Target, reply: Reply) -> Verdict:
     if found is not None:
         failures.append("traceback")
         signature = found  # where it broke says more than the status it broke with
+    elif failures:
+        signature = error_signature(text) or signature
     status = target.exit_status()
     waited = 0
     while status is None and klass == "reset" and waited < 10:  # a dying server drops its
