@@ -13,6 +13,9 @@ from loadtest.bench import REPO
 from loadtest.fuzz.run import DECODERS, build_decoders
 
 CASES = 50
+# Decoders that a full run (20,000 cases each, docs/hardening.md) found no failure in: any
+# failure of theirs is a regression. The others await their fixes (issue 14).
+CLEAN = ("http-v1", "grpc-bytes")
 
 
 def test_every_decoder_is_fuzzed_and_reported(tmp_path: Path) -> None:
@@ -32,6 +35,8 @@ def test_every_decoder_is_fuzzed_and_reported(tmp_path: Path) -> None:
         assert tally["cases"] == CASES and tally["good_checks"] == CASES // 25
         classes = ("ok", "refused", "shed", "5xx", "reset", "hang")  # one per case
         assert sum(tally["counts"].get(c, 0) for c in classes) == CASES, tally
+        if name in CLEAN:
+            assert tally["failures"] == 0, tally["signatures"]
         saved = list((tmp_path / f"fuzz-{name}").glob("case-*.json"))
         assert min(tally["failures"], 20) <= len(saved) <= min(tally["failures"], 40), name
     failed = any(t["failures"] for t in tallies.values())
