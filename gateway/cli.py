@@ -76,10 +76,12 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
     return build_settings(overrides, config=config, config_path=config_path)
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str, *, process: str = "") -> None:
+    """Log lines to stderr at `level`; `process` names a serving process among several."""
+    where = f"{process} " if process else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     # httpx logs every request at INFO: one line per registry poll, all day long.
@@ -91,7 +93,11 @@ def _serve(args: argparse.Namespace) -> int:
     from modelgate.gateway import server
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
+    if settings.worker_count() > 1:
+        from modelgate.gateway import supervisor
+
+        return supervisor.run(settings)
     server.run(settings)
     return 0
 
@@ -100,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
     from modelgate.gateway import demo
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     demo.run(settings)
     return 0
 

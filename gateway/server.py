@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -54,10 +55,21 @@ class Addresses:
 
 
 class Gateway:
-    """One serving process: HTTP, gRPC and metrics endpoints over one `InferenceService`."""
+    """One serving process: HTTP, gRPC and metrics endpoints over one `InferenceService`.
 
-    def __init__(self, settings: ServerSettings, registry: RegistryClient | None = None) -> None:
+    `shared_ports`: one of several serving processes under a supervisor (gateway/supervisor.py)
+    that has reserved the HTTP and gRPC ports; this one listens on them beside the others.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registry: RegistryClient | None = None,
+        *,
+        shared_ports: bool = False,
+    ) -> None:
         self.settings = settings
+        self._shared_ports = shared_ports
         self.metrics = Metrics()
         self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
@@ -84,7 +96,7 @@ class Gateway:
         self._http: DrainingServer | None = None
         self._http_drain = HttpDrain()
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc = GrpcFrontend(self.service, settings)
+        self._grpc = GrpcFrontend(self.service, settings, reuse_port=shared_ports)
         self._metrics_server: WSGIServer | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.addresses: Addresses | None = None
@@ -103,7 +115,12 @@ class Gateway:
         # the others bound, or a server that looks healthy.
         async with contextlib.AsyncExitStack() as undo:
             sock = listen(
-                s.host, s.http_port, setting="http_port", flag="--http-port", backlog=2048
+                s.host,
+                s.http_port,
+                setting="http_port",
+                flag="--http-port",
+                backlog=2048,
+                shared=self._shared_ports,
             )
             undo.callback(sock.close)
             grpc_port = await self._start_grpc()
@@ -131,7 +148,8 @@ class Gateway:
             address(s.host, http_port), address(s.host, grpc_port), address(s.host, metrics_port)
         )
         log.info(
-            "modelgate listening http=%s grpc=%s metrics=%s",
+            "modelgate %s http=%s grpc=%s metrics=%s",
+            "worker listening" if self._shared_ports else "listening",
             self.addresses.http,
             self.addresses.grpc,
             self.addresses.metrics,
@@ -145,7 +163,7 @@ class Gateway:
 
     async def _start_grpc(self) -> int:
         s = self.settings
-        if s.grpc_port != 0:
+        if s.grpc_port != 0 and not self._shared_ports:
             # A plain bind first: gRPC's own failure is a line of C logging on stderr and a
             # RuntimeError that does not say why.
             listen(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port", backlog=1).close()
@@ -266,10 +284,16 @@ async def _check_registry(gateway: Gateway) -> None:
         pass
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run a gateway until SIGINT or SIGTERM, then drain and stop."""
+async def serve(
+    settings: ServerSettings,
+    *,
+    shared_ports: bool = False,
+    started: Callable[[Addresses], None] | None = None,
+) -> None:
+    """Run a gateway until SIGINT or SIGTERM, then drain and stop; `started` hears its
+    addresses once it listens (`shared_ports`: see `Gateway`)."""
     try:
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, shared_ports=shared_ports)
     except (RegistryError, ValueError, OSError) as exc:
         _refuse(str(exc))
     await _check_registry(gateway)
@@ -277,7 +301,9 @@ async def serve(settings: ServerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
+    addresses = await gateway.start()
+    if started is not None:
+        started(addresses)
     # What exists now (modules, the registry, the first models) lives as long as the process:
     # frozen, the garbage collector's full passes under load no longer rescan it.
     gc.collect()
@@ -288,10 +314,15 @@ async def serve(settings: ServerSettings) -> None:
         await gateway.stop()
 
 
-def run(settings: ServerSettings) -> None:
-    """Entry point for `modelgate serve`: the uvloop event loop, then `serve`."""
+def run(
+    settings: ServerSettings,
+    *,
+    shared_ports: bool = False,
+    started: Callable[[Addresses], None] | None = None,
+) -> None:
+    """Entry point of one serving process: the uvloop event loop, then `serve`."""
     import uvloop
 
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("modelgate serve must run in the main thread (signal handling)")
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, shared_ports=shared_ports, started=started))

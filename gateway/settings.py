@@ -24,6 +24,7 @@ from modelgate.fields import SettingRules, SettingValueError, check_fields, rule
 from modelgate.monitor.drift import DriftSettings
 
 ENV_PREFIX = "MODELGATE_"
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +275,12 @@ class ServerSettings:
         "gRPC on the HTTP server's event loop (shared), or on its own loop in a thread",
         choices=("shared", "thread"),
     )
+    # A text setting: a number or `auto`, checked by `worker_count`.
+    workers: str = setting(
+        "1",
+        "serving processes sharing the HTTP and gRPC ports under one supervisor, each with "
+        "its own batchers and model sessions; auto: one per core this process may use",
+    )
     drain_delay: float = setting(
         1.0, "seconds a stopping server reports not-ready but still serves", minimum=0
     )
@@ -296,6 +303,19 @@ class ServerSettings:
             raise SettingValueError(
                 "routing_key_header", f"must be a lower-case header name, got {header!r}"
             )
+
+        self.worker_count()
+
+    def worker_count(self) -> int:
+        """How many serving processes `workers` asks for (`auto`: the usable cores)."""
+        text = self.workers.strip().lower()
+        if text == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        if text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+            return int(text)
+        raise SettingValueError(
+            "workers", f"must be a number from 1 to {MAX_WORKERS} or auto, got {self.workers!r}"
+        )
 
     def for_model(self, name: str) -> ModelServingSettings:
         return self.model_overrides.get(name, self.models)

@@ -19,8 +19,11 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listen(host: str, port: int, *, setting: str, flag: str, backlog: int) -> socket.socket:
-    """A non-blocking TCP socket listening on host:port (0 picks a free port).
+def listen(
+    host: str, port: int, *, setting: str, flag: str, backlog: int, shared: bool = False
+) -> socket.socket:
+    """A non-blocking TCP socket listening on host:port (0 picks a free port); `shared`: with
+    SO_REUSEPORT, beside the other serving processes of one server (see `reserve`).
 
     Raises BindError naming `setting` and, as the way out, `flag`.
     """
@@ -28,12 +31,37 @@ def listen(host: str, port: int, *, setting: str, flag: str, backlog: int) -> so
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except (OSError, OverflowError) as exc:
         sock.close()
         raise bind_error(host, port, setting=setting, flag=flag, cause=exc) from None
     sock.setblocking(False)
+    return sock
+
+
+def reserve(host: str, port: int, *, setting: str, flag: str) -> socket.socket:
+    """Hold host:port for serving processes that will each listen on it with `shared`.
+
+    A plain bind first: it fails, with the one clear line, when any other socket holds the
+    port, a sharing one included (SO_REUSEPORT alone would quietly join another server's
+    group). The socket returned is bound with SO_REUSEPORT but never listens, so the kernel
+    hands it no connections; it keeps the port (and the number port 0 picked) while
+    serving processes come and go.
+    """
+    probe = listen(host, port, setting=setting, flag=flag, backlog=1)
+    port = probe.getsockname()[1]
+    probe.close()
+    sock = socket.socket(probe.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise bind_error(host, port, setting=setting, flag=flag, cause=exc) from None
     return sock
 
 

@@ -123,14 +123,17 @@ class Process:
 
 
 @pytest.fixture
-def served(tmp_path: Path, onnx_file: Path) -> Iterator[tuple[Process, str, str]]:
-    """A `modelgate serve` subprocess with `clf` in production: process, HTTP and gRPC."""
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path, onnx_file: Path
+) -> Iterator[tuple[Process, str, str]]:
+    """A `modelgate serve` subprocess with `clf` in production: process, HTTP and gRPC
+    (with `--workers` of an indirect parameter, 1 by default)."""
     store = tmp_path / "store"
     assert modelgate("registry", "--store", str(store), "register", "clf", str(onnx_file),
                      "--stage", "production").returncode == 0  # fmt: skip
     process = Process(
         ["serve", "--store", str(store), "--http-port", "0", "--grpc-port", "0",
-         "--metrics-port", "0"], tmp_path,
+         "--metrics-port", "0", "--workers", getattr(request, "param", "1")], tmp_path,
     )  # fmt: skip
     try:
         listening = process.wait_for(LISTENING)
@@ -147,6 +150,7 @@ async def _wait_ready(client: httpx.AsyncClient) -> None:
     raise AssertionError("never ready")
 
 
+@pytest.mark.parametrize("served", ["1", "2"], indirect=True)
 async def test_serve_finishes_in_flight_requests_on_sigterm(
     served: tuple[Process, str, str],
 ) -> None:
@@ -176,6 +180,7 @@ async def test_serve_finishes_in_flight_requests_on_sigterm(
     assert "modelgate stopped" in process.rest()
 
 
+@pytest.mark.parametrize("served", ["1", "2"], indirect=True)
 async def test_serve_drains_steady_load_without_losing_a_request(
     served: tuple[Process, str, str],
 ) -> None:
@@ -299,30 +304,36 @@ def test_a_wrongly_typed_setting_is_one_line_naming_its_source(tmp_path: Path) -
     )
 
 
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another socket listens on."""
+@pytest.fixture(params=["plain", "shared"])
+def taken_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A port another socket listens on (shared: with SO_REUSEPORT, as workers do)."""
     with socket.socket() as sock:
+        if request.param == "shared":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield sock.getsockname()[1]
 
 
 @pytest.mark.parametrize(
-    ("setting", "workers"),
+    ("setting", "grpc_workers", "workers"),
     [
-        ("http_port", "shared"),
-        ("grpc_port", "shared"),
-        ("grpc_port", "thread"),
-        ("metrics_port", "shared"),
+        ("http_port", "shared", "1"),
+        ("grpc_port", "shared", "1"),
+        ("grpc_port", "thread", "1"),
+        ("metrics_port", "shared", "1"),
+        ("http_port", "shared", "2"),
+        ("grpc_port", "shared", "2"),
+        ("metrics_port", "shared", "2"),
     ],
 )
 def test_a_port_in_use_is_one_clear_line(
-    tmp_path: Path, taken_port: int, setting: str, workers: str
+    tmp_path: Path, taken_port: int, setting: str, grpc_workers: str, workers: str
 ) -> None:
     flag = "--" + setting.replace("_", "-")
     result = modelgate(
-        "serve", "--store", str(tmp_path / "s"), "--create-store", "on", "--grpc-workers", workers,
+        "serve", "--store", str(tmp_path / "s"), "--create-store", "on",
+        "--grpc-workers", grpc_workers, "--workers", workers,
         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", flag, str(taken_port),
     )  # fmt: skip
     assert (result.returncode, result.stderr) == (

@@ -253,11 +253,15 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 class GrpcFrontend:
-    """Owns the grpc.aio server; runs it on the caller's loop or on its own thread's loop."""
+    """Owns the grpc.aio server; runs it on the caller's loop or on its own thread's loop.
+    `reuse_port`: listen with SO_REUSEPORT, beside the server's other serving processes."""
 
-    def __init__(self, service: InferenceService, settings: ServerSettings) -> None:
+    def __init__(
+        self, service: InferenceService, settings: ServerSettings, *, reuse_port: bool = False
+    ) -> None:
         self._service = service
         self._settings = settings
+        self._reuse_port = reuse_port
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -295,7 +299,9 @@ class GrpcFrontend:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                # Shared only beside the other serving processes of one server: otherwise
+                # a second server on the same port would quietly take half the calls.
+                ("grpc.so_reuseport", int(self._reuse_port)),
                 # One connection cannot open more streams than the process admits: the
                 # client holds the rest back instead of the server buffering them.
                 ("grpc.max_concurrent_streams", inflight),

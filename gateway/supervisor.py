@@ -1,0 +1,298 @@
+"""`modelgate serve --workers N`: one supervising process over N serving processes.
+
+The supervisor reserves the HTTP and gRPC ports (modelgate.listen.reserve), serves the
+merged metrics view (gateway/metrics_view.py) and spawns N workers (gateway/worker.py),
+each a whole gateway listening on the shared ports with SO_REUSEPORT: the kernel spreads
+connections over them. It does no serving itself. A worker that dies is started again after
+a backoff (`RestartPolicy`, counted in `modelgate_worker_restarts`); one that keeps dying
+stops the server with status 1 and the reason. SIGTERM or SIGINT drains every worker at
+once (each turns not-ready, answers what it accepted, stops) and waits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from modelgate.gateway.metrics_view import WorkersView
+from modelgate.gateway.server import _open_registry
+from modelgate.gateway.settings import ServerSettings
+from modelgate.gateway.worker import serve_worker
+from modelgate.listen import address, bind_error, reserve
+from modelgate.registry.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+# Beyond the drain itself (drain_delay + drain_seconds): unloading models, closing files.
+_STOP_MARGIN = 10.0
+_TICK = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a worker that died starts again, and when the server gives up on it.
+
+    The n-th death within `window` seconds waits `first_delay * 2**(n-1)` seconds (at most
+    `max_delay`) before the restart; a death beyond `max_deaths` within the window means
+    the worker cannot live, and the server stops.
+    """
+
+    window: float = 60.0
+    max_deaths: int = 5
+    first_delay: float = 0.25
+    max_delay: float = 8.0
+
+    def delay(self, deaths: Sequence[float], now: float) -> float | None:
+        """Seconds to wait before the restart, given the worker's deaths (monotonic times,
+        the latest included); None: give up."""
+        recent = sum(1 for t in deaths if now - t <= self.window)
+        if recent > self.max_deaths:
+            return None
+        return float(min(self.max_delay, self.first_delay * 2 ** max(0, recent - 1)))
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a process ended, in words."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker's place: its current process and its history."""
+
+    index: int
+    process: BaseProcess | None = None
+    channel: Connection | None = None
+    metrics: str | None = None  # its metrics endpoint, once it listens
+    started_once: bool = False
+    deaths: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Runs N workers on shared ports until a signal, or until one keeps dying."""
+
+    def __init__(
+        self, settings: ServerSettings, count: int, policy: RestartPolicy | None = None
+    ) -> None:
+        self.settings = settings
+        self.count = count
+        self.policy = policy or RestartPolicy()
+        self._context = multiprocessing.get_context("spawn")
+        self._slots = [_Slot(i) for i in range(count)]
+        self._stop_requested = False
+        self._status = 0
+        self.registry = CollectorRegistry()
+        self._restarts = Counter(
+            "modelgate_worker_restarts",
+            "Serving processes started again after they died, by worker.",
+            ["worker"],
+            registry=self.registry,
+        )
+        self._alive = Gauge(
+            "modelgate_workers", "Serving processes running.", registry=self.registry
+        )
+        self._view = WorkersView(self._metrics_urls)
+        self.registry.register(self._view)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (then 0) or a worker that keeps dying (then 1); a
+        worker refusing the settings at its first start ends the server with its status 2.
+
+        Raises BindError when a port cannot be had.
+        """
+        s = self.settings
+        with contextlib.ExitStack() as stack:
+            http = reserve(s.host, s.http_port, setting="http_port", flag="--http-port")
+            stack.callback(http.close)
+            grpc = reserve(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port")
+            stack.callback(grpc.close)
+            try:
+                metrics_server, _ = start_http_server(
+                    s.metrics_port, addr=s.host, registry=self.registry
+                )
+            except OSError as exc:
+                raise bind_error(
+                    s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port",
+                    cause=exc,
+                ) from None  # fmt: skip
+            stack.callback(metrics_server.server_close)
+            stack.callback(metrics_server.shutdown)
+            stack.callback(self._view.close)
+            self._worker_settings = dataclasses.replace(
+                s, http_port=_port(http), grpc_port=_port(grpc), metrics_port=0, workers="1"
+            )
+            addresses = (
+                address(s.host, _port(http)),
+                address(s.host, _port(grpc)),
+                address(s.host, metrics_server.server_port),
+            )
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+            for slot in self._slots:
+                self._start(slot)
+            self._supervise(addresses)
+            self._stop_all()
+        return self._status
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requested = True
+
+    def _supervise(self, addresses: tuple[str, str, str]) -> None:
+        announced = False
+        while not self._stop_requested:
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.restart_at is not None and slot.restart_at <= now:
+                    self._start(slot)
+            wait(self._waitables(), timeout=_TICK)
+            for slot in self._slots:
+                self._read(slot)
+                dead = slot.process is not None and slot.process.exitcode is not None
+                if dead and not self._buried(slot):
+                    return
+            if not announced and all(slot.metrics for slot in self._slots):
+                log.info(
+                    "modelgate listening http=%s grpc=%s metrics=%s workers=%d", *addresses,
+                    self.count,
+                )  # fmt: skip
+                announced = True
+
+    def _waitables(self) -> list[Any]:
+        found: list[Any] = []
+        for slot in self._slots:
+            if slot.process is not None:
+                found.append(slot.process.sentinel)
+            if slot.channel is not None:
+                found.append(slot.channel)
+        return found
+
+    def _start(self, slot: _Slot) -> None:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=serve_worker,
+            args=(self._worker_settings, slot.index, theirs),
+            name=f"modelgate-worker-{slot.index}",
+        )
+        process.start()
+        theirs.close()
+        slot.process, slot.channel, slot.metrics, slot.restart_at = process, ours, None, None
+        self._alive.set(sum(1 for s in self._slots if s.process is not None))
+        log.info("worker %d started (pid %d)", slot.index, process.pid)
+
+    def _read(self, slot: _Slot) -> None:
+        """The worker's one message: its metrics address, once it listens."""
+        if slot.channel is None or not slot.channel.poll():
+            return
+        try:
+            metrics = slot.channel.recv()
+        except (EOFError, OSError):  # it is ending; its sentinel says how
+            slot.channel.close()
+            slot.channel = None
+            return
+        slot.metrics = _loopback(metrics)
+        slot.started_once = True
+
+    def _buried(self, slot: _Slot) -> bool:
+        """Account for a dead worker; False when the server must stop."""
+        assert slot.process is not None
+        exitcode = slot.process.exitcode
+        pid = slot.process.pid
+        slot.process.close()
+        if slot.channel is not None:
+            slot.channel.close()
+        slot.process, slot.channel, slot.metrics = None, None, None
+        self._alive.set(sum(1 for s in self._slots if s.process is not None))
+        if exitcode == 2 and not slot.started_once:
+            # It refused the settings (and said why, in one line): restarting cannot help.
+            self._status = 2
+            return False
+        now = time.monotonic()
+        slot.deaths.append(now)
+        delay = self.policy.delay(slot.deaths, now)
+        if delay is None:
+            reason = (
+                f"worker {slot.index} keeps dying ({len(slot.deaths)} times, the last "
+                f"{len([t for t in slot.deaths if now - t <= self.policy.window])} within "
+                f"{self.policy.window:g} s; it {exit_reason(exitcode)}); stopping"
+            )
+            log.error("%s", reason)
+            print(f"modelgate: {reason}", file=sys.stderr, flush=True)
+            self._status = 1
+            return False
+        log.warning(
+            "worker %d (pid %s) %s; starting it again in %.2f s",
+            slot.index, pid, exit_reason(exitcode), delay,
+        )  # fmt: skip
+        self._restarts.labels(str(slot.index)).inc()
+        slot.restart_at = now + delay
+        return True
+
+    def _stop_all(self) -> None:
+        """Drain every worker at once and wait for them (within the drain's own limits)."""
+        s = self.settings
+        log.info("modelgate draining %d workers", self.count)
+        running = [slot.process for slot in self._slots if slot.process is not None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + s.drain_delay + s.drain_seconds + _STOP_MARGIN
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                log.warning("worker (pid %s) did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+        for slot in self._slots:
+            if slot.channel is not None:
+                slot.channel.close()
+        log.info("modelgate stopped")
+
+    def _metrics_urls(self) -> list[str]:
+        return [f"http://{slot.metrics}/metrics" for slot in self._slots if slot.metrics]
+
+
+def _port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def _loopback(endpoint: str) -> str:
+    """Where this machine reaches `endpoint` (a wildcard address is not one to connect to)."""
+    host, _, port = endpoint.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"{host}:{port}"
+
+
+def run(settings: ServerSettings) -> int:
+    """Entry point of `modelgate serve --workers N` (N > 1); returns the exit status."""
+    try:
+        # Once, before any worker: create the store when asked to, or say in one line why
+        # the registry cannot be opened (rather than N workers saying it at once).
+        registry = _open_registry(settings)
+    except (RegistryError, ValueError, OSError) as exc:
+        print(f"modelgate: {exc}", file=sys.stderr, flush=True)
+        return 2
+    close = getattr(registry, "close", None)
+    if close is not None:
+        close()
+    return Supervisor(settings, settings.worker_count()).run()
