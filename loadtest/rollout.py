@@ -12,7 +12,9 @@ and each stage change is judged from the record:
 - canary share: the fraction of unkeyed requests sent after the swap landed that the
   canary answered;
 - sticky: whether any routing key was answered by two versions among the requests sent
-  while the weights held;
+  while the weights held (with several workers, from `sticky_from` seconds after the
+  change: each worker follows the registry on its own, and until all have, a key may be
+  answered by either routing table);
 - dip: how much lower throughput was in the 3 s after the change than in the 3 s before
   (the stage-change process itself, e.g. the CLI starting up, competes for the same cores).
 
@@ -219,7 +221,11 @@ def _landed(answers: Sequence[Answer], since: float, before: frozenset[str], ste
 
 
 def judge(
-    answers: Sequence[Answer], steps: Sequence[Step], changes: Sequence[float], end: float
+    answers: Sequence[Answer],
+    steps: Sequence[Step],
+    changes: Sequence[float],
+    end: float,
+    sticky_from: float = 0.0,
 ) -> list[StepResult]:
     """Each step's figures from the answers (see the module docstring)."""
     answers = sorted(answers, key=lambda a: a.at)
@@ -238,7 +244,7 @@ def judge(
             share = sum(a.version == str(step.version) for a in unkeyed) / len(unkeyed)
         by_key: dict[str, set[str]] = {}
         for a in settled:
-            if a.key is not None and a.version is not None:
+            if a.key is not None and a.version is not None and a.sent >= changed + sticky_from:
                 by_key.setdefault(a.key, set()).add(a.version)
         results.append(
             StepResult(
@@ -307,6 +313,7 @@ async def drive(
     baseline: float = 3.0,
     step_timeout: float = 60.0,
     via: str = "cli",
+    sticky_from: float = 0.0,
 ) -> tuple[Report, list[Answer]]:
     """Run the load, apply `steps` one after another, and judge them."""
     load = Load(http, grpc_address, model, features)
@@ -329,7 +336,7 @@ async def drive(
     answers = list(load.answers)
     failed = [a for a in answers if a.version is None]
     report = Report(
-        steps=judge(answers, steps, changes, end),
+        steps=judge(answers, steps, changes, end, sticky_from),
         requests=len(answers),
         errors=len(failed),
         error_samples=[a.error for a in failed[:5]],

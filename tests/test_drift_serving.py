@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import modelzoo
 from conftest import running, sample, scrape
@@ -247,6 +249,70 @@ def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart
     finally:
         assert second.stop() == 0
         receiver.stop()
+
+
+def test_two_workers_send_one_webhook_for_one_drift(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Both workers see the drift (each answers some of the shifted traffic), and the shared
+    outbox lets one drift_detected out, not one per worker."""
+    config = tmp_path / "modelgate.toml"
+    config.write_text(
+        f'retrain_webhook = "{receiver.url}"\nwindow_rows = 500\nmin_window_rows = 100\n'
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "modelgate",
+        "serve",
+        "--store",
+        str(store.root),
+        "--config",
+        str(config),
+        "--webhook-outbox",
+        str(tmp_path / "outbox.db"),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--workers",
+        "2",
+    ]
+    server = ServerProcess(argv, tmp_path / "gateway.log", env={"MODELGATE_WEBHOOK_SECRET": SECRET})
+    try:
+        listening = server.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
+        http = f"http://{listening.group(1)}"
+        for _ in range(20):  # each new connection may reach another worker
+            server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
+        workers = re.findall(r"worker listening .* metrics=(\S+)", server.log_path.read_text())
+        assert len(workers) == 2, server.log_tail()
+
+        def drifting(metrics: str) -> bool:
+            samples = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(httpx.get(metrics).text)
+                for s in family.samples
+            }
+            return sample(samples, "modelgate_drift_drifting", model="clf", version="1") == 1
+
+        rng = np.random.default_rng(2)
+        deadline = time.monotonic() + 60
+        while not all(drifting(f"http://{w}/metrics") for w in workers):
+            assert time.monotonic() < deadline, server.log_tail()
+            with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                for _ in range(10):  # fresh connections: both workers get shifted rows
+                    reply = client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+                    assert reply.is_success
+        while not receiver.accepted():
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
+        time.sleep(1.0)  # a second worker's event would follow within its first attempt
+        [event] = receiver.accepted()
+        assert orjson.loads(event.body)["type"] == "model.drift_detected"
+    finally:
+        assert server.stop() == 0
 
 
 async def test_a_persisting_drift_fires_again_after_the_cooldown(

@@ -16,30 +16,37 @@ from loadtest.procs import ServerProcess
 from loadtest.rollout import LISTENING, default_steps, drive, prepare_store
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> tuple[ServerProcess, Path, dict[str, str]]:
+@pytest.fixture(params=["1", "2"], ids=["1 worker", "2 workers"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[ServerProcess, Path, dict[str, str], int]:
     root = prepare_store(
         tmp_path / "store", modelzoo.classifier(), shadow_model=modelzoo.classifier(first=4)
     )
     argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(root),
-            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+            "--workers", request.param]  # fmt: skip
     server = ServerProcess(argv, tmp_path / "gateway.log")
     found = server.wait_for_line(LISTENING, timeout=60)
     addresses = {"http": f"http://{found.group(1)}", "grpc": found.group(2),
                  "metrics": f"http://{found.group(3)}"}  # fmt: skip
-    server.wait_http_ok(f"{addresses['http']}/v2/health/ready", timeout=60)
-    yield server, root, addresses  # type: ignore[misc]
+    for _ in range(20):  # each new connection may reach another worker
+        server.wait_http_ok(f"{addresses['http']}/v2/health/ready", timeout=60)
+    yield server, root, addresses, int(request.param)  # type: ignore[misc]
     server.stop()
 
 
 async def test_stage_changes_under_load_fail_nothing(
-    gateway: tuple[ServerProcess, Path, dict[str, str]],
+    gateway: tuple[ServerProcess, Path, dict[str, str], int],
 ) -> None:
-    server, root, addresses = gateway
+    server, root, addresses, workers = gateway
     steps = default_steps()
     report, answers = await drive(
         root, "light", addresses["http"], addresses["grpc"], modelzoo.FEATURES, steps,
         http_clients=6, grpc_clients=2, baseline=2.0, step_timeout=120,
+        # Workers follow the registry each on its own: a key is judged once every worker
+        # must have (the 2 s a stage change may take to reach them all).
+        sticky_from=0.0 if workers == 1 else 2.0,
     )  # fmt: skip
     by_label = {s.label: s for s in report.steps}
 
