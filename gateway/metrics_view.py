@@ -17,6 +17,7 @@ import logging
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -73,21 +74,27 @@ def fetch(url: str) -> str:
 
 class WorkersView(Collector):
     """A collector whose samples are the merged expositions of the URLs `urls()` names
-    (read concurrently at each scrape); a worker that does not answer in time is left out
-    of that scrape (a restarting one: its counts start again from zero)."""
+    (read concurrently at each scrape) and of the supervisor's own `registry`; a worker that
+    does not answer in time is left out of that scrape (a restarting one: its counts start
+    again from zero)."""
 
-    def __init__(self, urls: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, urls: Callable[[], Sequence[str]], registry: CollectorRegistry) -> None:
         self._urls = urls
+        self._registry = registry
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="scrape")
 
     def collect(self) -> Iterator[Metric]:
-        texts = []
+        yield from self.families()
+
+    def families(self) -> list[Metric]:
+        """The merged families, read now."""
+        texts = [generate_latest(self._registry).decode()]
         for url, future in [(url, self._pool.submit(fetch, url)) for url in self._urls()]:
             try:
                 texts.append(future.result())
             except Exception as exc:  # a worker between lives; the next scrape has it
                 log.debug("metrics of %s: %s", url, exc)
-        yield from merge(texts)
+        return merge(texts)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

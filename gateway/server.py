@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 from modelgate.gateway.alerting import DriftAlerts, notifier_for
 from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployments
-from modelgate.gateway.core.guard import RolloutGuard
+from modelgate.gateway.core.guard import RolloutGuard, ServedTraffic
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.shadow import ShadowMirror
 from modelgate.gateway.frontends.grpc import GrpcFrontend
@@ -91,7 +91,10 @@ class Gateway:
         )
         self._background: list[asyncio.Task[None]] = []
         self.guard = RolloutGuard(
-            self.deployments, self.mirror, self.registry, settings, self.metrics
+            ServedTraffic(self.deployments, self.mirror),
+            self.registry,
+            settings,
+            self.metrics.guard_rollbacks,
         )
         self._http: DrainingServer | None = None
         self._http_drain = HttpDrain()
@@ -156,7 +159,8 @@ class Gateway:
         )
         self._load_task = asyncio.create_task(self.deployments.follow())
         self._background.append(asyncio.create_task(self.monitor.run()))
-        self._background.append(asyncio.create_task(self.guard.run()))
+        if not self._shared_ports:  # under a supervisor, its guard sees every worker's traffic
+            self._background.append(asyncio.create_task(self.guard.run()))
         if self.notifier is not None:
             self._background.append(asyncio.create_task(self.notifier.run()))
         return self.addresses

@@ -29,11 +29,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from modelgate.gateway.controlplane import ControlPlane, guard_wanted
 from modelgate.gateway.metrics_view import WorkersView
 from modelgate.gateway.server import _open_registry
 from modelgate.gateway.settings import ServerSettings
 from modelgate.gateway.worker import serve_worker
 from modelgate.listen import address, bind_error, reserve
+from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -94,26 +96,36 @@ class Supervisor:
     """Runs N workers on shared ports until a signal, or until one keeps dying."""
 
     def __init__(
-        self, settings: ServerSettings, count: int, policy: RestartPolicy | None = None
+        self,
+        settings: ServerSettings,
+        count: int,
+        registry: RegistryClient,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self.settings = settings
+        self._registry = registry
         self.count = count
         self.policy = policy or RestartPolicy()
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(count)]
         self._stop_requested = False
         self._status = 0
-        self.registry = CollectorRegistry()
+        own = CollectorRegistry()  # the supervisor's metrics, merged with the workers'
         self._restarts = Counter(
             "modelgate_worker_restarts",
             "Serving processes started again after they died, by worker.",
             ["worker"],
-            registry=self.registry,
+            registry=own,
         )
-        self._alive = Gauge(
-            "modelgate_workers", "Serving processes running.", registry=self.registry
+        self._alive = Gauge("modelgate_workers", "Serving processes running.", registry=own)
+        self._rollbacks = Counter(
+            "modelgate_guard_rollbacks",
+            "Versions the rollout guard archived, by the rule that tripped.",
+            ["model", "version", "rule"],
+            registry=own,
         )
-        self._view = WorkersView(self._metrics_urls)
+        self._view = WorkersView(self._metrics_urls, own)
+        self.registry = CollectorRegistry()  # what the metrics endpoint serves
         self.registry.register(self._view)
 
     def run(self) -> int:
@@ -152,6 +164,10 @@ class Supervisor:
                 signal.signal(sig, self._on_signal)
             for slot in self._slots:
                 self._start(slot)
+            if guard_wanted(s):
+                plane = ControlPlane(s, self._registry, self._view.families, self._rollbacks)
+                plane.start()
+                stack.callback(plane.stop)
             self._supervise(addresses)
             self._stop_all()
         return self._status
@@ -287,12 +303,15 @@ def run(settings: ServerSettings) -> int:
     """Entry point of `modelgate serve --workers N` (N > 1); returns the exit status."""
     try:
         # Once, before any worker: create the store when asked to, or say in one line why
-        # the registry cannot be opened (rather than N workers saying it at once).
+        # the registry cannot be opened (rather than N workers saying it at once); the
+        # control plane's guard archives through it.
         registry = _open_registry(settings)
     except (RegistryError, ValueError, OSError) as exc:
         print(f"modelgate: {exc}", file=sys.stderr, flush=True)
         return 2
-    close = getattr(registry, "close", None)
-    if close is not None:
-        close()
-    return Supervisor(settings, settings.worker_count()).run()
+    try:
+        return Supervisor(settings, settings.worker_count(), registry).run()
+    finally:
+        close = getattr(registry, "close", None)
+        if close is not None:
+            close()

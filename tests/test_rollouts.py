@@ -20,7 +20,7 @@ import pytest
 
 import modelzoo
 from conftest import running, sample, scrape
-from modelgate.gateway.core.guard import RolloutGuard
+from modelgate.gateway.core.guard import RolloutGuard, ServedTraffic
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -563,7 +563,8 @@ async def test_the_guard_compares_a_canarys_client_errors_with_productions(
         settings, model_overrides={"clf": ModelServingSettings(guard=guard)}
     )
     async with running(settings, store) as gw, client(gw) as http:
-        judge = RolloutGuard(gw.deployments, gw.mirror, store, guarded, gw.metrics)
+        traffic = ServedTraffic(gw.deployments, gw.mirror)
+        judge = RolloutGuard(traffic, store, guarded, gw.metrics.guard_rollbacks)
         store.transition("clf", 2, Stage.CANARY, traffic=50, actor="t")
         await _eventually(lambda: _share(gw, "2") == 50.0)
         judge.check(0.0)

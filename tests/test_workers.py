@@ -19,11 +19,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import LISTENING, Process, modelgate
 
+import modelzoo
 from modelgate.gateway.metrics_view import merge
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.settings import ServerSettings, SettingsError, build_settings
 from modelgate.gateway.supervisor import RestartPolicy, exit_reason
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 STARTED = re.compile(r"supervisor: worker (\d+) started \(pid (\d+)\)")
 WORKER_LISTENING = re.compile(r"worker (\d+) \S+: modelgate worker listening .* metrics=(\S+)")
@@ -277,5 +280,60 @@ def test_a_worker_that_keeps_dying_stops_the_server(tmp_path: Path, store_dir: P
         rest = process.rest()
         assert "modelgate: worker 0 keeps dying (6 times" in rest, rest
         assert "it was killed by SIGKILL); stopping" in rest
+    finally:
+        process.close()
+
+
+def _total(text: str, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+async def test_the_guard_judges_all_workers_traffic_together_and_acts_once(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A shadow that disagrees with production: neither worker alone compares the 50 rows
+    the guard needs, both together do; it is archived once, by the supervisor's guard."""
+    store = RegistryStore(tmp_path / "store", create=True)
+    store.register("clf", modelzoo.classifier(), stage=Stage.PRODUCTION, actor="t")
+    store.register("clf", modelzoo.classifier(first=4), actor="t")
+    store.transition("clf", 2, Stage.SHADOW, traffic=100, actor="t")
+    config = tmp_path / "modelgate.toml"
+    config.write_text("[models.clf]\nguard_enabled = true\nguard_min_requests = 50\n")
+    process = Process(
+        ["serve", "--store", str(store.root), "--config", str(config), "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0", "--workers", "2"], tmp_path,
+    )  # fmt: skip
+    try:
+        http_address, _, metrics_address = process.wait_for(LISTENING).groups()
+        await _wait_ready(http_address)
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=f"http://{http_address}", limits=limits) as http:
+            for _ in range(28):  # 56 rows, on fresh connections: spread over both workers
+                x = rng.normal(size=(2, 8)).astype(np.float32)
+                body = {"inputs": [{"name": "input", "shape": [2, 8], "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}  # fmt: skip
+                assert (await http.post("/v2/models/clf/infer", json=body)).status_code == 200
+        deadline = time.monotonic() + 60
+        while store.get("clf", 2).stage is not Stage.ARCHIVED:
+            assert time.monotonic() < deadline, "".join(process.output)
+            await asyncio.sleep(0.2)
+        archived = [t for t in store.history("clf") if t.to_stage is Stage.ARCHIVED]
+        assert [(t.version, t.actor) for t in archived] == [(2, "modelgate-guard")]
+        assert "disagree" in archived[0].reason
+        async with httpx.AsyncClient() as client:
+            merged = (await client.get(f"http://{metrics_address}/metrics")).text
+            texts = [
+                (await client.get(f"http://{address}/metrics")).text
+                for address in _worker_metrics(process).values()
+            ]
+        name = "modelgate_shadow_agreement_rows_total"
+        compared = [_total(text, name, model="clf", version="2") for text in texts]
+        assert all(rows < 50 for rows in compared) and sum(compared) >= 50, compared
+        assert _total(merged, "modelgate_guard_rollbacks_total", model="clf", version="2") == 1
     finally:
         process.close()

@@ -20,6 +20,10 @@ regardless of what they carry, so both see the same mix, and a canary refusing m
 than production does (a renamed input, another feature count) is the version's fault. That
 comparison needs production's own rate: it waits until production has seen
 `guard_min_requests` in the window too.
+
+What the guard reads comes through a `TrafficView`: `ServedTraffic` is one serving
+process's own traffic; with several workers, the supervisor's guard reads all of theirs
+together from the merged metrics (gateway/controlplane.py), and the workers run none.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from modelgate.gateway.core.deployments import Deployment, Deployments
 from modelgate.gateway.core.errors import ErrorCode
 from modelgate.gateway.core.shadow import ShadowMirror
-from modelgate.gateway.metrics import LATENCY_BUCKETS, Metrics
+from modelgate.gateway.metrics import LATENCY_BUCKETS
 from modelgate.gateway.settings import GuardSettings, ServerSettings
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.types import Stage
@@ -53,6 +60,87 @@ _SERVER_ERRORS = frozenset(
     )
 )
 _CLIENT_ERRORS = frozenset(code.value for code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND))
+
+
+class VersionRef(Protocol):
+    """A served version, as the guard names it (a `Deployment` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """One model's versions taking traffic: production, its canaries and shadows."""
+
+    primary: VersionRef
+    canaries: list[VersionRef]
+    shadows: list[VersionRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Cumulative counters of one version: requests by outcome (OK or an error code), the
+    latency histogram's bucket counts over LATENCY_BUCKETS (+Inf last), and the rows its
+    answers agreed or disagreed with production's (a shadow)."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    latency: np.ndarray = field(
+        default_factory=lambda: np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
+    )
+    agree: int = 0
+    disagree: int = 0
+
+
+class TrafficSnapshot(Protocol):
+    """What the guard reads at one check."""
+
+    def models(self) -> Iterable[str]: ...
+    def live(self, model: str) -> Live | None: ...
+    def counts(self, version: VersionRef) -> Counts: ...
+
+
+class TrafficView(Protocol):
+    """Where the guard reads traffic from: a snapshot per check."""
+
+    def read(self) -> TrafficSnapshot: ...
+
+
+class ServedTraffic:
+    """This process's own traffic: its deployments' counters and the shadow comparisons."""
+
+    def __init__(self, deployments: Deployments, mirror: ShadowMirror) -> None:
+        self._deployments = deployments
+        self._mirror = mirror
+
+    def read(self) -> ServedTraffic:
+        return self  # read live: the counters are cumulative
+
+    def models(self) -> Iterable[str]:
+        return self._deployments.names()
+
+    def live(self, model: str) -> Live | None:
+        routes = self._deployments.routes(model)
+        if routes is None or routes.primary is None:
+            return None
+        primary = routes.primary
+        canaries: list[VersionRef] = [
+            a.target for a in routes.split.arms if a.target is not primary
+        ]
+        return Live(primary, canaries, [d for d, _ in routes.shadows])
+
+    def counts(self, version: VersionRef) -> Counts:
+        assert isinstance(version, Deployment)
+        outcomes: dict[str, int] = {}
+        latency = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
+        for (_, outcome), observations in dict(version.metrics.outcomes).items():
+            counts, _ = observations.snapshot()
+            outcomes[outcome] = outcomes.get(outcome, 0) + int(counts.sum())
+            latency += counts
+        stats = self._mirror.stats(version.name, version.version)
+        return Counts(outcomes, latency, stats.agree_rows, stats.disagree_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +180,17 @@ class RolloutGuard:
 
     def __init__(
         self,
-        deployments: Deployments,
-        mirror: ShadowMirror,
+        traffic: TrafficView,
         registry: RegistryClient,
         settings: ServerSettings,
-        metrics: Metrics,
+        rollbacks: Counter,
     ) -> None:
-        self._deployments = deployments
-        self._mirror = mirror
+        self._traffic = traffic
         self._registry = registry
         self._settings = settings
-        self._metrics = metrics
-        self._history: dict[Deployment, deque[_Totals]] = {}
-        self._tripped: set[Deployment] = set()
+        self._rollbacks = rollbacks  # by model, version, rule
+        self._history: dict[VersionRef, deque[_Totals]] = {}
+        self._tripped: set[VersionRef] = set()
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
@@ -115,21 +201,20 @@ class RolloutGuard:
             except Exception:  # the guard's own failure must never stop it, nor serving
                 log.exception("rollout guard check failed")
 
-    def check(self, now: float) -> list[tuple[Deployment, str, str]]:
+    def check(self, now: float) -> list[tuple[VersionRef, str, str]]:
         """Record a snapshot of every watched version; the versions to archive, and why."""
         verdicts = []
-        watched: set[Deployment] = set()
-        for name in self._deployments.names():
+        watched: set[VersionRef] = set()
+        traffic = self._traffic.read()
+        for name in traffic.models():
             guard = self._settings.for_model(name).guard
-            routes = self._deployments.routes(name)
-            if not guard.guard_enabled or routes is None or routes.primary is None:
+            live = traffic.live(name) if guard.guard_enabled else None
+            if live is None:
                 continue
-            primary = routes.primary
-            canaries = [a.target for a in routes.split.arms if a.target is not primary]
-            shadows = [d for d, _ in routes.shadows]
+            primary, canaries, shadows = live.primary, live.canaries, live.shadows
             for deployment in [primary, *canaries, *shadows]:
                 watched.add(deployment)
-                self._record(deployment, now, guard)
+                self._record(deployment, traffic.counts(deployment), now, guard)
             production = self._window(primary)
             for canary in canaries:
                 verdict = self._judge_canary(canary, production, guard)
@@ -144,35 +229,32 @@ class RolloutGuard:
         self._tripped &= watched  # archived versions leave the routes; forget them
         return [v for v in verdicts if v[0] not in self._tripped]
 
-    def _record(self, deployment: Deployment, now: float, guard: GuardSettings) -> None:
+    def _record(
+        self, deployment: VersionRef, counts: Counts, now: float, guard: GuardSettings
+    ) -> None:
         requests = errors = client_errors = 0
-        latency = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
-        for (_, outcome), observations in dict(deployment.metrics.outcomes).items():
-            counts, _ = observations.snapshot()
-            n = int(counts.sum())
+        for outcome, n in counts.outcomes.items():
             requests += n
             if outcome in _SERVER_ERRORS:
                 errors += n
             elif outcome in _CLIENT_ERRORS:
                 client_errors += n
-            latency += counts
-        stats = self._mirror.stats(deployment.name, deployment.version)
         totals = _Totals(
-            now, requests, errors, client_errors, latency, stats.agree_rows, stats.disagree_rows
+            now, requests, errors, client_errors, counts.latency, counts.agree, counts.disagree
         )
         history = self._history.setdefault(deployment, deque())
         history.append(totals)
         while len(history) > 2 and now - history[1].at >= guard.guard_window_seconds:
             history.popleft()
 
-    def _window(self, deployment: Deployment) -> _Totals | None:
+    def _window(self, deployment: VersionRef) -> _Totals | None:
         history = self._history.get(deployment)
         if not history or len(history) < 2:
             return None
         return history[-1].minus(history[0])
 
     def _judge_canary(
-        self, canary: Deployment, production: _Totals | None, guard: GuardSettings
+        self, canary: VersionRef, production: _Totals | None, guard: GuardSettings
     ) -> tuple[str, str] | None:
         window = self._window(canary)
         if window is None or window.requests < guard.guard_min_requests:
@@ -206,7 +288,7 @@ class RolloutGuard:
                 )
         return None
 
-    def _judge_shadow(self, shadow: Deployment, guard: GuardSettings) -> tuple[str, str] | None:
+    def _judge_shadow(self, shadow: VersionRef, guard: GuardSettings) -> tuple[str, str] | None:
         window = self._window(shadow)
         if window is None:
             return None
@@ -221,7 +303,7 @@ class RolloutGuard:
             )
         return None
 
-    async def _archive(self, deployment: Deployment, rule: str, reason: str) -> None:
+    async def _archive(self, deployment: VersionRef, rule: str, reason: str) -> None:
         name, version = deployment.name, deployment.version
         self._tripped.add(deployment)
         try:
@@ -245,5 +327,5 @@ class RolloutGuard:
             log.error("rollout guard could not archive %s v%s: %s", name, version, exc)
             self._tripped.discard(deployment)  # try again on the next check
             return
-        self._metrics.guard_rollbacks.labels(name, version, rule).inc()
+        self._rollbacks.labels(name, version, rule).inc()
         # The registry follower sees the change within one poll interval.
