@@ -11,8 +11,10 @@ Prometheus endpoint exports, so the two never disagree:
 - inference_count / execution_count: rows and runs of successful model runs, and per batch
   size (rows) the runs and their time (batch_stats).
 
-Not measured, so reported as zero: compute_input and compute_output (decoding and encoding
-are not timed apart from the rest), and cache_hit / cache_miss (there is no response cache).
+compute_input and compute_output are not timed apart from the rest (decoding and encoding),
+so they take zero time, but they count what compute_infer counts: Triton's clients require
+the three counts to agree (perf_analyzer stops with "Server side statistics compute counts
+must be the same"). cache_hit / cache_miss stay zero: there is no response cache.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ def version_statistics(metrics: VersionMetrics) -> ModelStatistics:
         fail=_duration(answered[False], seconds[False]),
         queue=_duration(int(queue_counts.sum()), queue_seconds),
         compute_infer=_duration(runs.requests, runs.request_seconds),
+        compute_input=Duration(runs.requests, 0),
+        compute_output=Duration(runs.requests, 0),
         batches=tuple(
-            BatchStatistics(size, _duration(count, run_seconds))
+            BatchStatistics(
+                size, _duration(count, run_seconds), Duration(count, 0), Duration(count, 0)
+            )
             for size, (count, run_seconds) in sorted(runs.by_size.items())
         ),
     )
