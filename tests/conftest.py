@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -83,6 +84,20 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+def nested(depth: int, as_object: bool = False, value: Any = 0) -> Any:
+    """`value` inside `depth` lists (or objects), built without recursion."""
+    for _ in range(depth):
+        value = {"a": value} if as_object else [value]
+    return value
+
+
+# Values nested about 1,000 levels deep: within what the servers' JSON parser takes (orjson:
+# 1,024 levels) when sent a few levels down in a body, and past Python's recursion limit
+# for a server that formats one into a message (repr, str, json.dumps). (Hypothesis raises
+# that limit while a test runs, so json.dumps can write them.)
+DEEP_VALUES = st.builds(nested, st.integers(990, 1018), st.booleans())
 # Edits for `mutated`: (position, bytes to write there; empty: cut the message there).
 BYTE_EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=3)), max_size=6)
 
@@ -291,6 +306,23 @@ class Alarms(logging.Handler):
 
     def __repr__(self) -> str:  # Hypothesis prints a failing example's arguments
         return f"Alarms({len(self.records)} records)"
+
+
+# Python's default recursion limit, under which the servers run in production.
+PYTHON_RECURSION_LIMIT = 1000
+
+
+@contextlib.contextmanager
+def production_recursion_limit() -> Iterator[None]:
+    """Python's default recursion limit while a request is served: Hypothesis raises the
+    (process-wide) limit while a test runs, which would hide a RecursionError from a server
+    running in this process."""
+    raised = sys.getrecursionlimit()
+    sys.setrecursionlimit(PYTHON_RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(raised)
 
 
 @pytest.fixture(scope="module")

@@ -134,8 +134,15 @@ def _decode_input(
     shape, count = budget.take(name, datatype, item.get("shape"))
     size = _parameters(item, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise invalid(f"input {name!r}: binary_data_size {size} exceeds the binary data")
+        # The message never formats a size that is not a plain number: it may be nested
+        # deeper than repr can go.
+        if type(size) is not int or size < 0:
+            raise invalid(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if offset + size > len(binary):
+            raise invalid(
+                f"input {name!r}: binary_data_size {size} exceeds the binary data "
+                f"({len(binary) - offset} bytes left)"
+            )
         data = array_from_raw(name, datatype, shape, count, binary[offset : offset + size])
         return Tensor(name, datatype, data), size
     if "data" not in item:

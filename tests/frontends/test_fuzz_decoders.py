@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from conftest import (
     BYTE_EDITS,
     DATATYPES,
+    DEEP_VALUES,
     JSON_SCALARS,
     JSON_VALUES,
     TYPED_CONTENTS,
@@ -30,6 +31,8 @@ from conftest import (
     assert_serves_grpc,
     assert_serves_http,
     mutated,
+    nested,
+    production_recursion_limit,
 )
 from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -148,10 +151,7 @@ def json_tensor_data(draw: st.DrawFn, datatype: str, shape: Any) -> Any:
     values = values_for(datatype, typed=not rarely(draw))
     flat = draw(st.lists(values, min_size=count, max_size=count))
     if how == "deep":  # up to orjson's own limit of 1024 levels
-        data: Any = flat
-        for _ in range(draw(st.integers(2, 70) | st.integers(900, 1020))):
-            data = [data]
-        return data
+        return nested(draw(st.integers(2, 70) | st.integers(900, 1020)), value=flat)
     if draw(st.booleans()) and count == _count(shape):
         return _nest(flat, shape)
     return flat
@@ -243,7 +243,8 @@ def assert_http_handled(
     """The request is answered as documented, nothing is logged, the next is served; with
     `finite` (JSON in, which has no NaN nor infinity), an echo answer holds no null."""
     alarms.clear()
-    r = http.post(path, content=body, headers=headers)
+    with production_recursion_limit():
+        r = http.post(path, content=body, headers=headers)
     event(f"HTTP {r.status_code}")  # --hypothesis-show-statistics: how far requests got
     assert r.status_code < 500 or r.status_code in DOCUMENTED_5XX, (r.status_code, r.text[:300])
     if finite and r.status_code == 200 and "/echo_" in path:
@@ -256,7 +257,8 @@ def assert_grpc_handled(channel: grpc.Channel, alarms: Alarms, message: bytes) -
     infer = channel.unary_unary(MODEL_INFER)  # bytes in and out: any message at all
     alarms.clear()
     try:
-        answer = infer(message, timeout=30)
+        with production_recursion_limit():
+            answer = infer(message, timeout=30)
         assert isinstance(answer, bytes)
         event("OK")
     except grpc.RpcError as exc:
@@ -328,7 +330,7 @@ def binary_input(draw: st.DrawFn, datatype: str) -> tuple[dict[str, Any], bytes]
         raw = draw(raw_values(datatype, count))
     size: Any = len(raw)
     if rarely(draw):
-        size = draw(st.integers(-2, 2**66) | JSON_SCALARS)
+        size = draw(st.integers(-2, 2**66) | JSON_SCALARS | DEEP_VALUES)
     tensor = {
         "name": draw(NAMES) if rarely(draw) else "x",
         "datatype": datatype,
@@ -362,6 +364,27 @@ def test_v2_binary(
     assert_http_handled(module_http, alarms, f"/v2/models/{model}/infer", body, headers)
 
 
+@given(
+    where=st.sampled_from(["request", "input", "output"]),
+    key=st.sampled_from(["binary_data_size", "binary_data", "binary_data_output", "timeout"]),
+    value=JSON_VALUES | DEEP_VALUES,
+)
+def test_v2_parameter_values(
+    module_http: httpx.Client, alarms: Alarms, where: str, key: str, value: Any
+) -> None:
+    """Any value in a parameter of a binary request, nested 1,000 deep too: an error message
+    names the parameter, never formats the value (unbounded, or recursing past the limit)."""
+    tensor: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": [1, 3]}
+    tensor["parameters"] = {"binary_data_size": 12}
+    doc: dict[str, Any] = {"inputs": [tensor], "outputs": [{"name": "y"}]}
+    place = {"request": doc, "input": tensor, "output": doc["outputs"][0]}[where]
+    place.setdefault("parameters", {})[key] = value
+    header = _json(doc)
+    body = header + np.arange(3, dtype="<f4").tobytes()
+    headers = {"inference-header-content-length": str(len(header))}
+    assert_http_handled(module_http, alarms, "/v2/models/echo_fp32/infer", body, headers)
+
+
 # --- V1 ----------------------------------------------------------------------------------------
 
 
@@ -374,7 +397,7 @@ def v1_body(draw: st.DrawFn, datatype: str) -> Any:
         row = st.lists(values_for(datatype, typed=False), min_size=2, max_size=4)
     keyed = st.fixed_dictionaries({"a": row, "b": row}, optional={"c": JSON_VALUES})
     deep = st.integers(60, 70) | st.integers(900, 1020)
-    nested = st.tuples(row, deep).map(lambda rd: _deep(rd[0], rd[1]))
+    deep_row = st.tuples(row, deep).map(lambda rd: nested(rd[1], value=rd[0]))
     if not rarely(draw):
         instances = draw(st.lists(row, min_size=1, max_size=4))
         return {"instances": instances} if draw(st.booleans()) else {"inputs": instances}
@@ -385,13 +408,7 @@ def v1_body(draw: st.DrawFn, datatype: str) -> Any:
         return {"inputs": draw(st.dictionaries(NAMES, JSON_VALUES, max_size=2) | JSON_VALUES)}
     if choice == 2:
         return {"instances": draw(st.lists(row, max_size=2)), "inputs": draw(JSON_VALUES)}
-    return {"instances": draw(st.lists(row | keyed | nested | JSON_VALUES, max_size=4))}
-
-
-def _deep(value: Any, depth: int) -> Any:
-    for _ in range(depth):
-        value = [value]
-    return value
+    return {"instances": draw(st.lists(row | keyed | deep_row | JSON_VALUES, max_size=4))}
 
 
 @given(target=model_and_datatype(), data=st.data(), headers=HEADERS)

@@ -19,7 +19,15 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from conftest import BYTE_EDITS, JSON_VALUES, Alarms, mutated, serving_registry
+from conftest import (
+    BYTE_EDITS,
+    DEEP_VALUES,
+    JSON_VALUES,
+    Alarms,
+    mutated,
+    production_recursion_limit,
+    serving_registry,
+)
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
@@ -101,7 +109,8 @@ def assert_handled(
     client: httpx.Client, alarms: Alarms, method: str, path: str, body: bytes | None = None
 ) -> None:
     alarms.clear()
-    r = client.request(method, path, content=body)
+    with production_recursion_limit():
+        r = client.request(method, path, content=body)
     event(f"HTTP {r.status_code}")
     assert r.status_code < 500 or r.status_code == 503, (r.status_code, r.text[:300])
     if r.status_code >= 400:
