@@ -92,18 +92,26 @@ class FeatureProfile:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureProfile:
-        kind = data["kind"]
+        """The feature in `data`; ValueError (or KeyError, TypeError) if it is not one.
+        Messages never format a value that is not a number or a name: a profile may come
+        from a client, and a value nested deep enough makes repr recurse past the limit."""
+        name, tensor, kind = data["name"], data["tensor"], data["kind"]
+        if not isinstance(name, str) or not isinstance(tensor, str):
+            raise ValueError("a feature's name and tensor must be strings")
         if kind not in ("numeric", "categorical"):
-            raise ValueError(f"feature {data.get('name')!r}: unknown kind {kind!r}")
+            raise ValueError(f"feature {name[:80]!r}: unknown kind (numeric or categorical)")
+        categories = tuple(data.get("categories", ()))
+        if not all(isinstance(c, int | float | str) for c in categories):
+            raise ValueError(f"feature {name[:80]!r}: categories must be numbers or strings")
         feature = cls(
-            name=str(data["name"]),
-            tensor=str(data["tensor"]),
+            name=name,
+            tensor=tensor,
             column=None if data.get("column") is None else int(data["column"]),
             kind=kind,
             proportions=tuple(float(p) for p in data["proportions"]),
             missing_rate=float(data["missing_rate"]),
             edges=tuple(float(e) for e in data.get("edges", ())),
-            categories=tuple(data.get("categories", ())),
+            categories=categories,
             min=_optional_float(data.get("min")),
             max=_optional_float(data.get("max")),
             mean=_optional_float(data.get("mean")),
@@ -143,7 +151,7 @@ class ReferenceProfile:
         """The profile in `data`; ValueError if it is not one this code understands."""
         try:
             if data.get("format") != FORMAT:
-                raise ValueError(f"unsupported reference profile format {data.get('format')!r}")
+                raise ValueError(f"unsupported reference profile format (this code reads {FORMAT})")
             return cls(
                 rows=int(data["rows"]),
                 inputs=tuple(FeatureProfile.from_json(f) for f in data["inputs"]),

@@ -506,13 +506,27 @@ def _allowed_methods(parts: list[str]) -> tuple[str, ...]:
     return ()
 
 
+# What a client's JSON value is, in its terms. Error messages name a wrong value's type and
+# never format the value: it may be megabytes long, or nested deeper than repr can go.
+_JSON_TYPES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "true or false",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+_SHOWN_CHARS = 80  # of a name or path segment quoted back in an error message
+
+
 def _fields(body: dict[str, Any], **spec: tuple[Any, Any]) -> dict[str, Any]:
     """`body`'s fields, each checked against its (type, default); unknown fields refused."""
     unknown = sorted(set(body) - set(spec))
     if unknown:
-        raise InvalidRequestError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(spec)})"
-        )
+        shown = ", ".join(repr(key[:_SHOWN_CHARS]) for key in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise InvalidRequestError(f"unknown field(s) {shown}{more} (known: {', '.join(spec)})")
     out: dict[str, Any] = {}
     for key, (kind, default) in spec.items():
         value = body.get(key, default)
@@ -520,7 +534,12 @@ def _fields(body: dict[str, Any], **spec: tuple[Any, Any]) -> dict[str, Any]:
         if value is not default and (
             not isinstance(value, kind) or _is_bool_for_number(value, kind)
         ):
-            raise InvalidRequestError(f"field {key!r} has the wrong type: {value!r}")
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            expected = " or ".join(dict.fromkeys(_JSON_TYPES[k] for k in kinds))
+            raise InvalidRequestError(
+                f"field {key!r} has the wrong type: {expected} expected, not "
+                f"{_JSON_TYPES.get(type(value), type(value).__name__)}"
+            )
         out[key] = value
     return out
 
@@ -531,7 +550,9 @@ def _is_bool_for_number(value: Any, kind: Any) -> bool:
 
 def _sha256(value: str) -> str:
     if not _SHA256.fullmatch(value):
-        raise InvalidRequestError(f"not a sha256 (64 lowercase hex digits): {value!r}")
+        raise InvalidRequestError(
+            f"not a sha256 (64 lowercase hex digits): {value[:_SHOWN_CHARS]!r}"
+        )
     return value
 
 
@@ -543,7 +564,7 @@ _MAX_VERSION = 2**63 - 1
 def _version(value: str) -> int:
     # isdigit alone takes "²" and other Unicode digits int() refuses or reads otherwise.
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= _MAX_VERSION:
-        raise InvalidRequestError(f"a version is a positive integer, not {value!r}")
+        raise InvalidRequestError(f"a version is a positive integer, not {value[:_SHOWN_CHARS]!r}")
     return int(value)
 
 

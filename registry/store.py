@@ -229,7 +229,8 @@ class RegistryStore:
         inputs, outputs = read_signature(model)
         _check_loads(model)
         if reference is not None:
-            _check_reference(reference, inputs)
+            # Stored as read back: a client's unknown fields do not reach the store.
+            reference = _check_reference(reference, inputs).to_json()
         tags = _check_tags(tags)
         sha = hashlib.sha256(model).hexdigest()
         self._store_artifact(sha, model)
@@ -531,8 +532,11 @@ def _check_loads(model: bytes) -> None:
         raise InvalidModelError(f"the ONNX model does not load in ONNX Runtime: {exc}") from None
 
 
-def _check_reference(reference: dict[str, Any], inputs: tuple[TensorSignature, ...]) -> None:
-    """A profile this code can read, whose input features belong to the model's inputs."""
+def _check_reference(
+    reference: dict[str, Any], inputs: tuple[TensorSignature, ...]
+) -> ReferenceProfile:
+    """The profile in `reference`, if this code can read it and its input features belong
+    to the model's inputs."""
     try:
         profile = ReferenceProfile.from_json(reference)
     except ValueError as exc:
@@ -540,10 +544,12 @@ def _check_reference(reference: dict[str, Any], inputs: tuple[TensorSignature, .
     names = {s.name for s in inputs}
     strangers = sorted({f.tensor for f in profile.inputs} - names)
     if strangers:
+        shown = [name[:80] for name in strangers[:3]]  # the client's names: a few, cut short
         raise InvalidRequestError(
-            f"the reference profile describes inputs {strangers} the model does not have "
+            f"the reference profile describes inputs {shown} the model does not have "
             f"(its inputs: {sorted(names)})"
         )
+    return profile
 
 
 def _not_found(db: sqlite3.Connection, name: str, version: int) -> NotFoundError:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import nested
 from modelgate.monitor.profile import (
     FeatureProfile,
     ReferenceProfile,
@@ -153,3 +154,14 @@ def test_malformed_profiles_are_refused() -> None:
         FeatureProfile.from_json({**feature, "edges": [0.0], "proportions": [0.5, 0.5, 0]})
     with pytest.raises(ValueError, match="unknown kind"):
         FeatureProfile.from_json({**feature, "kind": "ordinal", "proportions": [1]})
+    # A client's profile: values nested past repr's reach are refused, never formatted.
+    deep = nested(2000)
+    with pytest.raises(ValueError, match="unknown kind"):
+        FeatureProfile.from_json({**feature, "kind": deep, "proportions": [1]})
+    with pytest.raises(ValueError, match="name and tensor must be strings"):
+        FeatureProfile.from_json({**feature, "name": deep, "proportions": [1]})
+    categorical = {**feature, "kind": "categorical", "proportions": [0.5, 0.5]}
+    with pytest.raises(ValueError, match="categories must be numbers or strings"):
+        FeatureProfile.from_json({**categorical, "categories": [deep]})
+    with pytest.raises(ValueError, match="unsupported reference profile format"):
+        ReferenceProfile.from_json({"format": deep})

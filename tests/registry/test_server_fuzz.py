@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from conftest import (
     production_recursion_limit,
     serving_registry,
 )
+from modelgate.monitor.profile import build_profile
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
@@ -145,6 +147,55 @@ def test_transition(
     client, _ = registry
     path = _path("models", name, "versions", version, "transition")
     assert_handled(client, alarms, "POST", path, _json(body))
+
+
+REGISTER_FIELDS = ["sha256", "stage", "traffic", "description", "tags", "reference", "actor"]
+TRANSITION_FIELDS = ["stage", "traffic", "keep", "reason", "actor", "allow_signature_change"]
+
+
+@given(
+    transition=st.booleans(),
+    key=st.sampled_from([*REGISTER_FIELDS, *TRANSITION_FIELDS, "unknown"]),
+    value=JSON_VALUES | DEEP_VALUES,
+)
+def test_field_values(
+    registry: tuple[httpx.Client, str], alarms: Alarms, transition: bool, key: str, value: Any
+) -> None:
+    """Any value in any field, nested 1,000 deep too: an error names the field, never
+    formats the value (unbounded, or recursing past Python's limit)."""
+    client, sha = registry
+    if transition:
+        path, body = "models/m/versions/1/transition", {"stage": "production"}
+    else:
+        path, body = "models/fraud/versions", {"sha256": sha, "stage": "none"}
+    body[key] = value
+    assert_handled(client, alarms, "POST", path, _json(body))
+
+
+def _profile() -> dict[str, Any]:
+    """A reference profile of the echo model (input x [N, 3], output y)."""
+    sample = np.random.default_rng(14).normal(size=(40, 3)).astype(np.float32)
+    return build_profile({"x": sample}, {"y": sample}).to_json()
+
+
+@given(
+    where=st.sampled_from(["profile", "input", "output"]),
+    key=st.sampled_from(["format", "rows", "name", "tensor", "kind", "column", "categories"])
+    | st.sampled_from(["edges", "proportions", "min", "parameters", "inputs"]),
+    value=JSON_VALUES | DEEP_VALUES,
+)
+def test_reference_profile_fields(
+    registry: tuple[httpx.Client, str], alarms: Alarms, where: str, key: str, value: Any
+) -> None:
+    """A registration whose reference profile has one field replaced or added: refused, or
+    registered with a profile the next reads serve."""
+    client, sha = registry
+    profile = _profile()
+    place = {"profile": profile, "input": profile["inputs"][0], "output": profile["outputs"][0]}
+    place[where][key] = value
+    body = {"sha256": sha, "reference": profile}
+    assert_handled(client, alarms, "POST", "models/fraud/versions", _json(body))
+    assert_handled(client, alarms, "GET", "models/fraud/versions")
 
 
 @given(edits=BYTE_EDITS, transition=st.booleans())
