@@ -36,7 +36,13 @@ from modelgate.registry.client import (
 )
 from modelgate.registry.errors import LocationError, RegistryError
 from modelgate.registry.signature import InvalidModelError
-from modelgate.registry.types import ModelVersion, Stage, TensorSignature, Transition
+from modelgate.registry.types import (
+    ModelVersion,
+    Stage,
+    TensorSignature,
+    Transition,
+    parse_version,
+)
 
 _STAGES = ", ".join(s.value for s in Stage)
 Opener = Callable[[], RegistryClient]
@@ -86,7 +92,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
     transition = sub.add_parser("transition", help="move a version to another stage")
     transition.add_argument("name")
-    transition.add_argument("version", type=int)
+    transition.add_argument("version")
     transition.add_argument("stage", help=_STAGES)
     transition.add_argument(
         "--traffic",
@@ -110,7 +116,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="one version in detail")
     show.add_argument("name")
-    show.add_argument("version", type=int)
+    show.add_argument("version")
     show.add_argument("--json", action="store_true", help="the version as JSON")
 
     serve = sub.add_parser("serve", help="serve the --store directory over HTTP")
@@ -296,7 +302,7 @@ def _transition(opener: Opener, args: argparse.Namespace) -> int:
     registry = opener()
     registry.transition(
         args.name,
-        args.version,
+        parse_version(args.version),
         Stage.parse(args.stage),
         traffic=args.traffic,
         actor=args.actor or _os_user(),
@@ -330,7 +336,7 @@ def _history(opener: Opener, args: argparse.Namespace) -> int:
 
 def _show(opener: Opener, args: argparse.Namespace) -> int:
     registry = opener()
-    version, problem = _with_facts(registry, registry.get(args.name, args.version))
+    version, problem = _with_facts(registry, registry.get(args.name, parse_version(args.version)))
     if args.json:
         print(json.dumps(version.to_json(), indent=2, sort_keys=True))
         return 0

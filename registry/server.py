@@ -77,7 +77,7 @@ from modelgate.registry.errors import (
     UnavailableError,
 )
 from modelgate.registry.signature import InvalidModelError
-from modelgate.registry.types import ModelVersion, Stage
+from modelgate.registry.types import ModelVersion, Stage, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class RegistryApp:
             body = await self._read_json(receive, headers)
             if len(parts) == 3:
                 return await self._register(parts[1], body, caller)
-            return await self._transition(parts[1], _version(parts[3]), body, caller)
+            return await self._transition(parts[1], parse_version(parts[3]), body, caller)
         return await self._read(method, parts, query)
 
     # --- reads ----------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class RegistryApp:
             if not versions:
                 raise NotFoundError(f"unknown model {parts[1]!r}")
             return _json(200, {"versions": [v.to_json() for v in versions]})
-        version = await asyncio.to_thread(registry.get, parts[1], _version(parts[3]))
+        version = await asyncio.to_thread(registry.get, parts[1], parse_version(parts[3]))
         return _json(200, version.to_json())
 
     async def _version_with(self, sha: str) -> ModelVersion:
@@ -554,18 +554,6 @@ def _sha256(value: str) -> str:
             f"not a sha256 (64 lowercase hex digits): {value[:_SHOWN_CHARS]!r}"
         )
     return value
-
-
-# Version numbers are SQLite integers: a larger number names no version and cannot be
-# looked up (SQLite refuses it), so it is refused as malformed.
-_MAX_VERSION = 2**63 - 1
-
-
-def _version(value: str) -> int:
-    # isdigit alone takes "²" and other Unicode digits int() refuses or reads otherwise.
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= _MAX_VERSION:
-        raise InvalidRequestError(f"a version is a positive integer, not {value[:_SHOWN_CHARS]!r}")
-    return int(value)
 
 
 def _stage(value: str) -> Stage:

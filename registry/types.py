@@ -8,6 +8,21 @@ from typing import Any
 
 from modelgate.registry.errors import InvalidRequestError
 
+# Version numbers count from 1 and are stored as SQLite integers (64 bits, signed): a
+# larger number names no version, and SQLite cannot even look it up.
+MAX_VERSION = 2**63 - 1
+
+
+def parse_version(text: str) -> int:
+    """The version number `text` writes in ASCII digits; InvalidRequestError otherwise."""
+    # isdigit alone takes "²" and other Unicode digits that int() refuses or reads otherwise.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_VERSION:
+        raise InvalidRequestError(
+            f"a version is a whole number from 1 to {MAX_VERSION}, not {text[:80]!r}"
+        )
+    return int(text)
+
+
 # A version tag that lets a version take traffic although its signature differs from the
 # production version's; its value is why. The registry sets it when a stage change allows
 # the difference (`--allow-signature-change`); in MLflow, set it on the version by hand.

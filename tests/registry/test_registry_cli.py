@@ -97,6 +97,19 @@ def test_transition_errors_exit_2_with_a_message(tmp_path: Path, store_dir: str)
     assert RegistryStore(store_dir).history() == []
 
 
+@pytest.mark.parametrize("version", ["99999999999999999999", "9223372036854775808", "0", "x"])
+def test_a_version_no_registry_can_hold_is_one_line_and_exit_2(
+    store_dir: str, version: str
+) -> None:
+    for command in (["transition", "clf", version, "staging"], ["show", "clf", version]):
+        done = _subprocess("--store", store_dir, *command)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            f"error: a version is a whole number from 1 to {2**63 - 1}, not {version!r}\n"
+        )
+    assert RegistryStore(store_dir).history() == []
+
+
 def test_a_rollout_in_list_and_history(capsys: pytest.CaptureFixture[str], store_dir: str) -> None:
     steps = [
         ["transition", "clf", "1", "production", "--actor", "alice"],
