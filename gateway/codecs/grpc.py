@@ -29,7 +29,7 @@ from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import model_config_pb2 as mc
 
 # The typed contents field of each datatype and the NumPy dtype of that field's elements.
-_CONTENTS: dict[str, tuple[str, np.dtype]] = {
+CONTENTS: dict[str, tuple[str, np.dtype]] = {
     "BOOL": ("bool_contents", np.dtype(np.bool_)),
     "INT8": ("int_contents", np.dtype(np.int32)),
     "INT16": ("int_contents", np.dtype(np.int32)),
@@ -125,9 +125,9 @@ def _from_contents(
 ) -> np.ndarray:
     name = tensor.name
     datatype = tensor.datatype
-    if datatype not in _CONTENTS:
+    if datatype not in CONTENTS:
         raise invalid(f"input {name!r}: {datatype} data must be sent in raw_input_contents")
-    field, field_dtype = _CONTENTS[datatype]
+    field, field_dtype = CONTENTS[datatype]
     present = tensor.contents.ListFields()
     if len(present) > 1 or (present and present[0][0].name != field):
         used = ", ".join(descriptor.name for descriptor, _ in present)
@@ -168,7 +168,7 @@ def encode_infer_response(resp: InferResponse, raw: bool) -> pb.ModelInferRespon
             if tensor.datatype == "BYTES":
                 out.contents.bytes_contents.extend(_as_bytes(tensor.data))
             else:
-                field = _CONTENTS[tensor.datatype][0]
+                field = CONTENTS[tensor.datatype][0]
                 getattr(out.contents, field).extend(tensor.data.ravel().tolist())
     return msg
 

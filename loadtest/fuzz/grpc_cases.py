@@ -18,27 +18,15 @@ from loadtest.fuzz import mutate, values
 from loadtest.fuzz.http_cases import Check
 from loadtest.fuzz.seeds import GOOD_MODELS, INPUTS, Oracle, from_raw, inputs_for, mismatch, to_raw
 from loadtest.fuzz.wire import GRPC_SERVICE, Case, Reply
+from modelgate.gateway.codecs.grpc import CONTENTS as CODEC_CONTENTS
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 
 INFER = GRPC_SERVICE + "ModelInfer"
 Message = Any  # a generated protobuf message (the stubs are untyped)
 
-# The typed contents field of each datatype, and values that field can hold but the
-# datatype cannot (or that are otherwise hostile).
-CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+# The typed contents field of each datatype (the gateway's own table), and values that
+# field can hold but the datatype cannot (or that are otherwise hostile).
+CONTENTS = {datatype: field for datatype, (field, _) in CODEC_CONTENTS.items()}
 _EXTREMES: dict[str, tuple[Any, ...]] = {
     "bool_contents": (True, False),
     "int_contents": (2**31 - 1, -(2**31), 128, -129, 32768, 255),

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest.models import FEATURES, build_light
+from modelgate.gateway.core.datatypes import V2_TO_NUMPY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,10 +78,10 @@ def sample(spec: InputSpec, rows: int, rng: random.Random) -> np.ndarray:
         return gen.random(shape) < 0.5
     if spec.name == "idx":
         return gen.integers(0, LOOKUP_ROWS, shape, dtype=np.int64)
-    dtype = np.dtype(_NUMPY[spec.datatype])
+    dtype = V2_TO_NUMPY[spec.datatype]
     if dtype.kind == "f":
         return gen.normal(size=shape).astype(dtype)
-    info = np.iinfo(dtype.type)  # type: ignore[type-var]
+    info = np.iinfo(dtype.type)
     return gen.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
 
 
@@ -90,25 +91,9 @@ def inputs_for(model: str, rng: random.Random, rows: int | None = None) -> dict[
     return {spec.name: sample(spec, count, rng) for spec in INPUTS[model]}
 
 
-_NUMPY = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-
-
 def wire_dtype(datatype: str) -> np.dtype:
     """The little-endian NumPy dtype of a fixed-size V2 datatype on the wire."""
-    return np.dtype(_NUMPY[datatype]).newbyteorder("<")
+    return V2_TO_NUMPY[datatype].newbyteorder("<")
 
 
 def to_raw(array: np.ndarray, datatype: str) -> bytes:
