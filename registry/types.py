@@ -15,8 +15,10 @@ MAX_VERSION = 2**63 - 1
 
 def parse_version(text: str) -> int:
     """The version number `text` writes in ASCII digits; InvalidRequestError otherwise."""
-    # isdigit alone takes "²" and other Unicode digits that int() refuses or reads otherwise.
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_VERSION:
+    # isdigit alone takes "²" and other Unicode digits that int() refuses or reads otherwise;
+    # the length first, as int() refuses more than 4,300 digits.
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_VERSION))
+    if not digits or not 1 <= int(text) <= MAX_VERSION:
         raise InvalidRequestError(
             f"a version is a whole number from 1 to {MAX_VERSION}, not {text[:80]!r}"
         )

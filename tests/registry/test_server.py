@@ -389,6 +389,7 @@ def test_a_version_that_does_not_fit_production_is_409_signature_mismatch(
         ("PUT", f"artifacts/{GOOD_SHA}", b"not these bytes", 400, "sha256 is"),
         ("PUT", "artifacts/ABC", b"x", 400, "not a sha256"),
         ("GET", "models/m/versions/0", b"", 400, "whole number from 1"),
+        ("GET", "models/m/versions/" + "9" * 5000, b"", 400, "whole number from 1"),
         (
             "POST",
             "models/m/versions/99999999999999999999/transition",
