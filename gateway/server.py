@@ -33,8 +33,8 @@ from modelgate.gateway.frontends.grpc import GrpcFrontend
 from modelgate.gateway.frontends.http import HttpFrontend
 from modelgate.gateway.frontends.http_connections import (
     DrainingServer,
-    HeadLimits,
     HttpDrain,
+    ReadLimits,
     protocol_for,
 )
 from modelgate.gateway.metrics import Metrics
@@ -132,7 +132,7 @@ class Gateway:
             undo.pop_all()
         config = uvicorn.Config(
             HttpFrontend(self.service, s),
-            http=protocol_for(self._http_drain, HeadLimits(s.max_header_bytes, s.header_timeout)),
+            http=protocol_for(self._http_drain, ReadLimits.of(s)),
             loop="none",
             lifespan="off",
             access_log=False,

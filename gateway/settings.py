@@ -257,8 +257,19 @@ class ServerSettings:
     header_timeout: float = setting(
         10.0, "seconds an HTTP client gets to send a request head; then 408", above=0
     )
+    body_timeout: float = setting(
+        30.0,
+        "seconds an HTTP client gets to send a request body once its head is in; then 408",
+        above=0,
+    )
     keep_alive_timeout: float = setting(
         5.0, "seconds an idle HTTP keep-alive connection stays open", above=0
+    )
+    max_connections: int = setting(
+        1000,
+        "open connections per port (HTTP and gRPC each); beyond, a new HTTP connection "
+        "closes the longest idle one or is refused (503), a new gRPC one is closed",
+        minimum=1,
     )
     # 128: two full default batches (max_batch_size 64) of one-row requests, one computing
     # and one gathering, enough to keep a batcher busy; and about what a process serving a

@@ -46,6 +46,12 @@ STATUS_BY_CODE = {
 
 # Calls grpcio takes beyond `max_inflight` inference calls (see `_start_here`).
 CONTROL_HEADROOM = 64
+# A connection without a call for this long is told to go (GOAWAY; channels reconnect when
+# they next call), and one whose client does not answer a ping within KEEPALIVE_TIMEOUT_MS
+# is closed: neither an abandoned nor a dead client keeps its connection.
+IDLE_MS = 60_000
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -305,6 +311,14 @@ class GrpcFrontend:
                 # One connection cannot open more streams than the process admits: the
                 # client holds the rest back instead of the server buffering them.
                 ("grpc.max_concurrent_streams", inflight),
+                # grpcio closes connections beyond the limit as they come, and one that has
+                # not completed its HTTP/2 handshake in time (it cannot close idle ones
+                # first, as HTTP does).
+                ("grpc.max_allowed_incoming_connections", self._settings.max_connections),
+                ("grpc.server_handshake_timeout_ms", round(self._settings.header_timeout * 1000)),
+                ("grpc.max_connection_idle_ms", IDLE_MS),
+                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ],
             # grpcio refuses calls beyond this with RESOURCE_EXHAUSTED before reading them;
             # the headroom keeps health and metadata calls answered while inference calls

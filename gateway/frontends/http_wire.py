@@ -61,13 +61,13 @@ async def read_body(
     declared = int_header(headers, b"content-length")
     if declared is not None and declared > limit:
         raise HttpError(413, f"body of {declared} bytes exceeds the limit of {limit} ({setting})")
-    message = await receive()
+    message = await _receive_body(receive)
     body: bytes = message.get("body", b"")
     if message.get("more_body"):
         chunks = [body]
         size = len(body)
         while message.get("more_body"):
-            message = await receive()
+            message = await _receive_body(receive)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -75,6 +75,14 @@ async def read_body(
             chunks.append(chunk)
         body = b"".join(chunks)
     return body if coding is None else inflate(body, coding, limit, setting)
+
+
+async def _receive_body(receive: Receive) -> dict[str, Any]:
+    """The next part of a body; 408 when the connection ended (or timed out) before it."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise HttpError(408, "the connection ended before the request body was complete")
+    return message
 
 
 def _content_coding(headers: Headers) -> str | None:

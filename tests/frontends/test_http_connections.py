@@ -145,3 +145,96 @@ async def test_request_heads_are_bounded_in_size_and_time_and_idle_connections_c
         writer.close()
     finally:
         await gateway.stop()
+
+
+def _infer_head(length: int, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /v2/models/classifier/infer HTTP/1.1\r\nHost: gw\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (length, extra)
+    )
+
+
+async def test_a_body_not_complete_in_time_is_408_and_gives_its_place_back(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    # One request in flight at most: a slow body holding its place would refuse all others.
+    settings = dataclasses.replace(settings, body_timeout=0.5, max_inflight=1)
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        await gateway.wait_loaded()
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        connect = lambda: asyncio.open_connection(host, int(port))  # noqa: E731
+        row = ",".join(["0.5"] * 8)
+        body = b'{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[%s]}]}' % (
+            row.encode()
+        )
+
+        async def infer() -> int:
+            reader, writer = await connect()
+            writer.write(_infer_head(len(body)) + body)
+            status, _ = await _answer(reader)
+            writer.close()
+            return status
+
+        slow_reader, slow = await connect()
+        slow.write(_infer_head(len(body)) + body[:10])
+        for _ in range(100):  # until the slow request holds the one place
+            if await infer() == 503:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the slow request never took its place")
+        status, _ = await _answer(slow_reader)
+        assert status == 408
+        assert await _closed(slow_reader)
+        slow.close()
+        assert await infer() == 200
+    finally:
+        await gateway.stop()
+
+
+async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_503(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    settings = dataclasses.replace(settings, max_connections=3, keep_alive_timeout=60.0)
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        connect = lambda: asyncio.open_connection(host, int(port))  # noqa: E731
+        clients = []
+        for _ in range(3):  # idle keep-alive connections, idle the longest first
+            reader, writer = await connect()
+            writer.write(LIVE)
+            assert (await _answer(reader))[0] == 200
+            clients.append((reader, writer))
+
+        # A fourth connection: the one idle the longest is closed, the others stay.
+        reader, writer = await connect()
+        writer.write(LIVE)
+        assert (await _answer(reader))[0] == 200
+        assert await _closed(clients[0][0])
+        clients[0][1].close()
+        clients = [*clients[1:], (reader, writer)]
+
+        # Every connection busy (a request waiting for its body): a newcomer gets 503 and
+        # is closed, and the busy ones are served.
+        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+        for reader, writer in clients:
+            writer.write(index + b"Expect: 100-continue\r\n\r\n")
+            continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert continued.startswith(b"HTTP/1.1 100")
+        reader, writer = await connect()
+        status, head = await _answer(reader)
+        assert status == 503 and b"connection: close" in head
+        assert await _closed(reader)
+        writer.close()
+        for reader, writer in clients:
+            writer.write(b"{}")
+            assert (await _answer(reader))[0] == 200
+            writer.close()
+    finally:
+        await gateway.stop()
