@@ -34,8 +34,8 @@ from modelgate.gateway.frontends.http import HttpFrontend
 from modelgate.gateway.frontends.http_connections import (
     DrainingServer,
     HttpDrain,
-    ReadLimits,
     protocol_for,
+    read_limits,
 )
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.settings import ServerSettings
@@ -132,7 +132,7 @@ class Gateway:
             undo.pop_all()
         config = uvicorn.Config(
             HttpFrontend(self.service, s),
-            http=protocol_for(self._http_drain, ReadLimits.of(s)),
+            http=protocol_for(self._http_drain, read_limits(s)),
             loop="none",
             lifespan="off",
             access_log=False,

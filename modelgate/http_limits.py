@@ -1,0 +1,228 @@
+"""HTTP/1.1 connections bounded in size, time and number: uvicorn's httptools protocol with
+the limits it lacks, for every HTTP server modelgate runs (the gateway's data and metrics
+ports, the registry).
+
+A request head (request line and headers) larger than `ReadLimits.head_bytes` is answered
+431 and its connection closed; a head not complete `head_timeout` seconds after it began (or
+after the connection opened) is answered 408 and closed, and so is a body not complete
+`body_timeout` seconds after its head (time during which the server itself was not reading,
+because an earlier request of the connection was still being served, does not count).
+uvicorn has none of these: a slowloris client holds its connection forever, a slow body
+holds a request in flight too, and one header of any size is buffered whole.
+
+At most `connections` connections are open: a connection beyond the limit closes the
+connection idle the longest (no request on it, none arriving), or, when every connection is
+busy, is answered 503 and closed at once. Idle connections are cheap for a client to open,
+so they go first; a busy one is never closed for a newcomer. (uvicorn's `limit_concurrency`
+instead answers 503 to every request, established connections' too, while over its limit.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# How long a connection refused 431/408 may go on sending (discarded) before it is closed.
+_REFUSED_LINGER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How large and how slow a request may arrive, and how many connections may be open."""
+
+    head_bytes: int
+    head_timeout: float
+    body_timeout: float
+    connections: int
+
+
+def answer(status: str, message: str) -> bytes:
+    """A whole HTTP answer: `status` ("503 Service Unavailable"), a JSON error, and close."""
+    body = orjson.dumps({"error": message})
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
+
+
+class _HeadRefused(Exception):
+    """Raised in a parser callback to stop parsing a head that was answered 431."""
+
+
+class IdleConnections:
+    """The idle connections of one server, longest idle first."""
+
+    def __init__(self) -> None:
+        # A dict keeps insertion order: the first key has been idle the longest.
+        self._idle: dict[BoundedHttpProtocol, None] = {}
+
+    def add(self, connection: BoundedHttpProtocol) -> None:
+        self._idle[connection] = None
+
+    def discard(self, connection: BoundedHttpProtocol) -> None:
+        self._idle.pop(connection, None)
+
+    def pop_oldest(self) -> BoundedHttpProtocol | None:
+        """The connection idle the longest, no longer listed; None when none is idle."""
+        for connection in self._idle:
+            del self._idle[connection]
+            return connection
+        return None
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; `bounded` binds them."""
+
+    limits: ClassVar[ReadLimits]
+    idle: ClassVar[IdleConnections]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_arriving = False
+        self._head_bytes = 0  # bytes received since the head began: bounds a head arriving
+        self._head_exact = 0  # bytes of the head's parsed parts: checked once it is whole
+        # The deadline of the head or body arriving (one at a time on a connection).
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        if len(self.connections) > self.limits.connections:
+            oldest = self.idle.pop_oldest()
+            if oldest is None:
+                self._refuse_connection()
+                return
+            oldest.transport.close()
+        self.idle.add(self)
+        self._arm_head_timer()  # a connection that never sends a head is closed too
+
+    def _refuse_connection(self) -> None:
+        """Over the limit with every connection busy: 503 and closed at once (no linger, so
+        a flood of them holds no descriptors; a client that already sent may see a reset)."""
+        self._refused = True
+        self.connections.discard(self)  # not counted while it closes
+        limit = self.limits.connections
+        self.transport.write(answer("503 Service Unavailable", f"over {limit} connections"))
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.idle.discard(self)
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # uvicorn arms the keep-alive timeout when no pipelined request waits.
+        waiting = self.timeout_keep_alive_task is not None and not self._head_arriving
+        if waiting and not self.transport.is_closing():
+            self.idle.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self.idle.discard(self)
+        counting = self._head_arriving
+        super().data_received(data)
+        # Counted after parsing, so that one chunk (at most the transport's read size) is
+        # all a head can take beyond the limit. A chunk in which a head begins counts whole.
+        if self._head_arriving and (counting or self._head_bytes == 0):
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.head_bytes:
+                self._too_large()
+
+    def _too_large(self) -> None:
+        limit = self.limits.head_bytes
+        self._refuse("431 Request Header Fields Too Large", f"request head over {limit} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        self._head_arriving = True
+        self._head_bytes = 0
+        self._head_exact = 0
+        if self._timer is None:
+            self._arm_head_timer()
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_exact += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_exact += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_arriving = False
+        self._cancel_timer()
+        if self._head_exact > self.limits.head_bytes:  # a whole head within one chunk
+            self._too_large()
+            raise _HeadRefused  # stops the parser; no request is started
+        super().on_headers_complete()
+        # Armed for every request: one without a body completes in this same parse.
+        self._timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        super().on_message_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        seconds = self.limits.head_timeout
+        self._refuse("408 Request Timeout", f"request head not complete within {seconds:g} s")
+
+    def _body_timed_out(self) -> None:
+        seconds = self.limits.body_timeout
+        if self.flow.read_paused:
+            # The server is not reading (an earlier request is being served, or the app has
+            # not taken what came): not the client's delay; it gets the time again.
+            self._timer = self.loop.call_later(seconds, self._body_timed_out)
+            return
+        self._timer = None
+        cycle = self.cycle
+        if cycle.response_started:
+            # Answered already (refused before its body was read): nothing more to say.
+            self._refused = True
+            self.transport.close()
+            return
+        # The app, waiting for the rest of the body, is told the client has gone; what it
+        # sends then is dropped (the 408 is the answer).
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse("408 Request Timeout", f"request body not complete within {seconds:g} s")
+
+    def _refuse(self, status: str, message: str) -> None:
+        """Answer `status` and close: the rest of what this connection sends is ignored."""
+        self._refused = True
+        self._cancel_timer()
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer(status, message))
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Closing with unread input would reset the connection, and the client might never
+        # read the answer: send it and a FIN, discard what still comes for a moment, close.
+        self.transport.write_eof()
+        self.loop.call_later(_REFUSED_LINGER, self.transport.close)
+
+
+P = TypeVar("P", bound=BoundedHttpProtocol)
+
+
+def bounded(limits: ReadLimits, base: type[P], **shared: Any) -> type[P]:
+    """A subclass of `base` whose connections share `limits`, a list of idle connections and
+    the `shared` class attributes (uvicorn instantiates the class per connection)."""
+    return type(base.__name__, (base,), {"limits": limits, "idle": IdleConnections(), **shared})
