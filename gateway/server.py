@@ -18,10 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
-from wsgiref.simple_server import WSGIServer
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from modelgate.gateway.alerting import DriftAlerts, notifier_for
 from modelgate.gateway.core.admission import Admission
@@ -38,6 +36,7 @@ from modelgate.gateway.frontends.http_connections import (
     read_limits,
 )
 from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.metrics_endpoint import MetricsEndpoint
 from modelgate.gateway.settings import ServerSettings
 from modelgate.listen import address, bind_error, listen
 from modelgate.monitor.monitor import DriftMonitor
@@ -100,7 +99,7 @@ class Gateway:
         self._http_drain = HttpDrain()
         self._http_task: asyncio.Task[None] | None = None
         self._grpc = GrpcFrontend(self.service, settings, reuse_port=shared_ports)
-        self._metrics_server: WSGIServer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.addresses: Addresses | None = None
 
@@ -128,8 +127,13 @@ class Gateway:
             undo.callback(sock.close)
             grpc_port = await self._start_grpc()
             undo.push_async_callback(self._grpc.stop, 0)
-            metrics_port = self._start_metrics()
+            metrics_sock = listen(
+                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", backlog=128
+            )
             undo.pop_all()
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, metrics_sock, s)
+        await self._metrics_endpoint.start()
+        metrics_port = self._metrics_endpoint.port
         config = uvicorn.Config(
             HttpFrontend(self.service, s),
             http=protocol_for(self._http_drain, read_limits(s)),
@@ -176,18 +180,6 @@ class Gateway:
         except RuntimeError:
             raise bind_error(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port") from None
 
-    def _start_metrics(self) -> int:
-        s = self.settings
-        try:
-            self._metrics_server, _ = start_http_server(
-                s.metrics_port, addr=s.host, registry=self.metrics.registry
-            )
-        except OSError as exc:
-            raise bind_error(
-                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", cause=exc
-            ) from None
-        return self._metrics_server.server_port
-
     async def wait_loaded(self) -> None:
         """Until the registry was read and every version it named has loaded (or failed)."""
         waiting = asyncio.ensure_future(self.deployments.wait_read())
@@ -224,10 +216,8 @@ class Gateway:
         await self.monitor.close()
         if self.notifier is not None:
             await self.notifier.close()
-        if self._metrics_server is not None:
-            server = self._metrics_server
-            await asyncio.to_thread(server.shutdown)
-            server.server_close()
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.stop()
         close = getattr(self.registry, "close", None)
         if self._owns_registry and close is not None:
             close()

@@ -1,0 +1,78 @@
+"""The Prometheus endpoint on its own port: prometheus_client's ASGI app served by uvicorn on
+the gateway's event loop, with the connection limits of every modelgate HTTP server
+(`modelgate.http_limits`).
+
+prometheus_client's own `start_http_server` starts a thread per connection and has no
+timeouts: idle or slow connections each held a thread for as long as they liked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from modelgate.gateway.settings import ServerSettings
+from modelgate.http_limits import BoundedHttpProtocol, ReadLimits, bounded
+
+# Scrapers are few (a Prometheus server keeps one connection): a handful of places is room
+# enough, and bounds what a flood of connections to this port costs.
+MAX_CONNECTIONS = 32
+# A scrape request is a short GET.
+MAX_HEAD_BYTES = 16 * 1024
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside the gateway's loop: signals are the gateway's to handle."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class MetricsEndpoint:
+    """Serves `registry` on a listening socket until stopped."""
+
+    def __init__(
+        self, registry: CollectorRegistry, listener: socket.socket, settings: ServerSettings
+    ) -> None:
+        limits = ReadLimits(
+            MAX_HEAD_BYTES, settings.header_timeout, settings.body_timeout, MAX_CONNECTIONS
+        )
+        config = uvicorn.Config(
+            make_asgi_app(registry),
+            http=bounded(limits, BoundedHttpProtocol),
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # float works
+            timeout_graceful_shutdown=1,
+        )
+        self._listener = listener
+        self._server = _Uvicorn(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    async def start(self) -> None:
+        """Serve from now on (the socket is already bound and listening)."""
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._listener]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # re-raise uvicorn's startup error
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        """Finish the scrapes in flight, close the connections and the listener."""
+        if self._task is not None:
+            self._server.should_exit = True
+            await self._task
+        else:
+            self._listener.close()
