@@ -41,6 +41,10 @@ also has a stable `"code"` (errors.py): `invalid_request`, `invalid_model` (400,
 model the gateway can serve), `not_found`, `conflict`, `auth`, `artifact_integrity`,
 `unavailable`, and `signature_mismatch` (409: a version's inputs or outputs differ from the
 production version's; `allow_signature_change` with a `reason` allows it).
+
+Connections are bounded (`READ_LIMITS`, modelgate/http_limits.py): 431/408 for a head over
+64 KiB or not complete within 10 s, 408 for a body not complete within 10 minutes, and
+beyond 256 connections the one idle the longest is closed (503 for a newcomer when none is).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import orjson
 import uvicorn
 
 from modelgate.errorlog import log_unexpected
+from modelgate.http_limits import BoundedHttpProtocol, ReadLimits, bounded
 from modelgate.listen import address, listen
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
@@ -88,6 +93,11 @@ Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 MAX_ARTIFACT_BYTES = 1 << 30
 MAX_JSON_BYTES = 1 << 20
+# Connections: heads as the gateway's defaults; a body gets ten minutes (a 1 GiB artifact
+# at under 2 MB/s); few clients (gateways polling, CI registering), so a few hundred places.
+READ_LIMITS = ReadLimits(
+    head_bytes=64 * 1024, head_timeout=10.0, body_timeout=600.0, connections=256
+)
 
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
@@ -632,8 +642,17 @@ class _Uvicorn(uvicorn.Server):
 class RegistryServer:
     """A registry app served by uvicorn (httptools) on the running loop: start, then stop."""
 
-    def __init__(self, app: RegistryApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: RegistryApp,
+        host: str,
+        port: int,
+        limits: ReadLimits = READ_LIMITS,
+        keep_alive: float = 5.0,
+    ) -> None:
         self._app = app
+        self._limits = limits
+        self._keep_alive = keep_alive
         self._host = host
         self._port = port
         self._server: _Uvicorn | None = None
@@ -647,7 +666,8 @@ class RegistryServer:
         sock = listen(self._host, self._port, setting="port", flag="--port", backlog=1024)
         config = uvicorn.Config(
             self._app,
-            http="httptools",
+            http=bounded(self._limits, BoundedHttpProtocol),
+            timeout_keep_alive=self._keep_alive,  # type: ignore[arg-type]  # float works
             loop="none",
             lifespan="off",
             access_log=False,
