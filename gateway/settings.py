@@ -258,7 +258,7 @@ class ServerSettings:
         10.0, "seconds an HTTP client gets to send a request head; then 408", above=0
     )
     body_timeout: float = setting(
-        30.0,
+        10.0,
         "seconds an HTTP client gets to send a request body once its head is in; then 408",
         above=0,
     )

@@ -121,7 +121,7 @@ def wait_ready(plan: ServerPlan, server: ServerProcess) -> dict[str, str]:
     """Block until the server serves `plan.model`; its host:port per protocol."""
     if plan.server.startswith("gateway"):
         found = server.wait_for_line(GATEWAY_LINE, READY_TIMEOUT)
-        urls = {"http": found.group(1), "grpc": found.group(2)}
+        urls = {"http": found.group(1), "grpc": found.group(2), "metrics": found.group(3)}
         server.wait_http_ok(f"http://{urls['http']}/v2/models/{plan.model}/ready", READY_TIMEOUT)
         return urls
     address = server.wait_for_line(BARE_LINE, READY_TIMEOUT).group(1)

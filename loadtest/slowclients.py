@@ -7,6 +7,7 @@ for the run (the light model) or a running one given by `--http`, `--grpc` and `
 
 - idle-http: `--connections` TCP connections to the HTTP port that send nothing;
 - idle-grpc: the same against the gRPC port;
+- idle-metrics: the same against the metrics port;
 - slowloris: `--connections` HTTP connections that send a request line, then one more header
   line every `--trickle` seconds and never end the header block;
 - slow-body: `--connections` HTTP connections that send a complete head announcing a 1 MiB
@@ -25,9 +26,10 @@ This process raises its own open-file soft limit to the hard limit (after starti
 gateway, which keeps the limit it was started with, shown in the header).
 
     python -m loadtest.slowclients [--connections 1000] [--hold 30] [--scenarios ...]
-    python -m loadtest.slowclients --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 --pid 1234
+    python -m loadtest.slowclients --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 \
+        --metrics 127.0.0.1:8002 --pid 1234
 
-A full run (five scenarios of 30 s) takes about 3 minutes. JSON goes to
+A full run (six scenarios of 30 s) takes about 4 minutes. JSON goes to
 loadtest/results/slowclients-<timestamp>.json.
 """
 
@@ -52,7 +54,7 @@ from loadtest import bench, report
 from loadtest.clients import Outcome, http_requests, probe_for
 from loadtest.procs import PeakWatch, open_fds, rss_bytes
 
-SCENARIOS = ("idle-http", "idle-grpc", "slowloris", "slow-body", "huge-headers")
+SCENARIOS = ("idle-http", "idle-grpc", "idle-metrics", "slowloris", "slow-body", "huge-headers")
 PROBE_GAP = 0.5
 PROBE_TIMEOUT = 5.0
 SETTLE = 2.0  # seconds after closing our connections before the "after" figures
@@ -116,7 +118,7 @@ class Held(asyncio.Protocol):
 class Pattern:
     """What each connection of a scenario sends: once at the start, then per trickle tick."""
 
-    port: str  # "http" | "grpc"
+    port: str  # "http" | "grpc" | "metrics"
     first: Callable[[int], bytes]
     trickle: Callable[[int, int], bytes] | None = None  # (connection, tick) -> bytes
 
@@ -138,6 +140,7 @@ def patterns(address: str, header_bytes: int) -> dict[str, Pattern]:
     return {
         "idle-http": Pattern("http", lambda _: b""),
         "idle-grpc": Pattern("grpc", lambda _: b""),
+        "idle-metrics": Pattern("metrics", lambda _: b""),
         "slowloris": Pattern(
             "http",
             lambda _: _head(address).encode("latin-1"),
@@ -267,7 +270,7 @@ def target(
 ) -> Iterator[tuple[dict[str, str], int]]:
     """The gateway to test: the running one named on the command line, or a fresh one."""
     if stores is None:
-        yield {"http": args.http, "grpc": args.grpc}, args.pid
+        yield {"http": args.http, "grpc": args.grpc, "metrics": args.metrics}, args.pid
         return
     with bench.gateway(stores, workdir / "gateway.log") as (server, urls):
         yield urls, server.pid
@@ -305,6 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_argument("--trickle", type=float, default=1.0, help="seconds between slow writes")
     cli.add_argument("--http", help="host:port of a running gateway's HTTP port")
     cli.add_argument("--grpc", help="host:port of its gRPC port")
+    cli.add_argument("--metrics", help="host:port of its metrics port")
     cli.add_argument("--pid", type=int, help="its process id (for fds and RSS)")
     cli.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     cli.add_argument("--out", type=Path, help="JSON results file")
@@ -313,9 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown or not args.scenarios:
         cli.error(f"--scenarios takes some of {', '.join(SCENARIOS)}")
-    given = [args.http, args.grpc, args.pid]
+    given = [args.http, args.grpc, args.metrics, args.pid]
     if any(given) and not all(given):
-        cli.error("--http, --grpc and --pid go together (a running gateway)")
+        cli.error("--http, --grpc, --metrics and --pid go together (a running gateway)")
     if min(args.connections, args.huge_connections, args.header_bytes) < 1:
         cli.error("--connections, --huge-connections and --header-bytes must be at least 1")
     if args.hold <= 0 or args.trickle <= 0:

@@ -131,7 +131,7 @@ def test_slowclients_reports_every_scenario(ran: dict[str, Ran]) -> None:
     assert "closed by server" in run.output, run.output
     scenarios = run.results["scenarios"]
     assert [s["scenario"] for s in scenarios] == [
-        "idle-http", "idle-grpc", "slowloris", "slow-body", "huge-headers",
+        "idle-http", "idle-grpc", "idle-metrics", "slowloris", "slow-body", "huge-headers",
     ]  # fmt: skip
     for s in scenarios:
         assert 0 < s["opened"] <= s["connections"], s
