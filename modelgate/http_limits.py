@@ -169,6 +169,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._cancel_timer()
         super().on_message_complete()
+        cycle = self.cycle
+        if cycle.response_complete and not self.pipeline and not self.transport.is_closing():
+            # Answered before its body was read (refused at once): the body's arrival
+            # cancelled uvicorn's keep-alive timeout, which nothing would arm again.
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+            self.idle.add(self)
 
     def _arm_head_timer(self) -> None:
         self._timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)

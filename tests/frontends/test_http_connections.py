@@ -154,6 +154,36 @@ def _infer_head(length: int, extra: bytes = b"") -> bytes:
     )
 
 
+_ROW = b'{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[%s]}]}' % (
+    b",".join([b"0.5"] * 8)
+)
+
+
+async def _infer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """The status of a whole inference request sent on a connection."""
+    writer.write(_infer_head(len(_ROW)) + _ROW)
+    return (await _answer(reader))[0]
+
+
+async def _hold_the_only_place(
+    gateway: Gateway,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose request, its body never complete, holds `max_inflight` 1: once a
+    whole request on another connection is refused 503."""
+    assert gateway.addresses is not None
+    host, port = gateway.addresses.http.rsplit(":", 1)
+    holder_reader, holder = await asyncio.open_connection(host, int(port))
+    holder.write(_infer_head(len(_ROW)) + _ROW[:10])
+    for _ in range(100):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        status = await _infer(reader, writer)
+        writer.close()
+        if status == 503:
+            return holder_reader, holder
+        await asyncio.sleep(0.01)
+    raise AssertionError("the slow request never took the place")
+
+
 async def test_a_body_not_complete_in_time_is_408_and_gives_its_place_back(
     settings: ServerSettings, store: RegistryStore
 ) -> None:
@@ -165,32 +195,14 @@ async def test_a_body_not_complete_in_time_is_408_and_gives_its_place_back(
         await gateway.wait_loaded()
         assert gateway.addresses is not None
         host, port = gateway.addresses.http.rsplit(":", 1)
-        connect = lambda: asyncio.open_connection(host, int(port))  # noqa: E731
-        row = ",".join(["0.5"] * 8)
-        body = b'{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[%s]}]}' % (
-            row.encode()
-        )
-
-        async def infer() -> int:
-            reader, writer = await connect()
-            writer.write(_infer_head(len(body)) + body)
-            status, _ = await _answer(reader)
-            writer.close()
-            return status
-
-        slow_reader, slow = await connect()
-        slow.write(_infer_head(len(body)) + body[:10])
-        for _ in range(100):  # until the slow request holds the one place
-            if await infer() == 503:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the slow request never took its place")
+        slow_reader, slow = await _hold_the_only_place(gateway)
         status, _ = await _answer(slow_reader)
         assert status == 408
         assert await _closed(slow_reader)
         slow.close()
-        assert await infer() == 200
+        reader, writer = await asyncio.open_connection(host, int(port))
+        assert await _infer(reader, writer) == 200
+        writer.close()
     finally:
         await gateway.stop()
 
@@ -236,5 +248,29 @@ async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_5
             writer.write(b"{}")
             assert (await _answer(reader))[0] == 200
             writer.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_connection_answered_before_its_body_came_still_closes_when_idle(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    settings = dataclasses.replace(
+        settings, max_inflight=1, body_timeout=60.0, keep_alive_timeout=0.5
+    )
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        await gateway.wait_loaded()
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        _, holder = await _hold_the_only_place(gateway)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(_infer_head(100))
+        assert (await _answer(reader))[0] == 503  # refused before its body came
+        writer.write(b" " * 100)  # the body comes after the answer; then nothing
+        assert await _closed(reader)
+        writer.close()
+        holder.close()
     finally:
         await gateway.stop()
