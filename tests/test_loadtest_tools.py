@@ -1,7 +1,7 @@
-"""The overload, drain, slow-client and request-cost tools (loadtest/overload.py, drain.py,
-slowclients.py, request_cost.py) run end to end in a tiny configuration, as subprocesses
-against real gateways: each prints its table and writes JSON whose counts add up. No figure
-is judged here: speed lives in the tools.
+"""The overload, drain, slow-client, request-cost and refusal-cost tools (loadtest/overload.py,
+drain.py, slowclients.py, request_cost.py, refusal_cost.py) run end to end in a tiny
+configuration, as subprocesses against real gateways: each prints its table and writes JSON
+whose counts add up. No figure is judged here: speed lives in the tools.
 
 The runs go at the same time (they mostly wait), so the module takes as long as the
 slowest of them."""
@@ -54,6 +54,7 @@ RUNS = {  # name: (module, arguments); the two protocols of overload run apart, 
         "--hold", "1", "--trickle", "0.3",
     ]),
     "request_cost": ("request_cost", ["--json-mb", "0.1", "--strings", "30"]),
+    "refusal_cost": ("refusal_cost", ["--seconds", "0.3", "--repeat", "1", "--connections", "2"]),
 }  # fmt: skip
 
 
@@ -148,6 +149,14 @@ def test_request_cost_reports_every_case(ran: dict[str, Ran]) -> None:
     assert cases["bomb-grpc"]["answer"].startswith("INVALID_ARGUMENT")
     assert cases["json-0.1"]["answer"] == "200" and cases["strings-30"]["answer"] == "OK"
     assert all(c["request_bytes"] > 0 and c["seconds"] > 0 for c in cases.values())
+
+
+def test_refusal_cost_reports_served_and_refused_answers(ran: dict[str, Ran]) -> None:
+    run = ran["refusal_cost"]
+    assert run.code == 0, run.output
+    assert "loop CPU us per answer" in run.output, run.output
+    assert set(run.results["statuses"]["served"]) == {"200"}
+    assert set(run.results["statuses"]["refused"]) == {"503"}
 
 
 def test_statuses_map_to_outcomes() -> None:

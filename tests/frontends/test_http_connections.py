@@ -274,3 +274,25 @@ async def test_a_connection_answered_before_its_body_came_still_closes_when_idle
         holder.close()
     finally:
         await gateway.stop()
+
+
+async def test_pipelined_answers_come_whole_and_in_order_head_requests_too(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = LIVE.replace(b"GET", b"HEAD")
+        writer.write(LIVE + head + b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n" + LIVE)
+        assert (await _answer(reader))[0] == 200
+        # A HEAD answer has no body, whatever its content-length says.
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 405")
+        assert (await _answer(reader))[0] == 404
+        assert (await _answer(reader))[0] == 200
+        writer.close()
+    finally:
+        await gateway.stop()
