@@ -9,29 +9,25 @@ timeouts: idle or slow connections each held a thread for as long as they liked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from modelgate.gateway.settings import ServerSettings
-from modelgate.http_limits import BoundedHttpProtocol, ReadLimits, bounded
+from modelgate.http_limits import (
+    BoundedHttpProtocol,
+    LoopServer,
+    ReadLimits,
+    bounded,
+    start_serving,
+)
 
 # Scrapers are few (a Prometheus server keeps one connection): a handful of places is room
 # enough, and bounds what a flood of connections to this port costs.
 MAX_CONNECTIONS = 32
 # A scrape request is a short GET.
 MAX_HEAD_BYTES = 16 * 1024
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn inside the gateway's loop: signals are the gateway's to handle."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class MetricsEndpoint:
@@ -54,7 +50,7 @@ class MetricsEndpoint:
             timeout_graceful_shutdown=1,
         )
         self._listener = listener
-        self._server = _Uvicorn(config)
+        self._server = LoopServer(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -63,11 +59,7 @@ class MetricsEndpoint:
 
     async def start(self) -> None:
         """Serve from now on (the socket is already bound and listening)."""
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._listener]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # re-raise uvicorn's startup error
-            await asyncio.sleep(0.005)
+        self._task = await start_serving(self._server, self._listener)
 
     async def stop(self) -> None:
         """Finish the scrapes in flight, close the connections and the listener."""

@@ -38,6 +38,7 @@ from modelgate.gateway.frontends.http_connections import (
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.metrics_endpoint import MetricsEndpoint
 from modelgate.gateway.settings import ServerSettings
+from modelgate.http_limits import start_serving
 from modelgate.listen import address, bind_error, listen
 from modelgate.monitor.monitor import DriftMonitor
 from modelgate.registry.client import RegistryClient, local_store, open_registry
@@ -145,12 +146,8 @@ class Gateway:
             timeout_graceful_shutdown=max(1, round(s.drain_seconds)),
         )
         self._http = DrainingServer(config, sock)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         http_port = sock.getsockname()[1]
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()  # re-raise uvicorn's startup error
-            await asyncio.sleep(0.005)
+        self._http_task = await start_serving(self._http, sock)
         self.addresses = Addresses(
             address(s.host, http_port), address(s.host, grpc_port), address(s.host, metrics_port)
         )

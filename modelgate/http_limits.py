@@ -20,10 +20,14 @@ instead answers 503 to every request, established connections' too, while over i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import orjson
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # How long a connection refused 431/408 may go on sending (discarded) before it is closed.
@@ -100,7 +104,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _refuse_connection(self) -> None:
         """Over the limit with every connection busy: 503 and closed at once (no linger, so
-        a flood of them holds no descriptors; a client that already sent may see a reset)."""
+        a flood of them holds no descriptors; a client that already sent may see a reset).
+        """
         self._refused = True
         self.connections.discard(self)  # not counted while it closes
         limit = self.limits.connections
@@ -141,6 +146,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def on_message_begin(self) -> None:
+        # Busy from here, also when the head begins in the chunk that ended a request which
+        # `on_message_complete` found answered (and made idle).
+        self._unset_keepalive_if_required()
+        self.idle.discard(self)
         self._head_arriving = True
         self._head_bytes = 0
         self._head_exact = 0
@@ -235,3 +244,23 @@ def bounded(limits: ReadLimits, base: type[P], **shared: Any) -> type[P]:
     """A subclass of `base` whose connections share `limits`, a list of idle connections and
     the `shared` class attributes (uvicorn instantiates the class per connection)."""
     return type(base.__name__, (base,), {"limits": limits, "idle": IdleConnections(), **shared})
+
+
+class LoopServer(uvicorn.Server):
+    """uvicorn inside a loop of ours: signals are ours to handle (uvicorn's own are
+    main-thread only)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def start_serving(server: uvicorn.Server, listener: socket.socket) -> asyncio.Task[None]:
+    """Serve `listener` with `server` on the running loop; returns once it serves (the task
+    runs until `server.should_exit`), or raises uvicorn's startup error."""
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    return task

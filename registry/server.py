@@ -59,7 +59,7 @@ import re
 import signal
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -69,7 +69,13 @@ import orjson
 import uvicorn
 
 from modelgate.errorlog import log_unexpected
-from modelgate.http_limits import BoundedHttpProtocol, ReadLimits, bounded
+from modelgate.http_limits import (
+    BoundedHttpProtocol,
+    LoopServer,
+    ReadLimits,
+    bounded,
+    start_serving,
+)
 from modelgate.listen import address, listen
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
@@ -631,14 +637,6 @@ def _error(message: str, code: str | None = None) -> bytes:
 # --- the server process -------------------------------------------------------------------
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn inside our loop: signals are ours to handle (uvicorn's own are main-thread only)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class RegistryServer:
     """A registry app served by uvicorn (httptools) on the running loop: start, then stop."""
 
@@ -655,7 +653,7 @@ class RegistryServer:
         self._keep_alive = keep_alive
         self._host = host
         self._port = port
-        self._server: _Uvicorn | None = None
+        self._server: LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.url: str | None = None
 
@@ -674,12 +672,8 @@ class RegistryServer:
             log_level="warning",
             timeout_graceful_shutdown=5,
         )
-        self._server = _Uvicorn(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # re-raise uvicorn's startup error
-            await asyncio.sleep(0.005)
+        self._server = LoopServer(config)
+        self._task = await start_serving(self._server, sock)
         self.url = f"http://{address(self._host, sock.getsockname()[1])}"
         return self.url
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import functools
 import socket
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import uvicorn
@@ -34,7 +33,7 @@ from modelgate.gateway.codecs import v2_http
 from modelgate.gateway.frontends.http import Send
 from modelgate.gateway.frontends.http_wire import Receive
 from modelgate.gateway.settings import ServerSettings
-from modelgate.http_limits import BoundedHttpProtocol, ReadLimits, bounded
+from modelgate.http_limits import BoundedHttpProtocol, LoopServer, ReadLimits, bounded
 
 # Long enough for a request already on its way (sent before the client could see the
 # listener close) to arrive and be answered 503; short so that stopping stays quick.
@@ -138,19 +137,15 @@ def protocol_for(drain: HttpDrain, limits: ReadLimits) -> type[DrainingHttpProto
     return bounded(limits, DrainingHttpProtocol, drain=drain)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn inside the gateway's loop (signals are the gateway's to handle), serving one
-    listening socket and taking its accept queue when it stops (see above)."""
+class DrainingServer(LoopServer):
+    """uvicorn inside the gateway's loop, serving one listening socket and taking its accept
+    queue when it stops (see above)."""
 
     def __init__(self, config: uvicorn.Config, listener: socket.socket) -> None:
         super().__init__(config)
         # uvicorn closes `listener` when it stops; this descriptor keeps the socket and its
         # accept queue alive until `shutdown` has taken the queue.
         self._spare = listener.dup()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, take the accept queue, then uvicorn's shutdown (which calls
