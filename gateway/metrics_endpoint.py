@@ -1,5 +1,6 @@
 """The Prometheus endpoint on its own port: prometheus_client's ASGI app served by uvicorn on
-the gateway's event loop, with the connection limits of every modelgate HTTP server
+the gateway's event loop (or, in the supervisor of several workers, on a loop of its own in
+a thread: `MetricsThread`), with the connection limits of every modelgate HTTP server
 (`modelgate.http_limits`).
 
 prometheus_client's own `start_http_server` starts a thread per connection and has no
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -68,3 +70,48 @@ class MetricsEndpoint:
             await self._task
         else:
             self._listener.close()
+
+
+class MetricsThread:
+    """A `MetricsEndpoint` on an event loop of its own in a thread, for a process that runs
+    no loop (the supervisor). A scrape blocks that loop while it collects (the merged view
+    asks every worker): scrapes take turns, which is what a thread per connection raced."""
+
+    def __init__(
+        self, registry: CollectorRegistry, listener: socket.socket, settings: ServerSettings
+    ) -> None:
+        self._endpoint = MetricsEndpoint(registry, listener, settings)
+        self.port = self._endpoint.port
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._started = threading.Event()
+        self._failed: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        """Serve from now on; returns once the endpoint serves (or raises why it cannot)."""
+        self._thread.start()
+        self._started.wait()
+        if self._failed is not None:
+            raise self._failed
+
+    def stop(self) -> None:
+        """Stop serving and end the thread."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._serve())
+        except Exception as exc:  # at startup: handed to `start`
+            self._failed = exc
+        finally:
+            self._started.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        await self._endpoint.start()
+        self._started.set()
+        await self._stopping.wait()
+        await self._endpoint.stop()

@@ -27,14 +27,15 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelgate.gateway.controlplane import ControlPlane, guard_wanted
+from modelgate.gateway.metrics_endpoint import MetricsThread
 from modelgate.gateway.metrics_view import WorkersView
 from modelgate.gateway.server import _open_registry
 from modelgate.gateway.settings import ServerSettings
 from modelgate.gateway.worker import serve_worker
-from modelgate.listen import address, bind_error, reserve
+from modelgate.listen import address, listen, reserve
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import RegistryError
 
@@ -140,17 +141,12 @@ class Supervisor:
             stack.callback(http.close)
             grpc = reserve(s.host, s.grpc_port, setting="grpc_port", flag="--grpc-port")
             stack.callback(grpc.close)
-            try:
-                metrics_server, _ = start_http_server(
-                    s.metrics_port, addr=s.host, registry=self.registry
-                )
-            except OSError as exc:
-                raise bind_error(
-                    s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port",
-                    cause=exc,
-                ) from None  # fmt: skip
-            stack.callback(metrics_server.server_close)
-            stack.callback(metrics_server.shutdown)
+            metrics_sock = listen(
+                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", backlog=128
+            )
+            metrics = MetricsThread(self.registry, metrics_sock, s)
+            metrics.start()
+            stack.callback(metrics.stop)
             stack.callback(self._view.close)
             self._worker_settings = dataclasses.replace(
                 s, http_port=_port(http), grpc_port=_port(grpc), metrics_port=0, workers="1"
@@ -158,7 +154,7 @@ class Supervisor:
             addresses = (
                 address(s.host, _port(http)),
                 address(s.host, _port(grpc)),
-                address(s.host, metrics_server.server_port),
+                address(s.host, metrics.port),
             )
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)

@@ -337,3 +337,28 @@ async def test_the_guard_judges_all_workers_traffic_together_and_acts_once(
         assert _total(merged, "modelgate_guard_rollbacks_total", model="clf", version="2") == 1
     finally:
         process.close()
+
+
+async def test_the_supervisor_metrics_port_closes_slow_connections_and_serves_the_view(
+    tmp_path: Path, store_dir: Path
+) -> None:
+    process = Process(
+        ["serve", "--store", str(store_dir), "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0", "--workers", "2", "--drain-delay", "0",
+         "--header-timeout", "0.5"], tmp_path,
+    )  # fmt: skip
+    try:
+        metrics_address = process.wait_for(LISTENING).group(3)
+        host, port = metrics_address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: gw\r\n")  # never ends its head
+        async with httpx.AsyncClient() as client:  # others are served meanwhile
+            text = (await client.get(f"http://{metrics_address}/metrics")).text
+        assert "modelgate_workers" in text
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408")
+        await asyncio.wait_for(reader.read(), 10)
+        assert reader.at_eof()
+        writer.close()
+    finally:
+        process.close()
