@@ -74,8 +74,8 @@ class MetricsEndpoint:
 
 class MetricsThread:
     """A `MetricsEndpoint` on an event loop of its own in a thread, for a process that runs
-    no loop (the supervisor). A scrape blocks that loop while it collects (the merged view
-    asks every worker): scrapes take turns, which is what a thread per connection raced."""
+    no loop (the supervisor). A scrape holds that loop while it collects (the merged view
+    asks every worker), so scrapes take turns."""
 
     def __init__(
         self, registry: CollectorRegistry, listener: socket.socket, settings: ServerSettings
