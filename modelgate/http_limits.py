@@ -44,11 +44,12 @@ class ReadLimits:
     connections: int
 
 
-def answer(status: str, message: str) -> bytes:
-    """A whole HTTP answer: `status` ("503 Service Unavailable"), a JSON error, and close."""
+def answer(status: str, message: str, extra: str = "") -> bytes:
+    """A whole HTTP answer: `status` ("503 Service Unavailable"), the `extra` header lines
+    (each ending in CRLF), a JSON error, and close."""
     body = orjson.dumps({"error": message})
     head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
+    return f"{head}{extra}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
 class _HeadRefused(Exception):
@@ -109,7 +110,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self.connections.discard(self)  # not counted while it closes
         limit = self.limits.connections
-        self.transport.write(answer("503 Service Unavailable", f"over {limit} connections"))
+        message = f"over {limit} connections; retry"
+        self.transport.write(answer("503 Service Unavailable", message, "retry-after: 1\r\n"))
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -241,7 +241,7 @@ async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_5
             assert continued.startswith(b"HTTP/1.1 100")
         reader, writer = await connect()
         status, head = await _answer(reader)
-        assert status == 503 and b"connection: close" in head
+        assert status == 503 and b"connection: close" in head and b"retry-after: 1" in head
         assert await _closed(reader)
         writer.close()
         for reader, writer in clients:
