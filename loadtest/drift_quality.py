@@ -76,6 +76,39 @@ class LightTraffic:
         return shift
 
 
+class MixedTraffic:
+    """Rows of four kinds of feature, none from the benchmark model: normal, lognormal,
+    near-constant (3.0 in 99.5% of rows, else normal around it) and count (Poisson, mean 3).
+    A shift moves one feature's values by `sds` of its standard deviation; a scale change
+    stretches them around their mean."""
+
+    NAMES = ("normal", "lognormal", "near_constant", "count")
+    MEAN = np.array([0.0, np.exp(0.5), 3.0, 3.0])
+    STD = np.array([1.0, np.sqrt((np.e - 1) * np.e), np.sqrt(0.005), np.sqrt(3.0)])
+
+    def rows(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        *,
+        feature: int | None = None,
+        sds: float = 0.0,
+        scale: float = 1.0,
+    ) -> dict[str, np.ndarray]:
+        x = np.empty((n, 4))
+        x[:, 0] = rng.standard_normal(n)
+        x[:, 1] = rng.lognormal(size=n)
+        x[:, 2] = np.where(rng.random(n) < 0.005, rng.normal(3.0, 1.0, n), 3.0)
+        x[:, 3] = rng.poisson(3.0, n)
+        if feature is not None:
+            x[:, feature] = (x[:, feature] - self.MEAN[feature]) * scale + self.MEAN[feature]
+            x[:, feature] += sds * self.STD[feature]
+        return {"x": x.astype(np.float32)}
+
+    def reference(self, rng: np.random.Generator, rows: int) -> ReferenceProfile:
+        return build_profile(self.rows(rng, rows), {}, names={"x": list(self.NAMES)})
+
+
 def windows_to_detection(
     traffic: LightTraffic,
     reference: ReferenceProfile,

@@ -4,9 +4,11 @@ A profile is built once, at registration, from a reference sample (training or v
 data) and the model's outputs on it; the drift monitor later compares live batches with it.
 Both sides bin values with `FeatureProfile.histogram`, so they can never disagree on a bin.
 
-Numeric features: `edges` are the reference quantiles (deduplicated, so discrete-ish data
-gets fewer bins); the bins are (-inf, e0), [e0, e1), ..., [e_last, +inf), open at both ends
-so no live value falls outside. Categorical features (integers, booleans, strings): the most
+Numeric features: `edges` are the reference quantiles (deduplicated), and around each point
+mass (a value holding a large share of the reference, or every value of an integer-valued
+feature with few of them) the edges v and the next float above v, so that v has a bin of its
+own (`numeric_edges`); the bins are (-inf, e0), [e0, e1), ..., [e_last, +inf), open at both
+ends so no live value falls outside. Categorical features (integers, booleans, strings): the most
 frequent categories, then one "other" bucket for the rest and for anything unseen later.
 Proportions are over the non-missing values; `missing_rate` is over all rows.
 """
@@ -23,6 +25,8 @@ import numpy as np
 FORMAT = 1
 DEFAULT_BINS = 10
 DEFAULT_MAX_CATEGORIES = 20
+# A value holding this share of a numeric reference gets a bin of its own (`numeric_edges`).
+POINT_MASS_SHARE = 0.05
 _BIN_BLOCK = 1 << 22  # comparisons per block when binning big samples (bytes of booleans)
 
 Kind = Literal["numeric", "categorical"]
@@ -217,7 +221,8 @@ def profile_feature(
     bins: int = DEFAULT_BINS,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
 ) -> FeatureProfile:
-    """Profile one column of values: numeric for floats, categorical for the rest."""
+    """Profile one column of values: numeric for floats, categorical for the rest (an
+    integer-valued float column of at most `max_categories` values is binned by value)."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     values = np.asarray(values).reshape(-1)
@@ -227,12 +232,9 @@ def profile_feature(
         finite = numbers[np.isfinite(numbers)]
         profile = FeatureProfile(name, tensor, column, kind, (), 0.0)
         if finite.size:
-            # Edges are observed values (not interpolated), so discrete data keeps its levels.
-            levels = np.linspace(0, 1, bins + 1)[1:-1]
-            quantiles = np.quantile(finite, levels, method="inverted_cdf")
             profile = dataclasses.replace(
                 profile,
-                edges=tuple(float(e) for e in np.unique(quantiles)),
+                edges=numeric_edges(finite, bins, max_categories),
                 min=float(finite.min()),
                 max=float(finite.max()),
                 mean=float(finite.mean()),
@@ -250,6 +252,29 @@ def profile_feature(
     proportions = tuple(float(c) / total if total else 0.0 for c in counts)
     missing_rate = missing / values.size if values.size else 0.0
     return dataclasses.replace(profile, proportions=proportions, missing_rate=missing_rate)
+
+
+def numeric_edges(finite: np.ndarray, bins: int, max_levels: int) -> tuple[float, ...]:
+    """Bin edges for a numeric feature's finite reference values.
+
+    Quantile edges (observed values, not interpolated) give bins of about equal shares. A
+    value holding at least `POINT_MASS_SHARE` of the reference is a point mass, and so is
+    every value of an integer-valued feature with at most `max_levels` distinct values: each
+    gets the edges v and the next float above it, so the bin [v, v+) holds v alone and any
+    move off it, up or down, lands in another bin. Without this, a value equal to the top
+    edge shares the open top bin with everything above it, and an upward shift of a
+    near-constant or count feature goes unseen.
+    """
+    levels = np.linspace(0, 1, bins + 1)[1:-1]
+    edges = np.quantile(finite, levels, method="inverted_cdf")
+    values, counts = np.unique(finite, return_counts=True)
+    if len(values) <= max_levels and np.array_equal(values, np.round(values)):
+        masses = values
+    else:
+        masses = values[counts >= POINT_MASS_SHARE * len(finite)]
+    if masses.size:
+        edges = np.concatenate([edges, masses, np.nextafter(masses, np.inf)])
+    return tuple(float(e) for e in np.unique(edges))
 
 
 def _profile_tensors(

@@ -44,15 +44,38 @@ def test_outer_bins_are_open_ended(rng: np.random.Generator) -> None:
     assert missing == 0
 
 
-def test_discrete_data_gets_deduplicated_edges(rng: np.random.Generator) -> None:
+def test_integer_valued_features_are_binned_by_value(rng: np.random.Generator) -> None:
     values = rng.permutation(np.repeat([0.0, 1.0, 2.0], [2500, 1000, 1500]))
     feature = profile_feature("x", "x", None, values)
-    assert feature.edges == (0.0, 1.0, 2.0)
-    # Bins: (-inf, 0), [0, 1), [1, 2), [2, inf) — each value alone in its bin.
-    assert feature.proportions == pytest.approx([0.0, 0.5, 0.2, 0.3])
+    up = np.nextafter
+    assert feature.edges == (0.0, up(0.0, 1), 1.0, up(1.0, 2), 2.0, up(2.0, 3))
+    # Each value alone in its bin, and separate bins below, between and above the values.
+    assert feature.proportions == pytest.approx([0.0, 0.5, 0.0, 0.2, 0.0, 0.3, 0.0])
+    counts, _ = feature.histogram(np.array([-1.0, 0.5, 2.0, 2.5, 3.0]))
+    assert counts.tolist() == [1, 0, 1, 0, 0, 1, 2]
     constant = profile_feature("c", "c", None, np.full(100, 3.5))
-    assert constant.edges == (3.5,)
-    assert constant.proportions == (0.0, 1.0)
+    assert constant.edges == (3.5, up(3.5, 4))
+    assert constant.proportions == (0.0, 1.0, 0.0)
+    many = profile_feature("n", "n", None, rng.integers(0, 1000, 5000).astype(float))
+    assert len(many.edges) == 9  # too many levels: deciles, as for continuous values
+
+
+def test_a_point_mass_gets_its_own_bin_with_bins_below_and_above(
+    rng: np.random.Generator,
+) -> None:
+    """A feature that is 3.0 in 99.5% of rows: the old single edge [3.0] put the mode in the
+    open top bin, so an upward move off 3.0 changed no bin count."""
+    values = np.full(20_000, 3.0)
+    values[:100] = rng.normal(3.0, 1.0, 100)
+    feature = profile_feature("x", "x", None, values)
+    assert 3.0 in feature.edges and np.nextafter(3.0, 4) in feature.edges
+    for shift in (0.03, -0.03):
+        counts, _ = feature.histogram(np.full(10, 3.0 + shift))
+        at = feature.edges.index(3.0)
+        assert counts[at + 1] == 0  # off the mass's own bin, whichever way it moved
+    light = rng.normal(size=20_000)
+    light[:500] = 0.25  # 2.5%: not a point mass, deciles only
+    assert len(profile_feature("y", "y", None, light).edges) == 9
 
 
 def test_nan_is_missing_and_proportions_cover_the_rest(rng: np.random.Generator) -> None:
