@@ -1,8 +1,8 @@
-"""Drift statistics and the per-version tumbling window that applies them.
+"""The per-version tumbling window that scores drift, and its settings.
 
-The statistics are pure functions of the reference proportions and a window's bin counts;
-both sides are epsilon-smoothed so an empty bin on either side gives a large finite score
-rather than infinity. `VersionMonitor` merges sketches into a window that closes at
+The statistics (PSI, JS, binned KS, normalised Wasserstein) live in `monitor.statistics`;
+each feature's thresholds are calibrated to the reference (`monitor.calibration`) unless
+`threshold_mode` is "fixed". `VersionMonitor` merges sketches into a window that closes at
 `window_rows` rows or after `window_seconds`, whichever comes first, scores every feature,
 and applies the K-of-M rule: a version is drifting once at least K input features drifted
 in M consecutive windows, and stops drifting after M consecutive windows without, so that
@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from modelgate.fields import check_fields, setting
+from modelgate.monitor.calibration import with_calibration
 from modelgate.monitor.profile import FeatureProfile, ReferenceProfile
 from modelgate.monitor.sketch import (
     ABOVE_MAX,
@@ -36,65 +37,36 @@ from modelgate.monitor.sketch import (
     Sketch,
     Sketcher,
 )
+from modelgate.monitor.statistics import (
+    STATISTICS,
+    js_distance,
+    js_rows,
+    ks_binned,
+    ks_rows,
+    psi,
+    psi_rows,
+    wasserstein_binned,
+    wasserstein_rows,
+    wasserstein_weights,
+)
 
-
-def _smooth(props: np.ndarray, eps: float) -> np.ndarray:
-    props = np.asarray(props, dtype=np.float64)
-    return (props + eps) / (props.sum() + eps * len(props))
-
-
-def _proportions(counts: np.ndarray) -> np.ndarray:
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    return counts / total if total else counts
-
-
-def psi(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
-    """Population stability index of `counts` against the reference proportions."""
-    p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
-    return float(_psi_rows(p, q, True))
-
-
-def js_distance(ref_props: np.ndarray, counts: np.ndarray, eps: float = 1e-4) -> float:
-    """Jensen-Shannon distance (base 2, so within [0, 1]) of `counts` from the reference."""
-    p, q = _smooth(ref_props, eps), _smooth(_proportions(counts), eps)
-    return float(_js_rows(p, q, True))
-
-
-def ks_binned(ref_props: np.ndarray, counts: np.ndarray) -> float:
-    """Kolmogorov-Smirnov statistic on the binned CDFs: the largest gap between them."""
-    return float(_ks_rows(_proportions(ref_props), _proportions(counts)))
-
-
-# The statistics over the last axis, for one feature's proportions or for a [features, bins]
-# matrix of them (`WindowScorer`). `mask` marks real bins: padding (False) adds nothing.
-
-
-def _psi_rows(p: np.ndarray, q: np.ndarray, mask: np.ndarray | bool) -> np.ndarray:
-    ratio = np.divide(q, p, out=np.ones_like(p), where=mask)
-    return np.sum((q - p) * np.log(ratio), axis=-1)
-
-
-def _js_rows(p: np.ndarray, q: np.ndarray, mask: np.ndarray | bool) -> np.ndarray:
-    m = (p + q) / 2
-    p_m = np.divide(p, m, out=np.ones_like(p), where=mask)
-    q_m = np.divide(q, m, out=np.ones_like(q), where=mask)
-    divergence = 0.5 * np.sum(p * np.log2(p_m), axis=-1) + 0.5 * np.sum(q * np.log2(q_m), axis=-1)
-    return np.sqrt(np.maximum(divergence, 0.0))
-
-
-def _ks_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return np.max(np.abs(np.cumsum(p, axis=-1) - np.cumsum(q, axis=-1)), axis=-1, initial=0.0)
+__all__ = ["js_distance", "ks_binned", "psi", "wasserstein_binned"]  # tests reach them here
 
 
 @dataclass(frozen=True, slots=True)
 class DriftSettings:
     """How one model's versions are watched.
 
-    Thresholds: PSI 0.2 is the industry's "significant shift" line (about a 0.45-sd mean shift
-    of a normal feature on deciles). JS distance 0.1 and KS 0.1 both correspond to about a
-    0.25-sd shift; at 5,000 rows the KS statistic's 99.9% null quantile is 1.95/sqrt(5000) =
-    0.028, so 0.1 stays well clear of noise while catching what PSI calls moderate.
+    Thresholds are calibrated to each version's reference by default: per feature, the
+    statistics' values that an in-distribution window exceeds with probability
+    `false_alarm_rate` in all (`monitor.calibration`). With `threshold_mode` "fixed", the
+    fixed thresholds apply to every feature.
+
+    Fixed thresholds: PSI 0.2 is the industry's "significant shift" line (about a 0.45-sd
+    mean shift of a normal feature on deciles). JS distance 0.1 and KS 0.1 both correspond
+    to about a 0.25-sd shift; Wasserstein 0.1 is a common open-source library's default;
+    at 5,000 rows the KS statistic's 99.9% null quantile is 1.95/sqrt(5000) = 0.028, so
+    0.1 stays well clear of noise while catching what PSI calls moderate.
     Missing rate and out-of-range rate: absolute changes from the reference.
     """
 
@@ -114,6 +86,22 @@ class DriftSettings:
         0.1, "Jensen-Shannon distance above which a feature is drifted", minimum=0
     )
     ks_threshold: float = setting(0.1, "KS statistic above which a feature is drifted", minimum=0)
+    wasserstein_threshold: float = setting(
+        0.1,
+        "Wasserstein distance (in reference standard deviations) above which a feature is drifted",
+        minimum=0,
+    )
+    threshold_mode: str = setting(
+        "calibrated",
+        "calibrated: thresholds per feature from the reference; fixed: the *_threshold settings",
+        choices=("calibrated", "fixed"),
+    )
+    false_alarm_rate: float = setting(
+        1e-4,
+        "calibrated thresholds: chance that an in-distribution window flags a given feature",
+        above=0,
+        maximum=0.5,
+    )
     missing_rate_threshold: float = setting(
         0.05, "change of a feature's missing rate that makes it drifted", minimum=0
     )
@@ -148,6 +136,7 @@ class DriftSettings:
             "psi": self.psi_threshold,
             "js": self.js_threshold,
             "ks": self.ks_threshold,
+            "wasserstein": self.wasserstein_threshold,
             "missing_rate": self.missing_rate_threshold,
             "out_of_range_rate": self.out_of_range_threshold,
         }
@@ -163,6 +152,8 @@ class FeatureScore:
     psi: float | None  # None when the window had no value to bin
     js: float | None
     ks: float | None  # numeric features only: categories have no order
+    wasserstein: float | None  # numeric features with a spread only
+    thresholds: dict[str, float | None]  # the feature's own (None: not scored)
     reference: tuple[float, ...]
     current: tuple[float, ...]
     missing_rate: float  # missing or invalid, over the window's rows
@@ -199,7 +190,8 @@ class WindowReport:
     drifted_features: tuple[str, ...]  # the ones counting toward K
     window_drifted: bool
     drifting: bool  # the version's state after this window (K-of-M)
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # the fixed ones; each feature's own are in its score
+    threshold_mode: str
     unprofiled_values: int
 
     def feature(self, name: str) -> FeatureScore:
@@ -218,6 +210,7 @@ class WindowReport:
             "drifting": self.drifting,
             "drifted_features": list(self.drifted_features),
             "thresholds": self.thresholds,
+            "threshold_mode": self.threshold_mode,
             "unprofiled_values": self.unprofiled_values,
             "inputs": [f.to_json() for f in self.features if f.role == "input"],
             "outputs": [f.to_json() for f in self.features if f.role == "output"],
@@ -240,10 +233,10 @@ class DriftEvent:
 class WindowScorer:
     """Scores every feature of a closed window at once: the reference proportions and each
     window's counts as [features, bins] matrices, zero-padded to the widest feature and
-    masked, so that PSI, JS and KS are a few array operations whatever the feature count.
+    masked, so that the statistics are a few array operations whatever the feature count.
     One feature at a time cost ~38 µs each (1.3 ms for the light model's 35, on the serving
-    loop at every window); together, ~0.2 ms. The results are `psi`, `js_distance` and
-    `ks_binned` applied feature by feature (tests hold them to that)."""
+    loop at every window); together, ~0.2 ms. The results are `psi`, `js_distance`,
+    `ks_binned` and `wasserstein_binned` applied feature by feature (tests hold them to that)."""
 
     def __init__(self, features: Sequence[FeatureProfile], bin_slices: Sequence[slice]) -> None:
         self.features = tuple(features)
@@ -259,8 +252,15 @@ class WindowScorer:
         )
         self.reference_sums = self.reference.sum(axis=1)
         sums = np.where(self.reference_sums > 0, self.reference_sums, 1.0)[:, None]
-        self._reference_props = self.reference / sums  # `_proportions`, for KS
+        self._reference_props = self.reference / sums  # `proportions`, for KS
         self.numeric = np.array([f.kind == "numeric" for f in features], dtype=bool)
+        self.weights = np.zeros(self.mask.shape)  # Wasserstein's, zero where undefined
+        self.has_wasserstein = np.zeros(len(self.features), dtype=bool)
+        for i, f in enumerate(self.features):
+            weights = wasserstein_weights(f.edges, f.std) if f.kind == "numeric" else None
+            if weights is not None:
+                self.weights[i, : len(weights)] = weights
+                self.has_wasserstein[i] = True
         self._reference_tuples = tuple(tuple(float(p) for p in f.proportions) for f in features)
         self._last = [s.stop - 1 for s in bin_slices]  # "other", for categorical features
         self._widths = sizes.tolist()
@@ -271,7 +271,7 @@ class WindowScorer:
         return out
 
     def _smoothed(self, props: np.ndarray, sums: np.ndarray, eps: float) -> np.ndarray:
-        """`_smooth` on every row: padding stays zero and does not count as a bin."""
+        """`smooth` on every row: padding stays zero and does not count as a bin."""
         return (props + eps * self.mask) / (sums + eps * self.sizes)[:, None]
 
     def score(
@@ -281,39 +281,50 @@ class WindowScorer:
         rows: int,
         roles: Sequence[Literal["input", "output"]],
         settings: DriftSettings,
+        limits: Sequence[Mapping[str, float | None]] | None = None,
     ) -> tuple[FeatureScore, ...]:
         """Every feature's scores in a window of `rows` rows: a sketch's flat `bins` and its
-        [features, flags] `flags`."""
+        [features, flags] `flags`; `limits` are each feature's thresholds (by default the
+        settings' fixed ones), None for a statistic never to flag."""
         counts = self._padded(np.asarray(bins, dtype=np.float64)[self._source])
         binned = counts.sum(axis=1)
-        current = counts / np.where(binned > 0, binned, 1.0)[:, None]  # `_proportions`
+        current = counts / np.where(binned > 0, binned, 1.0)[:, None]  # `proportions`
         eps = settings.epsilon
         with np.errstate(divide="ignore", invalid="ignore"):  # a feature with no bins at all
             p = self._smoothed(self.reference, self.reference_sums, eps)
             q = self._smoothed(current, current.sum(axis=1), eps)
-            psi_values = _psi_rows(p, q, self.mask)
-            js_values = _js_rows(p, q, self.mask)
-        ks_values = _ks_rows(self._reference_props, current)
+            columns = {
+                "psi": psi_rows(p, q, self.mask).tolist(),
+                "js": js_rows(p, q, self.mask).tolist(),
+            }
+        columns["ks"] = ks_rows(self._reference_props, current).tolist()
+        columns["wasserstein"] = wasserstein_rows(
+            self._reference_props, current, self.weights
+        ).tolist()
+        applies = {
+            "psi": np.ones(len(self.features), dtype=bool),
+            "js": np.ones(len(self.features), dtype=bool),
+            "ks": self.numeric,  # categories have no order
+            "wasserstein": self.has_wasserstein,
+        }
+        fixed = settings.thresholds()
         scored = (binned > 0) & (self.reference_sums > 0)
         flags = np.asarray(flags)
         missing = (flags[:, MISSING] + flags[:, INVALID]) / max(rows, 1)  # no rows: no flags
         outside = (flags[:, BELOW_MIN] + flags[:, ABOVE_MAX]) / max(rows, 1)
-        limits = (
-            ("psi", psi_values.tolist(), settings.psi_threshold),
-            ("js", js_values.tolist(), settings.js_threshold),
-            ("ks", ks_values.tolist(), settings.ks_threshold),
-        )
         scores = []
         flag_rows, currents = flags.tolist(), current.tolist()
         for i, (feature, size) in enumerate(zip(self.features, self._widths, strict=True)):
-            values: dict[str, float | None] = {"psi": None, "js": None, "ks": None}
+            values: dict[str, float | None] = dict.fromkeys(STATISTICS)
+            own = {name: fixed[name] for name in STATISTICS} if limits is None else limits[i]
             reasons: list[str] = []
             if scored[i]:
-                for name, column, limit in limits:
-                    if name == "ks" and not self.numeric[i]:
-                        continue  # categories have no order
-                    values[name] = column[i]
-                    if column[i] >= limit:
+                for name in STATISTICS:
+                    if not applies[name][i]:
+                        continue
+                    value, limit = columns[name][i], own.get(name)
+                    values[name] = value
+                    if limit is not None and value >= limit:
                         reasons.append(name)
             missing_rate, out_of_range = float(missing[i]), float(outside[i])
             if abs(missing_rate - feature.missing_rate) >= settings.missing_rate_threshold:
@@ -331,6 +342,8 @@ class WindowScorer:
                     psi=values["psi"],
                     js=values["js"],
                     ks=values["ks"],
+                    wasserstein=values["wasserstein"],
+                    thresholds={n: own.get(n) for n in STATISTICS if applies[n][i]},
                     reference=self._reference_tuples[i],
                     current=tuple(currents[i][:size]),
                     missing_rate=missing_rate,
@@ -360,8 +373,18 @@ class VersionMonitor:
     ) -> None:
         self.model = model
         self.version = version
-        self.profile = profile
         self.settings = settings
+        self.limits: Sequence[Mapping[str, float | None]] | None = None  # fixed thresholds
+        if settings.threshold_mode == "calibrated":
+            profile = with_calibration(
+                profile,
+                window_rows=settings.window_rows,
+                false_alarm_rate=settings.false_alarm_rate,
+                epsilon=settings.epsilon,
+            )
+            assert profile.calibration is not None
+            self.limits = profile.calibration.thresholds
+        self.profile = profile
         self.sketcher = Sketcher(profile)
         self._scorer = WindowScorer(self.sketcher.features, self.sketcher.bin_slices)
         self.reports: deque[WindowReport] = deque(maxlen=settings.keep_reports)
@@ -399,7 +422,9 @@ class VersionMonitor:
         self._opened, opened_wall = now, self._opened_wall
         self._opened_wall = time.time()
         self.windows += 1
-        scores = self._scorer.score(window.bins, window.flags, window.rows, self._roles, settings)
+        scores = self._scorer.score(
+            window.bins, window.flags, window.rows, self._roles, settings, self.limits
+        )
         counted = tuple(
             s.name for s in scores if s.drifted and (s.role == "input" or settings.outputs_count)
         )
@@ -425,6 +450,7 @@ class VersionMonitor:
             window_drifted=window_drifted,
             drifting=self.drifting,
             thresholds=settings.thresholds(),
+            threshold_mode=settings.threshold_mode,
             unprofiled_values=window.unprofiled,
         )
         self.reports.append(report)

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelgate.monitor.calibration import size_warning, with_calibration
 from modelgate.monitor.drift import DriftEvent, DriftSettings, VersionMonitor
 from modelgate.monitor.profile import ReferenceProfile, build_profile
 from modelgate.monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
@@ -143,8 +144,8 @@ class DriftMonitor:
         state = _Version(model, version, settings, "registered" if profile else "learning")
         if profile is None:
             state.learning = _Learning(settings.learn_rows, names)
-        else:
-            self._install(state, profile)
+        else:  # calibrated here when the settings differ from the stored calibration's
+            self._install(state, profile)  # (~5 ms a feature, once per load: docs/drift.md)
         self._versions[(model, version)] = state
 
     def unregister(self, model: str, version: str) -> None:
@@ -341,7 +342,9 @@ class DriftMonitor:
 
     async def _build(self, state: _Version, learning: _Learning) -> None:
         try:
-            profile = await asyncio.to_thread(_profile_of, learning.batches, learning.names)
+            profile = await asyncio.to_thread(
+                _profile_of, learning.batches, learning.names, state.settings
+            )
         except Exception:
             # Inconsistent batches (a changed model?): start learning again from scratch.
             log.exception("%s/%s: learning a reference failed", state.model, state.version)
@@ -351,6 +354,9 @@ class DriftMonitor:
             return  # unregistered meanwhile
         self._install(state, profile)
         state.source, state.learning = "learned", None
+        warning = size_warning(profile)
+        if warning is not None:
+            log.warning("%s/%s: %s", state.model, state.version, warning)
         await self._emit([DriftEvent(state.model, state.version, "learned", None)])
 
     def _install(self, state: _Version, profile: ReferenceProfile) -> None:
@@ -408,6 +414,15 @@ class DriftMonitor:
             reference.update(rows_learned=learning.rows, rows_needed=learning.needed)
         elif window is not None:
             reference.update(rows=window.profile.rows, fingerprint=window.sketcher.fingerprint)
+            calibration = window.profile.calibration
+            if calibration is not None and window.limits is not None:
+                reference["calibration"] = {
+                    "window_rows": calibration.window_rows,
+                    "false_alarm_rate": calibration.false_alarm_rate,
+                    "resamples": calibration.resamples,
+                    "min_reference_rows": calibration.min_reference_rows,
+                    "warning": size_warning(window.profile),
+                }
         return {
             "model": model,
             "version": version,
@@ -424,6 +439,8 @@ class DriftMonitor:
                 "min_drifted_features": state.settings.min_drifted_features,
                 "consecutive_windows": state.settings.consecutive_windows,
                 "outputs_count": state.settings.outputs_count,
+                "threshold_mode": state.settings.threshold_mode,
+                "false_alarm_rate": state.settings.false_alarm_rate,
                 "thresholds": state.settings.thresholds(),
             },
             "windows": [r.to_json() for r in window.recent()] if window else [],
@@ -474,13 +491,26 @@ def _rows(batch: RawBatch) -> int:
 
 
 def _profile_of(
-    batches: list[RawBatch], names: Mapping[str, Sequence[str]] | None
+    batches: list[RawBatch], names: Mapping[str, Sequence[str]] | None, settings: DriftSettings
 ) -> ReferenceProfile:
     def joined(part: str) -> dict[str, np.ndarray]:
         tensors = [getattr(b, part) for b in batches]
         return {name: np.concatenate([t[name] for t in tensors]) for name in tensors[0]}
 
-    return build_profile(joined("inputs"), joined("outputs"), names=names)
+    return _calibrated(build_profile(joined("inputs"), joined("outputs"), names=names), settings)
+
+
+def _calibrated(profile: ReferenceProfile, settings: DriftSettings) -> ReferenceProfile:
+    """`profile` with the calibration `settings` need (itself when it has it, or when the
+    thresholds are fixed)."""
+    if settings.threshold_mode != "calibrated":
+        return profile
+    return with_calibration(
+        profile,
+        window_rows=settings.window_rows,
+        false_alarm_rate=settings.false_alarm_rate,
+        epsilon=settings.epsilon,
+    )
 
 
 class _DriftCollector(Collector):
@@ -498,6 +528,11 @@ class _DriftCollector(Collector):
                 ("psi", "Population stability index of the last closed window."),
                 ("js", "Jensen-Shannon distance (base 2) of the last closed window."),
                 ("ks", "Binned Kolmogorov-Smirnov statistic of the last closed window."),
+                (
+                    "wasserstein",
+                    "Binned Wasserstein distance, in reference standard deviations, of the "
+                    "last closed window.",
+                ),
             )
         }
         drifted = GaugeMetricFamily(

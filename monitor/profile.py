@@ -131,24 +131,75 @@ class FeatureProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class Calibration:
+    """Thresholds calibrated to a reference (`monitor.calibration.calibrate`): per feature
+    (inputs then outputs), each statistic's value that an in-distribution window of
+    `window_rows` rows exceeds with probability `false_alarm_rate` / the statistics scored.
+
+    `min_reference_rows` is the smallest reference with which a 0.5-sd mean shift of every
+    numeric input is still flagged (None when no reference size would do, for windows this
+    small); `resamples` and `seed` make it reproducible.
+    """
+
+    window_rows: int
+    false_alarm_rate: float
+    epsilon: float
+    resamples: int
+    seed: int
+    thresholds: tuple[Mapping[str, float | None], ...]
+    min_reference_rows: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window_rows": self.window_rows,
+            "false_alarm_rate": self.false_alarm_rate,
+            "epsilon": self.epsilon,
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "min_reference_rows": self.min_reference_rows,
+            "thresholds": [dict(t) for t in self.thresholds],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Calibration:
+        least = data.get("min_reference_rows")
+        return cls(
+            window_rows=int(data["window_rows"]),
+            false_alarm_rate=float(data["false_alarm_rate"]),
+            epsilon=float(data["epsilon"]),
+            resamples=int(data["resamples"]),
+            seed=int(data["seed"]),
+            thresholds=tuple(
+                {str(k): _optional_float(v) for k, v in t.items()} for t in data["thresholds"]
+            ),
+            min_reference_rows=None if least is None else int(least),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ReferenceProfile:
-    """The reference sample's profile: every input feature and every output column."""
+    """The reference sample's profile: every input feature and every output column, and the
+    thresholds calibrated to it (absent in profiles stored before calibration existed)."""
 
     rows: int
     inputs: tuple[FeatureProfile, ...]
     outputs: tuple[FeatureProfile, ...]
+    calibration: Calibration | None = None
 
     def features(self) -> tuple[FeatureProfile, ...]:
         """Inputs then outputs."""
         return self.inputs + self.outputs
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": FORMAT,
             "rows": self.rows,
             "inputs": [f.to_json() for f in self.inputs],
             "outputs": [f.to_json() for f in self.outputs],
         }
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReferenceProfile:
@@ -156,11 +207,18 @@ class ReferenceProfile:
         try:
             if data.get("format") != FORMAT:
                 raise ValueError(f"unsupported reference profile format (this code reads {FORMAT})")
-            return cls(
+            calibration = data.get("calibration")
+            profile = cls(
                 rows=int(data["rows"]),
                 inputs=tuple(FeatureProfile.from_json(f) for f in data["inputs"]),
                 outputs=tuple(FeatureProfile.from_json(f) for f in data["outputs"]),
+                calibration=None if calibration is None else Calibration.from_json(calibration),
             )
+            if profile.calibration and len(profile.calibration.thresholds) != len(
+                profile.features()
+            ):
+                raise ValueError("the calibration does not cover every feature")
+            return profile
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed reference profile: {exc!r}") from None
 

@@ -41,7 +41,9 @@ _HEADER = struct.Struct("<5sI")  # magic, header length; then the JSON header, t
 
 def profile_fingerprint(profile: ReferenceProfile) -> str:
     """A short hash of everything that decides how values are binned."""
-    text = json.dumps(profile.to_json(), sort_keys=True, separators=(",", ":"))
+    data = profile.to_json()
+    data.pop("calibration", None)  # thresholds, not bins: sketches stay mergeable across it
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

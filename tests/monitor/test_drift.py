@@ -16,6 +16,7 @@ from modelgate.monitor.drift import (
     js_distance,
     ks_binned,
     psi,
+    wasserstein_binned,
 )
 from modelgate.monitor.profile import ReferenceProfile, build_profile
 from modelgate.monitor.sketch import Sketch
@@ -34,6 +35,13 @@ def test_statistics_on_known_distributions() -> None:
     q = counts / 100
     assert psi(p, counts, eps=0) == pytest.approx(np.sum((q - p) * np.log(q / p)))
     assert ks_binned(p, counts) == pytest.approx(0.2)
+    # U(0, 2) against U(1, 2) on the edges 0, 1, 2: the area between the CDFs is 0.5 (the
+    # trapezoids are exact here), in units of the reference's standard deviation.
+    uniform = np.array([0.0, 0.5, 0.5, 0.0])
+    assert wasserstein_binned(uniform, np.array([0, 0, 9, 0]), (0, 1, 2), 1.0) == 0.5
+    assert wasserstein_binned(uniform, np.array([0, 0, 9, 0]), (0, 1, 2), 0.5) == 1.0
+    assert wasserstein_binned(uniform, np.array([0, 4, 4, 0]), (0, 1, 2), 1.0) == 0.0
+    assert wasserstein_binned(uniform, np.array([0, 0, 9, 0]), (0, 1, 2), 0.0) is None
 
 
 def test_a_window_is_scored_as_the_statistics_score_each_feature(
@@ -73,12 +81,15 @@ def test_a_window_is_scored_as_the_statistics_score_each_feature(
         assert score.js == pytest.approx(js, rel=1e-9)
         if feature.kind == "numeric":
             assert score.ks == pytest.approx(ks_binned(reference, counts), rel=1e-9)
+            w = wasserstein_binned(reference, counts, feature.edges, feature.std)
+            assert w is not None and score.wasserstein == pytest.approx(w, rel=1e-9)
         else:
-            assert score.ks is None
+            assert score.ks is None and score.wasserstein is None
         limits = {
             "psi": settings.psi_threshold,
             "js": settings.js_threshold,
             "ks": settings.ks_threshold,
+            "wasserstein": settings.wasserstein_threshold,
         }
         exceeded = [m for m, limit in limits.items() if (getattr(score, m) or 0.0) >= limit]
         assert [r for r in score.reasons if r in limits] == exceeded
@@ -110,10 +121,13 @@ def test_a_half_sd_mean_shift_of_one_feature_is_flagged_within_three_windows(
 def test_a_million_reference_rows_raise_no_alert(
     traffic: LightTraffic, reference: ReferenceProfile, rng: np.random.Generator
 ) -> None:
+    """Calibrated at 1e-4 per feature and window, a window flags one of the 32 inputs with
+    a chance of at most 3.2e-3: 0.63 of the 197 windows are expected flagged, 5 or more with
+    a chance of 5e-4, and an alert (2 in a row) within them of 2e-3."""
     figures = null_run(traffic, reference, rng, rows=1_000_000)
     assert figures["windows"] >= 195  # 5,000 rows each, give or take a batch
     assert figures["alerts"] == 0
-    assert figures["drifted_windows"] == 0
+    assert figures["drifted_windows"] <= 4
     assert figures["max_psi"] < DriftSettings().psi_threshold / 4
 
 

@@ -282,15 +282,18 @@ async def test_without_a_reference_the_first_rows_become_one(rng: np.random.Gene
         monitor.observe("m", "1", *_rows(rng, 100, shift=2.0))
     await monitor.drain()
     report = monitor.report("m", "1")
-    assert report is not None and report["reference"] == {
+    assert report is not None
+    calibration = report["reference"].pop("calibration")
+    assert report["reference"] == {
         "source": "learned",
         "rows": 1000,
         "fingerprint": monitor.sketcher_for("m", "1").fingerprint,  # type: ignore[union-attr]
     }
-    # A 500-row window against a 1,000-row learned reference is noisy: other features may
-    # cross a threshold by chance, but the shifted one must, and by far the most.
+    # The learned reference's thresholds are calibrated to its 1,000 rows and 500-row windows.
+    assert calibration["window_rows"] == 500 and calibration["warning"] is None
+    assert learned.calibration is not None and learned.calibration.window_rows == 500
     window = report["windows"][0]
-    assert report["drifting"] and "c" in window["drifted_features"]
+    assert report["drifting"] and window["drifted_features"] == ["c"]
     psi = {f["name"]: f["psi"] for f in window["inputs"]}
     assert max(psi, key=psi.__getitem__) == "c" and psi["c"] > 1.0
     assert [e.kind for e in events] == ["learned", "drifting"]
