@@ -279,9 +279,12 @@ def _register(opener: Opener, args: argparse.Namespace) -> int:
     model = _read_file(args.model, "model file")
     reference = None
     if args.reference is not None:
-        from modelgate.registry.reference import reference_profile
+        from modelgate.registry.reference import reference_profile, reference_warning
 
         reference = reference_profile(model, args.reference)
+        warning = reference_warning(reference)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
     version = opener().register(
         args.name,
         model,
@@ -387,6 +390,7 @@ def _reference_summary(reference: dict[str, Any]) -> list[str]:
     lines = [
         f"reference:    {reference.get('rows')} rows, {len(inputs)} input features, "
         f"{len(outputs)} output columns",
+        *_calibration_summary(reference.get("calibration")),
         f"  {'FEATURE':<24} {'KIND':<11} {'MISSING':>7}  {'BINS':>4}  SUMMARY",
     ]
     for feature in [*inputs, *outputs]:
@@ -408,6 +412,25 @@ def _reference_summary(reference: dict[str, Any]) -> list[str]:
             f"{summary}"
         )
     return lines
+
+
+def _calibration_summary(calibration: dict[str, Any] | None) -> list[str]:
+    """The calibrated thresholds' settings and range, or why there are none."""
+    if not isinstance(calibration, dict):
+        return ["  thresholds:  fixed (a profile from before calibration)"]
+    limits: dict[str, list[float]] = {}
+    for feature in calibration.get("thresholds", []):
+        for name, value in feature.items():
+            if value is not None:
+                limits.setdefault(name, []).append(value)
+    spans = ", ".join(f"{n} {min(v):.3g}-{max(v):.3g}" for n, v in limits.items())
+    least = calibration.get("min_reference_rows")
+    return [
+        f"  thresholds:  calibrated for windows of {calibration.get('window_rows')} rows at "
+        f"{calibration.get('false_alarm_rate'):g} false alarms per feature and window",
+        f"               {spans}; smallest useful reference: "
+        f"{'none for windows this small' if least is None else f'{least} rows'}",
+    ]
 
 
 _VERSION_RIGHT = frozenset({1, 4, 5})  # VERSION, TRAFFIC and SIZE: numbers

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from modelgate.monitor.profile import DEFAULT_BINS, DEFAULT_MAX_CATEGORIES, build_profile
+from modelgate.monitor.calibration import size_warning, with_calibration
+from modelgate.monitor.drift import DriftSettings
+from modelgate.monitor.profile import (
+    DEFAULT_BINS,
+    DEFAULT_MAX_CATEGORIES,
+    ReferenceProfile,
+    build_profile,
+)
 from modelgate.registry.errors import InvalidRequestError
 from modelgate.registry.signature import InvalidModelError, read_signature
 from modelgate.registry.types import TensorSignature
@@ -58,12 +65,27 @@ def reference_profile(
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     chunk_rows: int = _CHUNK_ROWS,
 ) -> dict[str, Any]:
-    """The reference profile (monitor.profile's JSON form) of the sample at `path`."""
+    """The reference profile (monitor.profile's JSON form) of the sample at `path`, with
+    thresholds calibrated to it (`monitor.calibration`)."""
     inputs, _ = read_signature(model)
     feeds, names = load_reference(path, inputs)
     outputs = run_model(model, feeds, chunk_rows=chunk_rows)
     profile = build_profile(feeds, outputs, names=names, bins=bins, max_categories=max_categories)
-    return profile.to_json()
+    # Calibrated for the default drift settings; a gateway configured otherwise calibrates
+    # again when it loads the version.
+    defaults = DriftSettings()
+    calibrated = with_calibration(
+        profile,
+        window_rows=defaults.window_rows,
+        false_alarm_rate=defaults.false_alarm_rate,
+        epsilon=defaults.epsilon,
+    )
+    return calibrated.to_json()
+
+
+def reference_warning(reference: dict[str, Any]) -> str | None:
+    """Why a reference profile (JSON) is too small for its calibrated windows, or None."""
+    return size_warning(ReferenceProfile.from_json(reference))
 
 
 def load_reference(

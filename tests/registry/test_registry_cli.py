@@ -76,6 +76,11 @@ def test_register_with_a_reference_sample_then_show_it(
     assert "description:  fraud model" in lines
     assert "tags:         data=2026-11, team=risk" in lines
     assert "reference:    300 rows, 8 input features, 4 output columns" in lines
+    assert (
+        "  thresholds:  calibrated for windows of 5000 rows at 0.0001 false alarms per "
+        "feature and window"
+    ) in lines
+    assert registered.stderr == ""  # 300 rows are enough to see a 0.5-sd shift
     assert any(line.split()[:3] == ["f3", "numeric", "0.0%"] for line in lines)
     assert any(line.split()[:2] == ["label", "categorical"] for line in lines)
 
@@ -84,7 +89,26 @@ def test_register_with_a_reference_sample_then_show_it(
     assert (version.stage, version.traffic, version.tags["team"]) == (Stage.CANARY, 10.0, "risk")
     assert version.reference is not None
     assert [f["name"] for f in version.reference["inputs"]] == [f"f{j}" for j in range(8)]
+    calibration = version.reference["calibration"]
+    assert len(calibration["thresholds"]) == 8 + 4
+    assert set(calibration["thresholds"][0]) == {"psi", "js", "ks", "wasserstein"}
     assert version == RegistryStore(store).get("clf", 1)
+
+
+def test_a_reference_too_small_for_the_windows_is_registered_with_a_warning(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, onnx_file: Path, rng: np.random.Generator
+) -> None:
+    np.save(tmp_path / "ref.npy", rng.normal(size=(20, 8)))
+    store = str(tmp_path / "store")
+    code, out, err = _run(
+        capsys, store, "register", "clf", str(onnx_file), "--reference", str(tmp_path / "ref.npy")
+    )
+    assert code == 0 and out.split()[:2] == ["clf", "1"]
+    assert err.startswith("warning: the reference has 20 rows: against windows of 5000 rows")
+    assert len(err.splitlines()) == 1
+    least = int(err.split("; ")[-1].split()[0])
+    assert least > 20
+    assert f"smallest useful reference: {least} rows" in _run(capsys, store, "show", "clf", "1")[1]
 
 
 def test_transition_errors_exit_2_with_a_message(tmp_path: Path, store_dir: str) -> None:
