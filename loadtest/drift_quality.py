@@ -8,7 +8,8 @@ sketched and fed to a `VersionMonitor` with the default settings.
 
     python -m loadtest.drift_quality            # every feature shifted, then the null run
 
-Also used by tests/monitor to check the two claims in the README and docs/performance.md.
+Also used by tests/monitor to check the two claims in the README and docs/performance.md;
+`MixedTraffic` generates the four kinds of feature of the claims in docs/drift.md.
 """
 
 from __future__ import annotations

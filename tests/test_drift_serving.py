@@ -175,15 +175,21 @@ async def test_bad_values_are_counted_and_monitoring_can_be_off(
                 headers={"inference-header-content-length": str(len(header))},
             )
             assert response.status_code == 200
+            # JSON has no NaN: a null in a floating-point input is the missing value.
+            data: list[float | None] = [0.0] * (2 * FEATURES)
+            data[FEATURES + 3] = None
+            nulls = {"name": "input", "datatype": "FP32", "shape": [2, FEATURES], "data": data}
+            response = await http.post("/v2/models/clf/infer", json={"inputs": [nulls]})
+            assert response.status_code == 200, response.text
 
             def counted() -> bool:
                 report = gw.service.drift_report("clf", None)
-                return bool(report["rows_seen"] >= 4)
+                return bool(report["rows_seen"] >= 6)
 
             await _until(counted)
             samples = await scrape(gw)
             for feature, kind in (("input[0]", "missing"), ("input[1]", "pos_inf"),
-                                  ("input[2]", "above_max")):  # fmt: skip
+                                  ("input[2]", "above_max"), ("input[3]", "missing")):  # fmt: skip
                 assert sample(samples, "modelgate_drift_invalid_values_total", model="clf",
                               version="1", feature=feature, kind=kind) == 1  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 Shared by the codecs; a value that does not fit the declared datatype is a client error,
 never a silent cast (strings are not parsed as numbers, floats are not truncated to ints, a
-JSON number beyond FP32's range is not made infinite). Shapes come checked by the request's
+JSON number beyond FP32's range is not made infinite). JSON `null` in a floating-point input
+is a missing value, NaN. Shapes come checked by the request's
 `ElementBudget` (gateway/core/limits.py); nothing here allocates before the data present is
 known to fill the shape.
 """
@@ -37,6 +38,8 @@ def array_from_json(
     except (ValueError, TypeError):
         raise invalid(f"input {name!r}: data is not a regular array of numbers") from None
     allowed = _ALLOWED_KINDS[dtype.kind]
+    if dtype.kind == "f" and values.dtype.kind == "O" and values.size == count:
+        values = _floats_with_nulls(name, datatype, values)
     if dtype.kind in "iu" and values.dtype.kind in "fO" and values.size == count:
         # NumPy infers float64 for integers beyond int64 (large UINT64 values): take
         # them exactly, or refuse what is not an integer at all.
@@ -60,6 +63,19 @@ def array_from_json(
                 return values.astype(dtype).reshape(shape)
         return values.astype(dtype, copy=False).reshape(shape)
     except (OverflowError, FloatingPointError):
+        raise invalid(f"input {name!r}: value out of range for {datatype}") from None
+
+
+def _floats_with_nulls(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
+    """JSON numbers and nulls for a floating-point input: a null is a missing value, NaN
+    (JSON has no NaN), so the drift monitor sees JSON callers' missing values. Only numbers
+    and nulls: a string or a boolean is still refused."""
+    items = values.reshape(-1).tolist()
+    if any(v is not None and type(v) not in (int, float) for v in items):
+        raise invalid(f"input {name!r}: data does not hold {datatype} values")
+    try:
+        return np.array([np.nan if v is None else v for v in items], dtype=np.float64)
+    except OverflowError:  # an integer beyond any float
         raise invalid(f"input {name!r}: value out of range for {datatype}") from None
 
 

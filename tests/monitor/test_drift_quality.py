@@ -73,13 +73,15 @@ def test_a_million_in_distribution_rows_raise_no_alert_whatever_the_reference_si
     calibrated = VersionMonitor("m", "1", reference, DriftSettings(), now=0.0)
     fixed = VersionMonitor("m", "1", reference, DriftSettings(threshold_mode="fixed"), now=0.0)
     alerts = {"calibrated": 0, "fixed": 0}
+    flagged = 0
     for _ in range(200):
         rows_ = mixed.rows(rng, WINDOW)
         for name, monitor in (("calibrated", calibrated), ("fixed", fixed)):
             alerts[name] += len(monitor.add(monitor.sketcher.sketch(rows_, {}), now=0.0))
+        flagged += calibrated.reports[-1].window_drifted
     assert calibrated.windows == 200
     assert alerts["calibrated"] == 0
-    assert sum(r.window_drifted for r in calibrated.reports) <= 2
+    assert flagged <= 2
     if rows == 300:
         assert alerts["fixed"] > 0 and fixed.drifting
     assert calibrated.profile.calibration is not None
