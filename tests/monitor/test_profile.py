@@ -188,3 +188,37 @@ def test_malformed_profiles_are_refused() -> None:
         FeatureProfile.from_json({**categorical, "categories": [deep]})
     with pytest.raises(ValueError, match="unsupported reference profile format"):
         ReferenceProfile.from_json({"format": deep})
+
+
+def test_a_calibration_round_trips_and_leaves_the_fingerprint_alone(
+    rng: np.random.Generator,
+) -> None:
+    """Profiles stored before calibration existed still load; a calibrated one keeps its
+    thresholds through JSON, and sketches of either merge (the same bins)."""
+    from modelgate.monitor.calibration import with_calibration
+    from modelgate.monitor.sketch import profile_fingerprint
+
+    old = build_profile({"x": rng.normal(size=(20_000, 2))}, {})
+    stored = old.to_json()
+    assert "calibration" not in stored and ReferenceProfile.from_json(stored) == old
+    calibrated = with_calibration(old, window_rows=5000, false_alarm_rate=1e-4, epsilon=1e-4)
+    assert calibrated.calibration is not None
+    assert len(calibrated.calibration.thresholds) == 2
+    again = ReferenceProfile.from_json(json.loads(json.dumps(calibrated.to_json())))
+    assert again == calibrated
+    assert profile_fingerprint(calibrated) == profile_fingerprint(old)
+    assert (
+        with_calibration(calibrated, window_rows=5000, false_alarm_rate=1e-4, epsilon=1e-4)
+        is calibrated
+    )  # nothing to compute
+    bigger = with_calibration(calibrated, window_rows=50_000, false_alarm_rate=1e-4, epsilon=1e-4)
+    assert bigger.calibration is not None and bigger.calibration.window_rows == 50_000
+    # Ten times the window: the noise falls by about half, far beyond the fit's own few %.
+    pairs = zip(calibrated.calibration.thresholds, bigger.calibration.thresholds, strict=True)
+    for wide, narrow in pairs:
+        for name in ("psi", "js", "ks", "wasserstein"):
+            assert (narrow[name] or 0.0) < (wide[name] or 0.0)
+    broken = calibrated.to_json()
+    broken["calibration"]["thresholds"].pop()
+    with pytest.raises(ValueError, match="does not cover every feature"):
+        ReferenceProfile.from_json(broken)
