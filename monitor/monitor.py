@@ -34,8 +34,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelgate.monitor.calibration import size_warning, with_calibration
-from modelgate.monitor.drift import DriftEvent, DriftSettings, VersionMonitor
+from modelgate.monitor.calibration import size_warning
+from modelgate.monitor.drift import DriftEvent, DriftSettings, VersionMonitor, calibrated_for
 from modelgate.monitor.profile import ReferenceProfile, build_profile
 from modelgate.monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
 
@@ -497,20 +497,8 @@ def _profile_of(
         tensors = [getattr(b, part) for b in batches]
         return {name: np.concatenate([t[name] for t in tensors]) for name in tensors[0]}
 
-    return _calibrated(build_profile(joined("inputs"), joined("outputs"), names=names), settings)
-
-
-def _calibrated(profile: ReferenceProfile, settings: DriftSettings) -> ReferenceProfile:
-    """`profile` with the calibration `settings` need (itself when it has it, or when the
-    thresholds are fixed)."""
-    if settings.threshold_mode != "calibrated":
-        return profile
-    return with_calibration(
-        profile,
-        window_rows=settings.window_rows,
-        false_alarm_rate=settings.false_alarm_rate,
-        epsilon=settings.epsilon,
-    )
+    profile = build_profile(joined("inputs"), joined("outputs"), names=names)
+    return calibrated_for(profile, settings)  # here, in the worker thread
 
 
 class _DriftCollector(Collector):

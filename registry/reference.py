@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from modelgate.monitor.calibration import size_warning, with_calibration
-from modelgate.monitor.drift import DriftSettings
+from modelgate.monitor.calibration import size_warning
+from modelgate.monitor.drift import DriftSettings, calibrated_for
 from modelgate.monitor.profile import (
     DEFAULT_BINS,
     DEFAULT_MAX_CATEGORIES,
@@ -73,14 +73,7 @@ def reference_profile(
     profile = build_profile(feeds, outputs, names=names, bins=bins, max_categories=max_categories)
     # Calibrated for the default drift settings; a gateway configured otherwise calibrates
     # again when it loads the version.
-    defaults = DriftSettings()
-    calibrated = with_calibration(
-        profile,
-        window_rows=defaults.window_rows,
-        false_alarm_rate=defaults.false_alarm_rate,
-        epsilon=defaults.epsilon,
-    )
-    return calibrated.to_json()
+    return calibrated_for(profile, DriftSettings()).to_json()
 
 
 def reference_warning(reference: dict[str, Any]) -> str | None:
