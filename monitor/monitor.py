@@ -144,9 +144,14 @@ class DriftMonitor:
         state = _Version(model, version, settings, "registered" if profile else "learning")
         if profile is None:
             state.learning = _Learning(settings.learn_rows, names)
-        else:  # calibrated here when the settings differ from the stored calibration's
-            self._install(state, profile)  # (~5 ms a feature, once per load: docs/drift.md)
+        else:  # calibrated here if not yet for these settings (`prepare` does it off-loop)
+            self._install(state, profile)
         self._versions[(model, version)] = state
+
+    def prepare(self, model: str, profile: ReferenceProfile) -> ReferenceProfile:
+        """`profile` calibrated for `model`'s settings: for a worker thread before
+        `register`, which otherwise calibrates on the caller's (serving) loop."""
+        return calibrated_for(profile, self.settings_for(model))
 
     def unregister(self, model: str, version: str) -> None:
         """Stop watching a version (its queued items are dropped when they come up)."""

@@ -493,7 +493,8 @@ class Deployments:
             model, warmup_seconds = await asyncio.to_thread(self._build_model, deployment.record)
             if self._stopping or not self._current(deployment):
                 return  # superseded while loading (or shutting down): never served
-            observe = self._watch(deployment, model)
+            reference = await asyncio.to_thread(self._reference, deployment)
+            observe = self._watch(deployment, model, reference)
         except Exception as exc:
             deployment.state = ModelState.FAILED
             deployment.error = str(exc)
@@ -529,19 +530,32 @@ class Deployments:
             self._spawn(self._retire(replaced))
         self._reroute()
 
-    def _watch(self, deployment: Deployment, model: OnnxModel) -> BatchObserver | None:
+    def _monitored(self, deployment: Deployment) -> bool:
+        settings = self._settings.for_model(deployment.name).monitor
+        return self._monitor is not None and settings.monitoring
+
+    def _reference(self, deployment: Deployment) -> ReferenceProfile | None:
+        """The version's reference profile, calibrated for the monitor's settings (in a
+        worker thread: calibrating takes a few ms a feature); None to learn one."""
+        if not self._monitored(deployment) or deployment.record.reference is None:
+            return None
+        try:
+            profile = ReferenceProfile.from_json(deployment.record.reference)
+        except ValueError as exc:
+            log.warning("%s v%s: unreadable reference profile, learning one: %s",
+                        deployment.name, deployment.version, exc)  # fmt: skip
+            return None
+        assert self._monitor is not None
+        return self._monitor.prepare(deployment.name, profile)
+
+    def _watch(
+        self, deployment: Deployment, model: OnnxModel, profile: ReferenceProfile | None
+    ) -> BatchObserver | None:
         """Register the version with the drift monitor; the batch hook that feeds it."""
         monitor = self._monitor
-        if monitor is None or not self._settings.for_model(deployment.name).monitor.monitoring:
+        if monitor is None or not self._monitored(deployment):
             return None
         name, version = deployment.name, deployment.version
-        profile = None
-        if deployment.record.reference is not None:
-            try:
-                profile = ReferenceProfile.from_json(deployment.record.reference)
-            except ValueError as exc:
-                log.warning("%s v%s: unreadable reference profile, learning one: %s",
-                            name, version, exc)  # fmt: skip
         if profile is None:
             log.info("%s v%s has no reference profile: the drift monitor learns one from "
                      "the first live rows", name, version)  # fmt: skip
