@@ -35,6 +35,7 @@ from modelgate.monitor.profile import FeatureProfile, ReferenceProfile, numeric_
 FLAGS = ("missing", "pos_inf", "neg_inf", "below_min", "above_max", "invalid")
 MISSING, POS_INF, NEG_INF, BELOW_MIN, ABOVE_MAX, INVALID = range(len(FLAGS))
 
+_SHALLOW = 16  # edges of a feature binned like a continuous one (deciles, a point mass or two)
 _MAGIC = b"MGSK1"
 _HEADER = struct.Struct("<5sI")  # magic, header length; then the JSON header, then the counts
 
@@ -172,17 +173,19 @@ class Sketcher:
         self.bin_slices = tuple(slice(int(a), int(b)) for a, b in itertools.pairwise(starts))
         self.last_bins = starts[1:] - 1  # each feature's last bin ("other" for categories)
         self._known_width: dict[str, int] = {}
-        numeric: dict[str, list[int]] = {}
+        numeric: dict[tuple[str, bool], list[int]] = {}
         self._categorical: list[_CategoricalFeature] = []
         for i, f in enumerate(self.features):
             column = f.column or 0
             width = self._known_width.get(f.tensor, 0)
             self._known_width[f.tensor] = max(width, column + 1)
             if f.kind == "numeric":
-                numeric.setdefault(f.tensor, []).append(i)
+                # Every column of a block is compared with its deepest edge list: features
+                # binned by value (up to ~40 edges) get a block of their own.
+                numeric.setdefault((f.tensor, len(f.edges) > _SHALLOW), []).append(i)
             else:
                 self._categorical.append(_categorical(i, f, int(starts[i])))
-        self._numeric = [self._block(t, ix, starts) for t, ix in numeric.items()]
+        self._numeric = [self._block(t, ix, starts) for (t, _), ix in numeric.items()]
 
     def _block(self, tensor: str, indices: list[int], starts: np.ndarray) -> _NumericBlock:
         features = [self.features[i] for i in indices]

@@ -162,3 +162,20 @@ def test_categorical_string_and_integer_inputs(rng: np.random.Generator) -> None
     sketch = sketcher.sketch(live, {"score": np.array([0.5, 0.5], dtype=np.float32)})
     assert sketch.bins[sketcher.bin_slices[0]][-1] == 1
     assert sketch.bins[sketcher.bin_slices[1]][-1] == 1
+
+
+def test_count_and_near_constant_columns_bin_as_their_profile_does(
+    rng: np.random.Generator,
+) -> None:
+    """Columns binned by value (many edges) are sketched in a block of their own, beside the
+    decile columns of the same tensor: the counts still match the profile's histogram."""
+    x = rng.normal(size=(5000, 4))
+    x[:, 1] = rng.poisson(3.0, 5000)
+    x[:, 3] = np.where(rng.random(5000) < 0.01, 2.0, 3.0)
+    sketcher = Sketcher(build_profile({"x": x}, {}))
+    assert [len(f.edges) for f in sketcher.features][1] > 16
+    live = x[:300] + np.array([0.0, 0.5, 0.0, 0.01])  # off the counts' and the mass's values
+    sketch = sketcher.sketch({"x": live}, {})
+    for feature, part in zip(sketcher.features, sketcher.bin_slices, strict=True):
+        counts, _ = feature.histogram(feature.values_of(live))
+        assert sketch.bins[part].tolist() == counts.tolist(), feature.name
