@@ -12,7 +12,7 @@ import concurrent.futures
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -25,6 +25,7 @@ from modelgate.gateway.codecs import grpc as codec
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.core.types import InferRequest
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.protocol import model_config_pb2 as mc
@@ -125,6 +126,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._max_elements = settings.max_request_elements
         self._max_strings = settings.max_request_strings
         self._serialize = codec.InferResponseSerializer()
+        self.max_stream_inflight = settings.max_inflight
 
     @_mapped
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -178,25 +180,130 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             admission.enter()  # before decoding: a refused call costs no parsing
             try:
-                try:
-                    message = pb.ModelInferRequest.FromString(request)
-                except Exception as exc:  # as in `_lenient`
-                    raise _malformed(exc) from None
-                budget = ElementBudget(self._max_elements, self._max_strings)
-                infer_request, raw = codec.decode_infer_request(message, budget)
-                remaining = context.time_remaining()
-                if remaining is not None and (
-                    infer_request.timeout is None or remaining < infer_request.timeout
-                ):
-                    infer_request.timeout = remaining
-                if self._service.uses_routing_key(infer_request.model):  # metadata: per call
-                    infer_request.routing_key = _metadata_value(context, self._routing_key)
+                infer_request, raw = self._decode(request, context)
                 response = await self._service.infer(infer_request)
                 return self._serialize(response, raw)
             finally:
                 admission.leave()
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Triton's streaming extension: each request on the stream is answered, as soon as
+        it is done (so not necessarily in order), by a ModelStreamInferResponse carrying its
+        id; a request that fails is answered with its error and the stream goes on."""
+        stream = _InferStream(self, context)
+        try:
+            async for request in requests:
+                await stream.take(request)  # waits while the stream has its bound in flight
+            await stream.finish()
+        finally:
+            stream.cancel()  # the client went away: its pending requests are dropped
+
+    async def answer_on_stream(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One stream request's ModelStreamInferResponse, as wire bytes."""
+        admission = self._service.admission
+        try:
+            admission.enter()
+            try:
+                infer_request, raw = self._decode(request, context)
+                response = await self._service.infer(infer_request)
+                return _STREAM_RESPONSE_TAG + _varint_framed(self._serialize(response, raw))
+            finally:
+                admission.leave()
+        except Exception as exc:
+            if isinstance(exc, InferenceError):
+                log_refused(log, "ModelStreamInfer", exc.code.name, exc.message)
+                message = exc.message
+            else:
+                log_unexpected(log, "ModelStreamInfer", exc)
+                message = "internal error"
+            answer = pb.ModelStreamInferResponse(error_message=message)
+            _identify(answer.infer_response, request)
+            return answer.SerializeToString()
+
+    def _decode(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> tuple[InferRequest, bool]:
+        """A ModelInferRequest's bytes as the core's request, with the call's deadline and
+        routing key; whether the answer should carry raw contents."""
+        try:
+            message = pb.ModelInferRequest.FromString(request)
+        except Exception as exc:  # as in `_lenient`
+            raise _malformed(exc) from None
+        budget = ElementBudget(self._max_elements, self._max_strings)
+        infer_request, raw = codec.decode_infer_request(message, budget)
+        remaining = context.time_remaining()
+        if remaining is not None and (
+            infer_request.timeout is None or remaining < infer_request.timeout
+        ):
+            infer_request.timeout = remaining
+        if self._service.uses_routing_key(infer_request.model):  # metadata: per call
+            infer_request.routing_key = _metadata_value(context, self._routing_key)
+        return infer_request, raw
+
+
+# A ModelStreamInferResponse is field 2 (infer_response, length-delimited) around the
+# ModelInferResponse bytes the unary path already builds: framed, not parsed again.
+_STREAM_RESPONSE_TAG = b"\x12"
+
+
+def _varint_framed(payload: bytes) -> bytes:
+    n, head = len(payload), bytearray()
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload
+
+
+def _identify(response: Any, request: bytes) -> None:
+    """Copy a failed request's id and model into its error answer, when it parses."""
+    try:
+        message = pb.ModelInferRequest.FromString(request)
+    except Exception:
+        return
+    response.id = message.id
+    response.model_name = message.model_name
+    response.model_version = message.model_version
+
+
+class _InferStream:
+    """The requests of one ModelStreamInfer call in flight: at most `max_inflight` at a time
+    (beyond that the stream is not read, and HTTP/2 flow control holds the client back);
+    answers written one at a time, as they finish."""
+
+    def __init__(self, servicer: InferenceServicer, context: grpc.aio.ServicerContext) -> None:
+        self._servicer = servicer
+        self._context = context
+        self._room = asyncio.Semaphore(servicer.max_stream_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writing = asyncio.Lock()
+
+    async def take(self, request: bytes) -> None:
+        await self._room.acquire()
+        task = asyncio.ensure_future(self._run(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, request: bytes) -> None:
+        try:
+            answer = await self._servicer.answer_on_stream(request, self._context)
+            async with self._writing:
+                await self._context.write(answer)
+        finally:
+            self._room.release()
+
+    async def finish(self) -> None:
+        """Wait until every request taken is answered."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -216,6 +323,9 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
     for method in service.methods:
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+            continue
+        if method.name == "ModelStreamInfer":
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
             continue
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
