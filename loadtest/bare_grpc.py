@@ -3,7 +3,9 @@
 Decodes ModelInferRequest (an array over raw_input_contents, or the typed contents),
 makes one ONNX Runtime call, encodes ModelInferResponse with raw_output_contents. Also
 answers ServerLive/ServerReady/ModelReady/ServerMetadata/ModelMetadata/ModelConfig, which
-perf_analyzer needs before it sends load. Three variants, to measure which is fastest:
+perf_analyzer needs before it sends load. The grpc.aio variants also serve Triton's
+ModelStreamInfer (requests answered in turn on the stream), the bare reference for
+`perf_analyzer --streaming`. Three variants, to measure which is fastest:
 
     python -m loadtest.bare_grpc --port 0 --model light                 # grpc.aio, asyncio loop
     python -m loadtest.bare_grpc --port 0 --model light --loop uvloop   # grpc.aio on uvloop
@@ -156,6 +158,23 @@ class AioServicer(pb_grpc.GRPCInferenceServiceServicer):
         except RequestError as exc:
             await context.abort(exc.code, str(exc))
         return inference.encode(request, results)
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        """Triton's streaming RPC, bare: each request answered in turn on the stream."""
+        inference = self._inference
+        loop = asyncio.get_running_loop()
+        async for request in requests:
+            try:
+                feeds = inference.decode(request)
+                if self._offload is None:
+                    results = inference.run(feeds)
+                else:
+                    results = await loop.run_in_executor(self._offload, inference.run, feeds)
+            except RequestError as exc:
+                failed = pb.ModelInferResponse(id=request.id, model_name=request.model_name)
+                yield pb.ModelStreamInferResponse(error_message=str(exc), infer_response=failed)
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=inference.encode(request, results))
 
     async def _answer(self, name: str, answer: Any, context: Any) -> Any:
         try:
