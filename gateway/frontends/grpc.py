@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -26,6 +27,7 @@ from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
+from modelgate.gateway.frontends.grpc_drain import CallGate, channelz_id, shutting_down
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.protocol import model_config_pb2 as mc
@@ -120,8 +122,11 @@ def _version(value: str) -> str | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The V2 gRPC service over the shared `InferenceService`."""
 
-    def __init__(self, service: InferenceService, settings: ServerSettings) -> None:
+    def __init__(
+        self, service: InferenceService, settings: ServerSettings, gate: CallGate | None = None
+    ) -> None:
         self._service = service
+        self._gate = gate if gate is not None else CallGate()
         self._routing_key = settings.routing_key_header
         self._max_elements = settings.max_request_elements
         self._max_strings = settings.max_request_strings
@@ -177,14 +182,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Takes and answers wire bytes (see `add_inference_service`), and maps its errors
         # itself rather than through `_mapped`: a coroutine and two calls less per request.
         admission = self._service.admission
+        gate = self._gate
         try:
-            admission.enter()  # before decoding: a refused call costs no parsing
+            gate.enter()  # a stopping server refuses before anything else
             try:
-                infer_request, raw = self._decode(request, context)
-                response = await self._service.infer(infer_request)
-                return self._serialize(response, raw)
+                admission.enter()  # before decoding: a refused call costs no parsing
+                try:
+                    infer_request, raw = self._decode(request, context)
+                    response = await self._service.infer(infer_request)
+                    return self._serialize(response, raw)
+                finally:
+                    admission.leave()
             finally:
-                admission.leave()
+                gate.leave()
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
 
@@ -193,26 +203,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         """Triton's streaming extension: each request on the stream is answered, as soon as
         it is done (so not necessarily in order), by a ModelStreamInferResponse carrying its
-        id; a request that fails is answered with its error and the stream goes on."""
+        id; a request that fails is answered with its error and the stream goes on. When the
+        server stops, the stream's requests in flight are answered, then it ends with
+        UNAVAILABLE (requests sent after that were not served)."""
+        gate = self._gate
         stream = _InferStream(self, context)
+        gate.streams += 1
+        reading = asyncio.ensure_future(stream.read(requests))
+        stopping = asyncio.ensure_future(gate.closing.wait())
         try:
-            async for request in requests:
-                await stream.take(request)  # waits while the stream has its bound in flight
+            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()
+                await stream.finish()
+                await _abort(context, shutting_down(), "ModelStreamInfer")
+            reading.result()  # the client's half-close, or its cancellation
             await stream.finish()
         finally:
+            reading.cancel()
+            stopping.cancel()
             stream.cancel()  # the client went away: its pending requests are dropped
+            gate.streams -= 1
 
     async def answer_on_stream(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One stream request's ModelStreamInferResponse, as wire bytes."""
         admission = self._service.admission
+        gate = self._gate
         try:
-            admission.enter()
+            gate.enter()
             try:
-                infer_request, raw = self._decode(request, context)
-                response = await self._service.infer(infer_request)
-                return _STREAM_RESPONSE_TAG + _varint_framed(self._serialize(response, raw))
+                admission.enter()
+                try:
+                    infer_request, raw = self._decode(request, context)
+                    response = await self._service.infer(infer_request)
+                    serialized = self._serialize(response, raw)
+                    return _STREAM_RESPONSE_TAG + _varint_framed(serialized)
+                finally:
+                    admission.leave()
             finally:
-                admission.leave()
+                gate.leave()
         except Exception as exc:
             if isinstance(exc, InferenceError):
                 log_refused(log, "ModelStreamInfer", exc.code.name, exc.message)
@@ -282,6 +311,11 @@ class _InferStream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writing = asyncio.Lock()
 
+    async def read(self, requests: AsyncIterator[bytes]) -> None:
+        """Take every request of the stream, until the client's half-close."""
+        async for request in requests:
+            await self.take(request)  # waits while the stream has its bound in flight
+
     async def take(self, request: bytes) -> None:
         await self._room.acquire()
         task = asyncio.ensure_future(self._run(request))
@@ -342,9 +376,10 @@ class ReadinessHealth(health.aio.HealthServicer):
     """The standard health service; Check answers from the gateway's readiness at the time
     of the call, Watch streams the changes `GrpcFrontend` tracks."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, gate: CallGate) -> None:
         super().__init__()
         self._service = service
+        self._gate = gate
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request.service not in ("", SERVICE_NAME):
@@ -355,6 +390,13 @@ class ReadinessHealth(health.aio.HealthServicer):
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self._gate.streams += 1  # open until the server stops: no call to wait for
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._gate.streams -= 1
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -381,7 +423,8 @@ class GrpcFrontend:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._health = ReadinessHealth(service)
+        self._gate = CallGate()
+        self._health = ReadinessHealth(service, self._gate)
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -435,7 +478,8 @@ class GrpcFrontend:
             # fill `max_inflight` (those beyond it are refused by the admission count).
             maximum_concurrent_rpcs=inflight + CONTROL_HEADROOM,
         )
-        add_inference_service(InferenceServicer(self._service, self._settings), server)
+        self._gate.server_id = channelz_id(server)
+        add_inference_service(InferenceServicer(self._service, self._settings, self._gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -463,7 +507,9 @@ class GrpcFrontend:
             await asyncio.sleep(0.2)
 
     async def stop(self, grace: float) -> None:
-        """Stop taking new calls; in-flight calls get up to `grace` seconds to finish."""
+        """Refuse new inference calls (UNAVAILABLE) while the ones in flight finish, then
+        stop: GOAWAY, the port closed; calls still running after `grace` seconds in all
+        are cancelled."""
         if self._loop is not None:
             future = asyncio.run_coroutine_threadsafe(self._stop_here(grace), self._loop)
             await asyncio.wrap_future(future)
@@ -474,8 +520,10 @@ class GrpcFrontend:
             await self._stop_here(grace)
 
     async def _stop_here(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
         if self._health_task is not None:
             self._health_task.cancel()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            await self._server.stop(grace)
+            await self._gate.close(deadline)  # see grpc_drain: why before `stop`
+            await self._server.stop(max(0.0, deadline - time.monotonic()))

@@ -9,12 +9,15 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as triton_grpc
 from sync_clients import in_thread
 
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
+from modelgate.gateway.settings import ServerSettings
+from modelgate.registry.store import RegistryStore
 
 Reference = Callable[[bytes, dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -129,3 +132,43 @@ async def test_a_cancelled_stream_drops_its_pending_requests(
     assert admission.inflight == 0
     answer = await grpc_stub.ModelInfer(_echo_request(x, "after"), timeout=30)
     assert answer.id == "after"
+
+
+async def test_a_stopping_server_answers_a_streams_requests_then_ends_it_unavailable(
+    settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
+) -> None:
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    gw = Gateway(settings, store)
+    await gw.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await gw.wait_loaded()
+        assert gw.addresses is not None
+        async with grpc.aio.insecure_channel(gw.addresses.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+            sent = asyncio.Event()
+
+            async def requests():  # type: ignore[no-untyped-def]
+                for i in range(100):
+                    yield _echo_request(x, str(i))
+                sent.set()
+                await asyncio.Event().wait()  # the client keeps the stream open
+
+            call = stub.ModelStreamInfer(requests(), timeout=60)
+            answers = [await call.read()]
+            await sent.wait()
+            stopping = asyncio.create_task(gw.stop())
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while (answer := await call.read()) is not grpc.aio.EOF:
+                    answers.append(answer)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await (stopping if stopping is not None else gw.stop())
+    # Every answer that came is a whole one: the request's own data, or its refusal.
+    for answer in answers:
+        if answer.error_message:
+            assert "shutting down" in answer.error_message
+        else:
+            got = np.frombuffer(answer.infer_response.raw_output_contents[0], "<f4")
+            np.testing.assert_array_equal(got, x.ravel())
