@@ -73,6 +73,7 @@ class LoadSpec:
     window_ms: int
     trials: int
     request_rate: int | None = None  # requests/s at a fixed rate instead of a concurrency
+    streaming: bool = False  # gRPC ModelStreamInfer, one stream per concurrency slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,8 @@ def command(spec: LoadSpec, csv_path: Path, input_data: Path) -> list[str]:
     ]
     if spec.protocol == "http":
         args += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
+    if spec.streaming:
+        args.append("--streaming")
     return args
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -13,6 +14,9 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from sync_clients import in_thread
 
+from conftest import filled_store, loopback_settings, running
+from loadtest import perf
+from loadtest.models import MODELS
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -172,3 +176,20 @@ async def test_a_stopping_server_answers_a_streams_requests_then_ends_it_unavail
         else:
             got = np.frombuffer(answer.infer_response.raw_output_contents[0], "<f4")
             np.testing.assert_array_equal(got, x.ravel())
+
+
+async def test_perf_analyzer_streaming_runs_against_the_gateway(tmp_path: Path) -> None:
+    """A short `perf_analyzer --streaming` point (skipped where perf_analyzer is missing)."""
+    try:
+        analyzer = perf.find_perf_analyzer()
+    except perf.LoadGeneratorError as exc:
+        pytest.skip(str(exc))
+    store = filled_store(tmp_path / "store", {"light": MODELS["light"]()})
+    async with running(loopback_settings(store), store) as gw:
+        assert gw.addresses is not None
+        spec = perf.LoadSpec("light", gw.addresses.grpc, "grpc", 8, 1000, 3, streaming=True)
+        perf.write_input_data(tmp_path / "input.json")
+        result = await asyncio.to_thread(
+            perf.run, analyzer, spec, tmp_path, tmp_path / "input.json"
+        )
+    assert result.requests_per_second > 0
