@@ -55,11 +55,13 @@ class CallGate:
         core holds no call beyond the open streams (or at `deadline`, monotonic)."""
         self.open = False
         self.closing.set()
-        while time.monotonic() < deadline:
+        while True:
             if not self.inflight:
                 in_core = channelz_calls(self.server_id)
                 if in_core is None or in_core <= self.streams:
                     return  # at once: a call arriving before `stop` would be left in core
+            if time.monotonic() >= deadline:
+                break
             await asyncio.sleep(_POLL_SECONDS)
         log.warning("gRPC drain: calls still in flight or in core at the end of the grace")
 
