@@ -5,6 +5,8 @@ oldest        the oldest protobuf and grpc packages pyproject.toml accepts (the 
 tritonclient  the newest tritonclient, whose gRPC extra caps protobuf below 7
 tests         the newest of everything: ruff, mypy, then the whole suite (last, so that
               pytest's summary closes the run)
+The Locust tests need the `loadtest` extra, which the oldest session cannot install (its
+tritonclient caps geventhttpclient below Locust's floor): they run in the other two.
 stubs         (on demand: `nox -s stubs`) regenerate gateway/protocol with that grpcio-tools
 
 `nox -s NAME -- ARGS` passes ARGS to pytest, e.g. `nox -s oldest -- tests/codecs -x`.
@@ -85,7 +87,7 @@ def oldest(session: nox.Session) -> None:
 @nox.session
 def tritonclient(session: nox.Session) -> None:
     """The newest tritonclient: its gRPC extra caps protobuf below 7, so protobuf 6.x here."""
-    session.install("-e", ".[test]", f"tritonclient[http,grpc]>={TRITONCLIENT}")
+    session.install("-e", ".[test,loadtest]", f"tritonclient[http,grpc]>={TRITONCLIENT}")
     _show_versions(session)
     session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
 
@@ -93,7 +95,7 @@ def tritonclient(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The newest of everything (the MLflow tests too), the linters and the type checker."""
-    session.install("-e", ".[test,mlflow]")
+    session.install("-e", ".[test,mlflow,loadtest]")
     _show_versions(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")

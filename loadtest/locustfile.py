@@ -47,6 +47,9 @@ from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 
 # Locust runs users as greenlets: gRPC's own threads must yield to them too.
 grpc_gevent.init_gevent()
+# gevent's loop caches the time: without an update, Locust's --run-time timer (set after this
+# file's imports, which take seconds) would count from before them and end the run early.
+gevent.get_hub().loop.update_now()
 
 STREAMING = hasattr(pb_grpc.GRPCInferenceServiceServicer, "ModelStreamInfer")
 MAX_ANSWERS = 1_000_000  # answers kept for --answers-file; later ones are counted, not kept
@@ -305,6 +308,9 @@ class _GrpcUser(_Workloads, User):
         if self.channel is not None:
             self.channel.close()
 
+    def request(self, workload: Workload) -> pb.ModelInferRequest:
+        return workload.grpc()
+
     def report(self, name: str, started: float, length: int, error: Exception | None) -> None:
         self.environment.events.request.fire(
             request_type="grpc",
@@ -326,7 +332,7 @@ class GrpcInferUser(_GrpcUser):
     @task
     def infer(self) -> None:
         workload = self.ready()
-        request = workload.grpc()
+        request = self.request(workload)
         key = workload.routing_key()
         metadata = ((ROUTING_HEADER, key),) if key is not None else None
         sent, started = time.time(), time.perf_counter()
@@ -374,7 +380,7 @@ class GrpcStreamUser(_GrpcUser):
             open_stream = getattr(self.stub, "ModelStreamInfer")  # noqa: B009
             self.replies = open_stream(self._requests(), metadata=metadata)
         key = self.key
-        request = workload.grpc()
+        request = self.request(workload)
         sent, started = time.time(), time.perf_counter()
         self.outbox.put(request)
         try:
