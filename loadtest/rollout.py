@@ -226,11 +226,13 @@ def judge(
     changes: Sequence[float],
     end: float,
     sticky_from: float = 0.0,
+    start: frozenset[str] = frozenset({"1"}),
 ) -> list[StepResult]:
-    """Each step's figures from the answers (see the module docstring)."""
+    """Each step's figures from the answers (see the module docstring); `start`: the
+    versions answering before the first step."""
     answers = sorted(answers, key=lambda a: a.at)
     results = []
-    live = frozenset({"1"})
+    live = start
     for i, (step, changed) in enumerate(zip(steps, changes, strict=True)):
         until = changes[i + 1] if i + 1 < len(changes) else end
         window = [a for a in answers if changed <= a.at < until]

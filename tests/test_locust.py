@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
@@ -16,9 +17,14 @@ import httpx
 import numpy as np
 import pytest
 
+import modelzoo
+from loadtest.procs import ServerProcess
+from loadtest.rollout import LISTENING
 from loadtest.workload import Workload, WorkloadError, inputs_from_metadata
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
+from modelgate.registry.store import RegistryStore
+from modelgate.registry.types import Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMING = hasattr(pb_grpc.GRPCInferenceServiceServicer, "ModelStreamInfer")
@@ -144,7 +150,10 @@ def test_locust_counts_malformed_requests_as_failures_by_status(
     locustfile.write_text(
         textwrap.dedent("""
         from loadtest.locustfile import GrpcInferUser, V2JsonUser
-        from loadtest.workload import HttpRequest
+        import modelzoo
+from loadtest.procs import ServerProcess
+from loadtest.rollout import LISTENING
+from loadtest.workload import HttpRequest
 
 
         class BrokenJsonUser(V2JsonUser):
@@ -182,3 +191,31 @@ def test_a_model_the_gateway_does_not_serve_is_one_line_and_status_2(
     assert "modelgate: GET http://" in output and "unknown model 'nope'" in output, output
     assert "Traceback" not in output, output[-3000:]
     assert stats["Aggregated"]["Request Count"] == "0"
+
+
+@needs_locust
+def test_a_rollout_under_locust_load_fails_nothing(tmp_path: Path) -> None:
+    store = RegistryStore(tmp_path / "store", create=True)
+    store.register("light", modelzoo.classifier(), stage=Stage.PRODUCTION)
+    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]  # fmt: skip
+    server = ServerProcess(argv, tmp_path / "gateway.log")
+    try:
+        found = server.wait_for_line(LISTENING, timeout=60)
+        http = f"http://{found.group(1)}"
+        server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
+        rollout = [sys.executable, "-m", "loadtest.locust_rollout", "--host", http,
+                   "--grpc-host", found.group(2), "--registry", str(store.root), "--model",
+                   "light", "--users", "4", "--baseline", "3", "--settle", "4"]  # fmt: skip
+        done = subprocess.run(rollout, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        assert server.stop() == 0
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["locust_requests"] > 0 and report["locust_failures"] == 0, report
+    assert report["rollout"]["errors"] == 0, report["rollout"]["error_samples"]
+    assert abs(report["canary_observed"] - 0.20) <= 0.1, report
+    moves = [(t.version, t.to_stage) for t in store.history("light") if t.reason]
+    # Promoting archives the version it replaces; the rollback brings it back.
+    assert moves == [(2, Stage.CANARY), (1, Stage.ARCHIVED), (2, Stage.PRODUCTION),
+                     (2, Stage.ARCHIVED), (1, Stage.PRODUCTION)], moves  # fmt: skip
