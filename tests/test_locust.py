@@ -111,11 +111,13 @@ def _locust(
         *user_classes,
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert Path(f"{prefix}_stats.csv").exists(), output[-3000:]
     with open(f"{prefix}_stats.csv", newline="") as f:
         stats = {row["Name"]: row for row in csv.DictReader(f)}
     with open(f"{prefix}_failures.csv", newline="") as f:
         failures = list(csv.DictReader(f))
-    return done.returncode, stats, failures, done.stdout + done.stderr
+    return done.returncode, stats, failures, output
 
 
 @needs_locust
@@ -150,10 +152,7 @@ def test_locust_counts_malformed_requests_as_failures_by_status(
     locustfile.write_text(
         textwrap.dedent("""
         from loadtest.locustfile import GrpcInferUser, V2JsonUser
-        import modelzoo
-from loadtest.procs import ServerProcess
-from loadtest.rollout import LISTENING
-from loadtest.workload import HttpRequest
+        from loadtest.workload import HttpRequest
 
 
         class BrokenJsonUser(V2JsonUser):
