@@ -392,7 +392,8 @@ class GrpcStreamUser(_GrpcUser):
             ANSWERS.add(sent, "grpc-stream", key, None, code)
             return
         if reply.error_message:
-            error = GrpcStatusError(reply.error_message.split(":", 1)[0][:80])
+            # Errors on a stream carry a message, no status code: counted as one kind.
+            error = GrpcStatusError("STREAM_ERROR")
             self.report("ModelStreamInfer", started, reply.ByteSize(), error)
             ANSWERS.add(sent, "grpc-stream", key, None, reply.error_message)
             return

@@ -151,7 +151,7 @@ def test_locust_counts_malformed_requests_as_failures_by_status(
     locustfile = tmp_path / "malformed.py"
     locustfile.write_text(
         textwrap.dedent("""
-        from loadtest.locustfile import GrpcInferUser, V2JsonUser
+        from loadtest.locustfile import GrpcInferUser, GrpcStreamUser, V2JsonUser
         from loadtest.workload import HttpRequest
 
 
@@ -160,22 +160,33 @@ def test_locust_counts_malformed_requests_as_failures_by_status(
                 return HttpRequest(b'{"inputs": [', {"content-type": "application/json"})
 
 
+        def wrong_datatype(self, workload):
+            request = workload.grpc()
+            request.inputs[0].datatype = "INT8"
+            return request
+
+
         class WrongDatatypeUser(GrpcInferUser):
-            def request(self, workload):
-                request = workload.grpc()
-                request.inputs[0].datatype = "INT8"
-                return request
+            request = wrong_datatype
+
+
+        class WrongDatatypeStreamUser(GrpcStreamUser):
+            request = wrong_datatype
     """)
     )
+    users = ["BrokenJsonUser", "WrongDatatypeUser"]
+    expected = {
+        "v2 json": "CatchResponseError('HTTP 400')",
+        "ModelInfer": "GrpcStatusError('INVALID_ARGUMENT')",
+    }
+    if STREAMING:  # errors on a stream carry a message, no status code
+        users.append("WrongDatatypeStreamUser")
+        expected["ModelStreamInfer"] = "GrpcStatusError('STREAM_ERROR')"
     status, stats, failures, output = _locust(
-        tmp_path, module_gateway, "classifier", "BrokenJsonUser", "WrongDatatypeUser",
-        locustfile=locustfile,
-    )  # fmt: skip
+        tmp_path, module_gateway, "classifier", *users, locustfile=locustfile
+    )
     assert status == 1, output[-3000:]  # Locust's status when requests failed
-    for name, error in (
-        ("v2 json", "CatchResponseError('HTTP 400')"),
-        ("ModelInfer", "GrpcStatusError('INVALID_ARGUMENT')"),
-    ):
+    for name, error in expected.items():
         assert int(stats[name]["Request Count"]) > 0, output[-3000:]
         assert stats[name]["Failure Count"] == stats[name]["Request Count"], stats[name]
         assert [f["Error"] for f in failures if f["Name"] == name] == [error], failures
