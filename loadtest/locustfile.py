@@ -44,6 +44,7 @@ from loadtest.rollout import Answer
 from loadtest.workload import HttpRequest, Workload, WorkloadError, inputs_from_metadata
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.settings import SETTINGS
 
 # Locust runs users as greenlets: gRPC's own threads must yield to them too.
 grpc_gevent.init_gevent()
@@ -53,7 +54,7 @@ gevent.get_hub().loop.update_now()
 
 STREAMING = hasattr(pb_grpc.GRPCInferenceServiceServicer, "ModelStreamInfer")
 MAX_ANSWERS = 1_000_000  # answers kept for --answers-file; later ones are counted, not kept
-ROUTING_HEADER = "x-routing-key"  # the gateway's default routing_key_header
+ROUTING_HEADER: str = SETTINGS["routing_key_header"].default
 
 
 @events.init_command_line_parser.add_listener
@@ -157,19 +158,25 @@ def _prepare(environment: Environment, **_: Any) -> None:
 @events.init.add_listener
 def _defaults(environment: Environment, **_: Any) -> None:
     o = environment.parsed_options
+    if o is not None:
+        ANSWERS.enabled = bool(o.answers_file)
     if o is not None and not o.grpc_host and environment.host:
         o.grpc_host = f"{urllib.parse.urlsplit(environment.host).hostname}:8001"
 
 
 class AnswerLog:
-    """Each answer's version (None: failed), for the rollout scenario; bounded."""
+    """Each answer's version (None: failed), for the rollout scenario; bounded, and kept
+    only with --answers-file."""
 
     def __init__(self) -> None:
+        self.enabled = False
         self.answers: list[Answer] = []
         self.dropped = 0
 
     def add(self, sent: float, protocol: str, key: str | None, version: str | None,
             error: str = "") -> None:  # fmt: skip
+        if not self.enabled:
+            return
         if len(self.answers) < MAX_ANSWERS:
             self.answers.append(Answer(time.time(), protocol, key, version, error[:200], sent))
         else:
