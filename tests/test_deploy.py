@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -185,9 +187,9 @@ def test_the_custom_metric_variant_names_real_metrics() -> None:
         assert f'"{name.removesuffix("_total")}"' in source, name
 
 
-def test_the_registry_server_runs_with_the_statefulsets_arguments(tmp_path: Path) -> None:
-    """The StatefulSet's command, with this machine's paths and a free port, starts a real
-    registry server on an empty volume, and its probe path answers without a token."""
+def _registry_command(tmp_path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The StatefulSet's command with this machine's paths and a free port, after checking
+    that its store, token file and port are the ones its volumes, Secret and Service give."""
     statefulset = _one("StatefulSet", "modelgate-registry")
     container = _container("StatefulSet", "modelgate-registry")
     args: list[str] = list(container["args"])
@@ -204,21 +206,75 @@ def test_the_registry_server_runs_with_the_statefulsets_arguments(tmp_path: Path
     (service_port,) = _one("Service", "modelgate-registry")["spec"]["ports"]
     assert service_port["port"] == port
     assert _one("Secret", volumes["tokens"]["secret"]["secretName"])["stringData"][item["key"]]
-
     (tmp_path / "tokens").write_text("ci:s3cret\n")
     local = {store: str(tmp_path / "models"), token_file: str(tmp_path / "tokens"),
              str(port): "0", "0.0.0.0": "127.0.0.1"}  # fmt: skip
-    argv = [sys.executable, "-m", "modelgate", *(local.get(a, a) for a in args)]
-    server = ServerProcess(argv, tmp_path / "registry.log")
+    return [sys.executable, "-m", "modelgate", *(local.get(a, a) for a in args)], container
+
+
+def _gateway_command(registry: str, outbox: Path) -> tuple[list[str], dict[str, str]]:
+    """The Deployment's command and environment, on 127.0.0.1 with free ports, following
+    `registry`."""
+    args = [
+        registry if a.startswith("http://") else a
+        for a in _container("Deployment", "modelgate")["args"]
+    ]
+    env = {**_gateway_environment(), "MODELGATE_HOST": "127.0.0.1", "MODELGATE_HTTP_PORT": "0",
+           "MODELGATE_GRPC_PORT": "0", "MODELGATE_METRICS_PORT": "0",
+           "MODELGATE_WEBHOOK_OUTBOX": str(outbox), "MODELGATE_DRAIN_DELAY": "0"}  # fmt: skip
+    return [sys.executable, "-m", "modelgate", *args], env
+
+
+def test_the_topology_runs_here_and_a_stage_change_reaches_every_replica(
+    tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """The registry server with the StatefulSet's arguments, two gateways with the
+    Deployment's arguments and variables (paths and ports made local): the probes answer,
+    and one `modelgate registry transition` reaches both replicas."""
+    argv, registry_container = _registry_command(tmp_path)
+    processes = [ServerProcess(argv, tmp_path / "registry.log")]
     try:
-        found = server.wait_for_line(r"modelgate registry listening on (\S+)", timeout=60)
+        url = processes[0].wait_for_line(r"modelgate registry listening on (\S+)", 60).group(1)
         for probe in ("readinessProbe", "livenessProbe"):
-            get = container[probe]["httpGet"]
-            assert _port(container, get["port"]) == port
-            answer = httpx.get(found.group(1).rstrip("/") + get["path"], timeout=30)
+            get = registry_container[probe]["httpGet"]
+            answer = httpx.get(url.rstrip("/") + get["path"], timeout=30)  # no token
             assert answer.status_code == 200, (probe, answer.text)
+        model = tmp_path / "model.onnx"
+        model.write_bytes(model_files["classifier"])
+        (tmp_path / "ci.token").write_text("s3cret\n")
+        cli = [sys.executable, "-m", "modelgate", "registry", "--registry", url,
+               "--token-file", str(tmp_path / "ci.token")]  # fmt: skip
+        for command in (["register", "m", str(model), "--stage", "production"],
+                        ["register", "m", str(model)]):  # fmt: skip
+            subprocess.run([*cli, *command], check=True, capture_output=True, timeout=120)
+
+        container = _container("Deployment", "modelgate")
+        gateways = []
+        for replica in range(2):
+            argv, env = _gateway_command(url, tmp_path / f"outbox-{replica}.db")
+            processes.append(ServerProcess(argv, tmp_path / f"gateway-{replica}.log", env=env))
+            found = processes[-1].wait_for_line(r"modelgate listening http=(\S+)", 60)
+            gateways.append(f"http://{found.group(1)}")
+        for gateway in gateways:
+            for probe in ("readinessProbe", "livenessProbe"):
+                processes[-1].wait_http_ok(gateway + container[probe]["httpGet"]["path"], 60)
+
+        subprocess.run([*cli, "transition", "m", "2", "production"], check=True,
+                       capture_output=True, timeout=120)  # fmt: skip
+        body = {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.0] * 8}]
+        }
+        for gateway in gateways:
+            deadline = time.monotonic() + 60  # a bound, not a measurement
+            version = None
+            while version != "2" and time.monotonic() < deadline:
+                answer = httpx.post(f"{gateway}/v2/models/m/infer", json=body, timeout=30)
+                assert answer.status_code == 200, answer.text
+                version = answer.json()["model_version"]
+            assert version == "2", gateway
     finally:
-        server.stop()
+        for process in reversed(processes):
+            process.stop()
 
 
 def test_the_dockerfile_installs_what_the_readme_installs() -> None:
