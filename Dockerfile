@@ -1,5 +1,5 @@
-# modelgate: one serving process per container; scale out with more containers (replicas,
-# deploy/ for Kubernetes).
+# modelgate: one serving process per core of the container (--workers auto); scale out with
+# more containers (replicas, deploy/ for Kubernetes).
 #
 #   docker build -t modelgate .
 #   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/modelstore:/models" modelgate
@@ -29,8 +29,11 @@ USER modelgate
 WORKDIR /home/modelgate
 # Ports are set here, as variables, so that HEALTHCHECK follows them: change the HTTP port
 # with `-e MODELGATE_HTTP_PORT=...`, not with --http-port, which the check cannot see.
+# MODELGATE_WORKERS=auto: one serving process per core the container may run on (its CPU
+# affinity; `docker run --cpuset-cpus` sets it, a CPU quota does not: there, set a number).
 ENV MODELGATE_HOST=0.0.0.0 \
     MODELGATE_STORE=/models \
+    MODELGATE_WORKERS=auto \
     MODELGATE_HTTP_PORT=8000 \
     MODELGATE_GRPC_PORT=8001 \
     MODELGATE_METRICS_PORT=8002 \
@@ -41,6 +44,4 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['MODELGATE_HTTP_PORT'], timeout=1)"
 ENTRYPOINT ["modelgate"]
-# One serving process per container for now: scale out with replicas (deploy/). When
-# `serve --workers` lands, this becomes `serve --workers auto` (the container's cores).
 CMD ["serve"]

@@ -145,6 +145,9 @@ def test_the_gateway_arguments_and_variables_are_ones_the_cli_accepts() -> None:
     # The webhook secret comes from a Secret, never a command line or the ConfigMap.
     (secret,) = [e for e in container["env"] if e["name"] == "MODELGATE_WEBHOOK_SECRET"]
     assert secret["valueFrom"]["secretKeyRef"]["name"] == "modelgate-webhook"
+    # One worker per CPU of the pod's limit (`auto` would count the node's cores).
+    limit = container["resources"]["limits"]["cpu"]
+    assert settings.workers == limit == container["resources"]["requests"]["cpu"]
     # Kubernetes kills the pod after the grace period: the drain must fit in it.
     grace = _one("Deployment", "modelgate")["spec"]["template"]["spec"]
     assert grace["terminationGracePeriodSeconds"] > settings.drain_delay + settings.drain_seconds
@@ -303,7 +306,9 @@ def test_the_dockerfile_installs_what_the_readme_installs() -> None:
     assert check is not None
     assert "/v2/health/ready" in check.group(1)
     assert "os.environ['MODELGATE_HTTP_PORT']" in check.group(1)
-    assert build_settings({}, environ=env).http_port == int(env["MODELGATE_HTTP_PORT"])
+    image = build_settings({}, environ=env)
+    assert image.http_port == int(env["MODELGATE_HTTP_PORT"])
+    assert image.workers == "auto"  # the container's cores
     (command,) = re.findall(r"^CMD (\[.+\])$", docker, re.M)
     assert yaml.safe_load(command)[0] == "serve"
     build_parser().parse_args(yaml.safe_load(command))
