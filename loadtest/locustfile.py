@@ -383,9 +383,7 @@ class GrpcStreamUser(_GrpcUser):
             self.key = workload.routing_key()
             metadata = ((ROUTING_HEADER, self.key),) if self.key is not None else None
             self.outbox = queue.Queue(maxsize=1)
-            # Absent from stubs generated before the server had it (then the class is abstract).
-            open_stream = getattr(self.stub, "ModelStreamInfer")  # noqa: B009
-            self.replies = open_stream(self._requests(), metadata=metadata)
+            self.replies = self.stub.ModelStreamInfer(self._requests(), metadata=metadata)
         key = self.key
         request = self.request(workload)
         sent, started = time.time(), time.perf_counter()
