@@ -25,6 +25,37 @@ from modelgate.monitor.drift import DriftSettings
 
 ENV_PREFIX = "MODELGATE_"
 MAX_WORKERS = 256
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The cores this process may use: its CPU affinity, lowered to its container's CPU
+    quota rounded up (a Kubernetes CPU limit of 2 on a 64-core node is 2, not 64).
+
+    Reads cgroup v2's `cpu.max` ("QUOTA PERIOD" or "max PERIOD"), else cgroup v1's
+    `cpu/cpu.cfs_quota_us` and `cpu/cpu.cfs_period_us` (a quota of -1 is none)."""
+    cores = max(1, len(os.sched_getaffinity(0)))
+    quota = _cpu_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cpu_quota(root: Path) -> float | None:
+    """The CPU quota in cores, or None where there is none (or no cgroup to read)."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+    except OSError:
+        try:
+            fields = [
+                (root / "cpu" / "cpu.cfs_quota_us").read_text().strip(),
+                (root / "cpu" / "cpu.cfs_period_us").read_text().strip(),
+            ]
+        except OSError:
+            return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except (ValueError, IndexError):
+        return None  # "max", v1's -1 as the only field, or an unreadable file
+    return quota / period if quota > 0 and period > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,10 +349,10 @@ class ServerSettings:
         self.worker_count()
 
     def worker_count(self) -> int:
-        """How many serving processes `workers` asks for (`auto`: the usable cores)."""
+        """How many serving processes `workers` asks for (`auto`: `usable_cores()`)."""
         text = self.workers.strip().lower()
         if text == "auto":
-            return max(1, len(os.sched_getaffinity(0)))
+            return usable_cores()
         if text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
             return int(text)
         raise SettingValueError(

@@ -23,7 +23,12 @@ import modelzoo
 from modelgate.gateway.metrics_view import merge
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelgate.gateway.settings import ServerSettings, SettingsError, build_settings
+from modelgate.gateway.settings import (
+    ServerSettings,
+    SettingsError,
+    build_settings,
+    usable_cores,
+)
 from modelgate.gateway.supervisor import RestartPolicy, exit_reason
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
@@ -102,10 +107,34 @@ def test_a_wrong_worker_count_is_one_line(tmp_path: Path, value: str) -> None:
 
 def test_auto_is_one_worker_per_usable_core() -> None:
     settings = build_settings({"workers": "auto"}, environ={})
-    assert settings.worker_count() == len(os.sched_getaffinity(0))
+    assert settings.worker_count() == usable_cores()
     assert ServerSettings().worker_count() == 1
     with pytest.raises(SettingsError):
         build_settings({"workers": "two"}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, a limit of 1.5 CPUs
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_auto_follows_the_containers_cpu_limit(
+    tmp_path: Path, files: dict[str, str], limit: int | None
+) -> None:
+    """A Kubernetes CPU limit caps `auto`: a pod limited to 2 CPUs on a 64-core node runs
+    2 workers, not 64."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (cores if limit is None else min(cores, limit))
 
 
 @pytest.fixture
