@@ -23,6 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+import certs
 import modelzoo
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -393,3 +394,9 @@ def assert_serves_grpc(stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Ge
     answer = stub.ModelInfer(request, timeout=30)
     got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 3)
     np.testing.assert_array_equal(got, x)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> certs.Pki:
+    """A CA, server and client certificates (good, expired), a stranger's (tests/certs.py)."""
+    return certs.make_pki(tmp_path / "pki")
