@@ -43,6 +43,7 @@ from modelgate.registry.types import (
     Transition,
     parse_version,
 )
+from modelgate.tls import tls_files
 
 _STAGES = ", ".join(s.value for s in Stage)
 Opener = Callable[[], RegistryClient]
@@ -126,6 +127,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--token-file", dest="server_token_file", type=Path, help="the server's API tokens"
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
+    serve.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this PEM certificate")
+    serve.add_argument("--tls-key-file", type=Path, help="the PEM private key of --tls-cert-file")
     serve.add_argument(
         "--create-store",
         action="store_true",
@@ -265,6 +268,11 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         port=args.port,
         token_file=args.server_token_file,
         protect_reads=args.protect_reads,
+        tls=tls_files(
+            args.tls_cert_file,
+            args.tls_key_file,
+            settings=("--tls-cert-file", "--tls-key-file", ""),
+        ),
     )
     return 0
 

@@ -32,6 +32,7 @@ from modelgate.gateway.settings import BatchSettings, ModelServingSettings, Serv
 from modelgate.registry.server import RegistryApp, RegistryServer
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
+from modelgate.tls import ServerCertificate
 
 DATATYPES = tuple(modelzoo.ONNX_TYPES)
 # The typed `contents` field of ModelInferRequest that carries each datatype (FP16 has none).
@@ -223,11 +224,11 @@ def running_in_thread(settings: ServerSettings, store: RegistryStore) -> Iterato
 
 
 @contextlib.contextmanager
-def serving_registry(app: RegistryApp) -> Iterator[str]:
-    """A registry `app` on 127.0.0.1 (a free port) on its own loop in a thread; yields its
-    URL and always stops it."""
+def serving_registry(app: RegistryApp, tls: ServerCertificate | None = None) -> Iterator[str]:
+    """A registry `app` on 127.0.0.1 (a free port; HTTPS with `tls`) on its own loop in a
+    thread; yields its URL and always stops it."""
     with loop_thread() as run:
-        server = RegistryServer(app, "127.0.0.1", 0)
+        server = RegistryServer(app, "127.0.0.1", 0, tls=tls)
         url = run(server.start())
         try:
             yield url

@@ -11,6 +11,8 @@ import dataclasses
 import logging
 import shutil
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from sync_clients import in_thread
 
 from certs import Pair, Pki
 from conftest import running
+from loadtest.procs import clean_environment
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.server import Gateway
@@ -233,3 +236,36 @@ async def test_renewed_certificate_files_are_taken_up_without_a_restart(
         assert now == (want, want, want)
         assert await _https_infer(gateway, pki, pki.client) == 200
         assert await _grpc_infer(gateway, _grpc_credentials(pki, pki.client)) == "OK"
+
+
+def test_certificate_files_that_cannot_serve_stop_startup_with_one_line(
+    store: RegistryStore, pki: Pki, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    server, other = pki.server, pki.client
+    cases = {
+        "does not match the certificate": [server.cert, other.key, None],
+        "no such file": [tmp_path / "missing.crt", server.key, None],
+        "tls_cert_file is set but tls_key_file is not": [server.cert, None, None],
+        "no PEM certificate in it": [garbage, server.key, None],
+        "not an unencrypted PEM private key": [server.cert, garbage, None],
+        "tls_client_ca_file": [server.cert, server.key, garbage],
+    }
+    for expected, (cert, key, ca) in cases.items():
+        flags = []
+        for flag, value in (
+            ("--tls-cert-file", cert),
+            ("--tls-key-file", key),
+            ("--tls-client-ca-file", ca),
+        ):
+            if value is not None:
+                flags += [flag, str(value)]
+        done = subprocess.run(
+            [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root), *flags,
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+            capture_output=True, text=True, timeout=120, env=clean_environment(),
+        )  # fmt: skip
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (expected, done.stderr)
+        assert lines[0].startswith("modelgate: ") and expected.lower() in lines[0].lower(), lines
