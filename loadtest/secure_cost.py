@@ -15,7 +15,11 @@ in flight on one channel, `py-grpc` in the table) that carries the token; that c
 costs more CPU than perf_analyzer, on the same two cores, so compare its rows only with
 each other.
 
-    python -m loadtest.secure_cost [--quick] [--markdown]
+    python -m loadtest.secure_cost [--quick] [--repeat 3] [--markdown]
+
+With --repeat N the configurations take turns N times (plain, tls, ..., plain, tls, ...),
+so that a machine whose load changes during the run weighs on each alike; the table shows
+medians.
 
 JSON goes to loadtest/results/secure_cost-<timestamp>.json.
 """
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma list of " + "|".join(CONFIGS)
     )
+    cli.add_argument("--repeat", type=int, default=1, help="rounds; the table shows medians")
     cli.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = cli.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -251,17 +256,21 @@ def main(argv: list[str] | None = None) -> int:
         **report.machine(),
         "load generator": f"{analyzer.version()} ({analyzer.path})",
         "per point": f"{profile.trials} windows of {profile.window_ms} ms, concurrency 64",
+        "rounds": f"{args.repeat} (numbers are medians)" if args.repeat > 1 else "1",
     }
-    points: list[report.PointResult] = []
+    rounds: list[list[report.PointResult]] = []
     with tempfile.TemporaryDirectory(prefix="modelgate-secure-") as tmp:
         workdir = Path(tmp)
         make_certificates(workdir)
         (workdir / "tokens").write_text(f"bench:{TOKEN}\n")
         perf.write_input_data(workdir / "input.json")
         _, stores = bench.prepare_models(workdir, ["light"])
-        for config in configs:
-            print(config, flush=True)
-            points += measure_config(config, stores, analyzer, profile, workdir)
+        for index in range(max(args.repeat, 1)):
+            rounds.append([])
+            for config in configs:
+                print(f"round {index + 1}: {config}", flush=True)
+                rounds[-1] += measure_config(config, stores, analyzer, profile, workdir)
+    points = report.median_points(rounds)
     header = report.finish_header(header, started)
     notes = _costs(points)
     print()
@@ -275,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.markdown_table(points))
     out = report.results_path("secure_cost")
-    doc = {"machine": header, "points": [dataclasses.asdict(p) for p in points], "costs": notes}
+    doc = {
+        "machine": header,
+        "rounds": [[dataclasses.asdict(p) for p in run] for run in rounds],
+        "median": [dataclasses.asdict(p) for p in points],
+        "costs": notes,
+    }
     report.write_json(out, doc)
     print(f"\nresults: {out}")
     return 0
