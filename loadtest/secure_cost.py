@@ -145,7 +145,7 @@ def measure_config(
                 perf.run(analyzer, spec, workdir, workdir / "input.json")
         except (ServerError, perf.LoadGeneratorError) as exc:
             return [dataclasses.replace(p, error=str(exc).splitlines()[0]) for p in points]
-        looped = python_grpc_point(config, urls["grpc"], workdir, profile)
+        looped = python_grpc_point(config, urls["grpc"], workdir, profile, server)
         return [
             looped,
             *(
@@ -164,7 +164,7 @@ def measure_config(
 
 
 def python_grpc_point(
-    config: str, address: str, folder: Path, profile: bench.Profile
+    config: str, address: str, folder: Path, profile: bench.Profile, server: ServerProcess
 ) -> report.PointResult:
     """64 ModelInfer calls kept in flight on one grpc.aio channel for the profile's windows
     (after a warm-up): req/s and latencies, with the token as metadata where needed."""
@@ -178,10 +178,14 @@ def python_grpc_point(
         )
     metadata = (("authorization", f"Bearer {TOKEN}"),) if "tokens" in config else ()
     seconds = profile.trials * profile.window_ms / 1000
+    cpu_before, start = server.cpu_seconds(), time.monotonic()
     rate, p50, p99, errors = asyncio.run(
         _closed_loop(address, credentials, metadata, profile.warmup_ms / 1000, seconds)
     )
+    # Over the warm-up too: a small share of the whole.
+    cpu = 100 * (server.cpu_seconds() - cpu_before) / (time.monotonic() - start)
     point = report.PointResult("light", config, "py-grpc", "on", 64, rate, p50, p99)
+    point = dataclasses.replace(point, server_cpu_percent=cpu)
     if errors:
         point = dataclasses.replace(point, error=f"{errors} calls failed")
     print(f"  {report.text_table([point]).splitlines()[-1]}", flush=True)
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _costs(points: list[report.PointResult]) -> list[str]:
-    """Each configuration's throughput against plain's, per protocol."""
+    """Each configuration's throughput, and its requests per second of server CPU (what a
+    busy machine's share of CPU does not change), against plain's, per protocol."""
     notes = []
     for protocol in ("grpc", "py-grpc", "http"):
         base = next((p for p in points if p.server == "plain" and p.protocol == protocol), None)
@@ -305,8 +310,16 @@ def _costs(points: list[report.PointResult]) -> list[str]:
         for p in points:
             if p.protocol == protocol and p.server != "plain":
                 change = 100 * (p.requests_per_second / base.requests_per_second - 1)
-                notes.append(f"{protocol} {p.server}: {change:+.0f}% req/s against plain")
+                efficiency = 100 * (_per_cpu(p) / _per_cpu(base) - 1)
+                notes.append(
+                    f"{protocol} {p.server}: {change:+.0f}% req/s, {efficiency:+.0f}% req per "
+                    f"server CPU second ({_per_cpu(p):,.0f} against {_per_cpu(base):,.0f})"
+                )
     return notes
+
+
+def _per_cpu(point: report.PointResult) -> float:
+    return point.requests_per_second / (point.server_cpu_percent / 100)
 
 
 if __name__ == "__main__":
