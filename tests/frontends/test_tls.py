@@ -125,10 +125,12 @@ async def test_https_and_grpc_with_tls_serve_and_plain_text_is_refused(
         assert await _https_infer(gateway, pki, None) == 200
 
 
+@pytest.mark.parametrize("grpc_workers", ["shared", "thread"])
 async def test_mutual_tls_refuses_missing_foreign_and_expired_client_certificates(
-    settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path
+    settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path, grpc_workers: str
 ) -> None:
     live = _served(pki, tmp_path / "live")
+    settings = dataclasses.replace(settings, grpc_workers=grpc_workers)
     async with _tls_gateway(settings, store, live, pki.ca.cert) as gateway:
         assert await _https_infer(gateway, pki, pki.client) == 200
         assert await _grpc_infer(gateway, _grpc_credentials(pki, pki.client)) == "OK"
