@@ -84,8 +84,10 @@ async def test_http_refuses_missing_wrong_and_other_models_tokens_and_opens_heal
                 r = await http.request(method, path, json=BODY, headers=_bearer(secret))
                 assert r.status_code == 401, (path, r.text)
                 assert r.headers["www-authenticate"] == 'Bearer realm="modelgate"'
+                assert WRONG not in r.text
             r = await http.request(method, path, json=BODY, headers=_bearer(ECHO))
             assert r.status_code != 401 and (r.status_code == 403) != echo_may, (path, r.text)
+            assert ECHO not in r.text and ECHO not in str(r.headers)
             r = await http.request(method, path, json=BODY, headers=_bearer(ADMIN))
             assert r.status_code not in (401, 403), (path, r.text)
         # Not a bearer token, or an empty one: 401 as well.
@@ -143,12 +145,13 @@ async def test_grpc_refuses_missing_wrong_and_other_models_tokens_and_opens_heal
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await call(request, metadata=tuple(_bearer(secret).items()))
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, call
+            code, details = grpc.StatusCode.OK, ""
             try:
                 await call(request, metadata=tuple(_bearer(ECHO).items()))
-                code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code, details = exc.code(), exc.details() or ""
             assert (code == grpc.StatusCode.PERMISSION_DENIED) != echo_may, (call, code)
+            assert ECHO not in details
             assert code != grpc.StatusCode.UNAUTHENTICATED
         # Probes need no token.
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
