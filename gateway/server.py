@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -122,6 +123,14 @@ class Gateway:
         Raises BindError when a port cannot be had; then nothing is left bound or serving.
         """
         s = self.settings
+        metrics_host, metrics_security = s.host, self.security
+        if self._shared_ports:
+            # A worker's metrics are the supervisor's to merge: on loopback, in plain text,
+            # while the supervisor's own metrics port serves TLS and asks for tokens.
+            metrics_host = "::1" if ":" in s.host else "127.0.0.1"
+            metrics_security = dataclasses.replace(
+                self.security, metrics=None, protect_metrics=False
+            )
         # Every port is bound before anything serves: a port that is taken must not leave
         # the others bound, or a server that looks healthy.
         async with contextlib.AsyncExitStack() as undo:
@@ -137,11 +146,12 @@ class Gateway:
             grpc_port = await self._start_grpc()
             undo.push_async_callback(self._grpc.stop, 0)
             metrics_sock = listen(
-                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", backlog=128
-            )
+                metrics_host, s.metrics_port, setting="metrics_port", flag="--metrics-port",
+                backlog=128,
+            )  # fmt: skip
             undo.pop_all()
         self._metrics_endpoint = MetricsEndpoint(
-            self.metrics.registry, metrics_sock, s, self.security
+            self.metrics.registry, metrics_sock, s, metrics_security
         )
         await self._metrics_endpoint.start()
         metrics_port = self._metrics_endpoint.port

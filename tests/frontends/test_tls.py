@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import shutil
 import ssl
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from sync_clients import in_thread
+from test_cli import LISTENING, Process
 
 from certs import Pair, Pki
 from conftest import running
@@ -34,6 +36,7 @@ from modelgate.gateway.settings import ServerSettings
 from modelgate.registry.store import RegistryStore
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
+WORKER_LISTENING = re.compile(r"modelgate worker listening .* metrics=(\S+)")
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": X.tolist()}]}
 
 
@@ -271,3 +274,36 @@ def test_certificate_files_that_cannot_serve_stop_startup_with_one_line(
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, (expected, done.stderr)
         assert lines[0].startswith("modelgate: ") and expected.lower() in lines[0].lower(), lines
+
+
+async def test_workers_serve_tls_and_tokens_and_so_do_their_merged_metrics(
+    store: RegistryStore, pki: Pki, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops:s3cret-for-every-model\n")
+    process = Process(
+        ["serve", "--store", str(store.root), "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0", "--workers", "2", "--drain-delay", "0",
+         "--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key),
+         "--auth-tokens-file", str(tokens), "--protect-metrics", "on"], tmp_path,
+    )  # fmt: skip
+    try:
+        http_address, _, metrics_address = process.wait_for(LISTENING).groups()
+        token = {"authorization": "Bearer s3cret-for-every-model"}
+        url = f"https://{http_address}/v2/models/echo_fp32/infer"
+        async with httpx.AsyncClient(verify=_client_context(pki, None)) as http:
+            for _ in range(600):  # until a worker has loaded the model
+                if (await http.post(url, json=BODY, headers=token)).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await http.post(url, json=BODY, headers=token)).status_code == 200
+            assert (await http.post(url, json=BODY)).status_code == 401
+            metrics = f"https://{metrics_address}/metrics"
+            assert (await http.get(metrics)).status_code == 401
+            merged = await http.get(metrics, headers=token)
+            assert merged.status_code == 200 and "modelgate_requests_total" in merged.text
+        # Each worker's own metrics, which the supervisor merges, listen on loopback only.
+        workers = [m for m in map(WORKER_LISTENING.search, process.output) if m]
+        assert workers and all(m.group(1).startswith("127.0.0.1:") for m in workers)
+    finally:
+        process.close()
