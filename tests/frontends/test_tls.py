@@ -31,6 +31,7 @@ from conftest import running
 from loadtest.procs import clean_environment
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelgate.gateway.security import Security
 from modelgate.gateway.server import Gateway
 from modelgate.gateway.settings import ServerSettings
 from modelgate.registry.store import RegistryStore
@@ -244,36 +245,38 @@ async def test_renewed_certificate_files_are_taken_up_without_a_restart(
 
 
 def test_certificate_files_that_cannot_serve_stop_startup_with_one_line(
-    store: RegistryStore, pki: Pki, tmp_path: Path
+    settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path
 ) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     server, other = pki.server, pki.client
     cases = {
-        "does not match the certificate": [server.cert, other.key, None],
-        "no such file": [tmp_path / "missing.crt", server.key, None],
+        "No such file": [tmp_path / "missing.crt", server.key, None],
         "tls_cert_file is set but tls_key_file is not": [server.cert, None, None],
+        "tls_client_ca_file (mutual TLS) needs TLS": [None, None, pki.ca.cert],
         "no PEM certificate in it": [garbage, server.key, None],
         "not an unencrypted PEM private key": [server.cert, garbage, None],
         "tls_client_ca_file": [server.cert, server.key, garbage],
     }
     for expected, (cert, key, ca) in cases.items():
-        flags = []
-        for flag, value in (
-            ("--tls-cert-file", cert),
-            ("--tls-key-file", key),
-            ("--tls-client-ca-file", ca),
-        ):
-            if value is not None:
-                flags += [flag, str(value)]
-        done = subprocess.run(
-            [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root), *flags,
-             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
-            capture_output=True, text=True, timeout=120, env=clean_environment(),
-        )  # fmt: skip
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1, (expected, done.stderr)
-        assert lines[0].startswith("modelgate: ") and expected.lower() in lines[0].lower(), lines
+        wrong = dataclasses.replace(
+            settings, tls_cert_file=cert, tls_key_file=key, tls_client_ca_file=ca
+        )
+        with pytest.raises(ValueError) as refused:
+            Security.of(wrong)
+        assert expected in str(refused.value) and "\n" not in str(refused.value)
+    # And as `modelgate serve` says it: one line, status 2.
+    done = subprocess.run(
+        [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
+         "--tls-cert-file", str(server.cert), "--tls-key-file", str(other.key),
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120, env=clean_environment(),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"modelgate: the key in tls_key_file {other.key} does not match the certificate in "
+        f"tls_cert_file {server.cert}: give the key the certificate was issued for\n"
+    )
 
 
 async def test_workers_serve_tls_and_tokens_and_so_do_their_merged_metrics(
