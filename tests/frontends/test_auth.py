@@ -204,3 +204,30 @@ def test_a_token_file_line_that_is_wrong_is_named_without_its_secret(tmp_path: P
     path.write_text("# nothing\n")
     with pytest.raises(ValueError, match="no tokens"):
         load_tokens(path)
+
+
+async def test_grpc_streams_need_a_token_and_answer_other_models_with_an_error(
+    guarded: Gateway,
+) -> None:
+    assert guarded.addresses is not None
+    async with grpc.aio.insecure_channel(guarded.addresses.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for secret in (None, WRONG):
+            call = stub.ModelStreamInfer(
+                iter([_infer("echo_fp32")]), metadata=tuple(_bearer(secret).items()), timeout=30
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in call:
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        mine, other = _infer("echo_fp32"), _infer("classifier")
+        mine.id, other.id = "mine", "other"
+        call = stub.ModelStreamInfer(
+            iter([other, mine]), metadata=tuple(_bearer(ECHO).items()), timeout=30
+        )
+        answers = {a.infer_response.id: a async for a in call}
+    assert "is not allowed model 'classifier'" in answers["other"].error_message
+    assert ECHO not in answers["other"].error_message
+    assert not answers["mine"].error_message
+    got = np.frombuffer(answers["mine"].infer_response.raw_output_contents[0], np.float32)
+    assert got.tolist() == X.ravel().tolist()
