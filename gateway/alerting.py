@@ -10,6 +10,7 @@ The notifier (monitor/webhook.py) signs, stores and delivers the events.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,10 @@ class DriftAlerts:
     drifting, a log line for everything."""
 
     def __init__(
-        self,
-        notifier: WebhookNotifier | None,
-        settings: ServerSettings,
-        deployments: Deployments,
+        self, notifier: WebhookNotifier | None, url_for: Callable[[str, str], str]
     ) -> None:
         self._notifier = notifier
-        self._settings = settings
-        self._deployments = deployments
+        self.url_for = url_for  # a version's webhook URL ("": none)
 
     async def __call__(self, event: DriftEvent) -> None:
         report = event.report
@@ -84,7 +81,7 @@ class DriftAlerts:
             return
         window = _window(report)
         if event.kind in ("drifting", "still_drifting"):  # the outbox applies the cooldown
-            url = self._url(event.model, event.version)
+            url = self.url_for(event.model, event.version)
             if not url:
                 return
             features = [_feature(report, name) for name in report.drifted_features]
@@ -97,14 +94,18 @@ class DriftAlerts:
         elif event.kind == "resolved":
             await self._notifier.notify_drift_resolved(event.model, _number(event.version), window)
 
-    def _url(self, model: str, version: str) -> str:
-        try:
-            tags = self._deployments.get(model, version).record.tags
-        except Exception:  # unloaded meanwhile: the serving config still applies
-            tags = {}
-        if WEBHOOK_TAG in tags:
-            return tags[WEBHOOK_TAG]
-        return self._settings.for_model(model).monitor.retrain_webhook
+
+def webhook_url(
+    settings: ServerSettings, deployments: Deployments, model: str, version: str
+) -> str:
+    """A served version's webhook URL, by the rule the module states ("": none)."""
+    try:
+        tags = deployments.get(model, version).record.tags
+    except Exception:  # unloaded meanwhile: the serving config still applies
+        tags = {}
+    if WEBHOOK_TAG in tags:
+        return tags[WEBHOOK_TAG]
+    return settings.for_model(model).monitor.retrain_webhook
 
 
 def _number(version: str) -> int | str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import signal
@@ -22,12 +23,13 @@ from typing import NoReturn
 
 import uvicorn
 
-from modelgate.gateway.alerting import DriftAlerts, notifier_for
+from modelgate.gateway.alerting import DriftAlerts, notifier_for, webhook_url
 from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployments
 from modelgate.gateway.core.guard import RolloutGuard, ServedTraffic
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.shadow import ShadowMirror
+from modelgate.gateway.drift_link import DriftUplink
 from modelgate.gateway.frontends.grpc import GrpcFrontend
 from modelgate.gateway.frontends.http import HttpFrontend
 from modelgate.gateway.frontends.http_connections import (
@@ -61,6 +63,7 @@ class Gateway:
 
     `shared_ports`: one of several serving processes under a supervisor (gateway/supervisor.py)
     that has reserved the HTTP and gRPC ports; this one listens on them beside the others.
+    `drift_uplink`: the supervisor judges drift and sends the webhooks; this one sketches.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Gateway:
         registry: RegistryClient | None = None,
         *,
         shared_ports: bool = False,
+        drift_uplink: DriftUplink | None = None,
     ) -> None:
         self.settings = settings
         self._shared_ports = shared_ports
@@ -76,15 +80,23 @@ class Gateway:
         self.metrics = Metrics()
         self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
-        self.notifier = notifier_for(settings, self.metrics.registry, _store_dir(settings))
+        self.notifier = (
+            notifier_for(settings, self.metrics.registry, _store_dir(settings))
+            if drift_uplink is None
+            else None
+        )
         self.monitor = DriftMonitor(
             settings.models.drift,
             self.metrics.registry,
             overrides={name: m.drift for name, m in settings.model_overrides.items()},
             resume=self._was_drifting if self.notifier is not None else None,
+            sink=drift_uplink,
         )
         self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
-        self.monitor.on_change = DriftAlerts(self.notifier, settings, self.deployments)
+        url_for = functools.partial(webhook_url, settings, self.deployments)
+        self.monitor.on_change = DriftAlerts(self.notifier, url_for)
+        if drift_uplink is not None:
+            drift_uplink.attach(self.monitor, url_for)
         self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
         admission = Admission(
             settings.max_inflight, self.metrics.requests_refused.labels("inflight").inc
@@ -302,11 +314,12 @@ async def serve(
     *,
     shared_ports: bool = False,
     started: Callable[[Addresses], None] | None = None,
+    drift_uplink: DriftUplink | None = None,
 ) -> None:
     """Run a gateway until SIGINT or SIGTERM, then drain and stop; `started` hears its
-    addresses once it listens (`shared_ports`: see `Gateway`)."""
+    addresses once it listens (`shared_ports`, `drift_uplink`: see `Gateway`)."""
     try:
-        gateway = Gateway(settings, shared_ports=shared_ports)
+        gateway = Gateway(settings, shared_ports=shared_ports, drift_uplink=drift_uplink)
     except (RegistryError, ValueError, OSError) as exc:
         _refuse(str(exc))
     await _check_registry(gateway)
@@ -332,10 +345,13 @@ def run(
     *,
     shared_ports: bool = False,
     started: Callable[[Addresses], None] | None = None,
+    drift_uplink: DriftUplink | None = None,
 ) -> None:
     """Entry point of one serving process: the uvloop event loop, then `serve`."""
     import uvloop
 
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("modelgate serve must run in the main thread (signal handling)")
-    uvloop.run(serve(settings, shared_ports=shared_ports, started=started))
+    uvloop.run(
+        serve(settings, shared_ports=shared_ports, started=started, drift_uplink=drift_uplink)
+    )

@@ -30,10 +30,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelgate.gateway.controlplane import ControlPlane, guard_wanted
+from modelgate.gateway.drift_link import DriftPlane
 from modelgate.gateway.metrics_endpoint import MetricsThread
 from modelgate.gateway.metrics_view import WorkersView
 from modelgate.gateway.security import Security
-from modelgate.gateway.server import _open_registry
+from modelgate.gateway.server import _open_registry, _store_dir
 from modelgate.gateway.settings import ServerSettings
 from modelgate.gateway.worker import serve_worker
 from modelgate.listen import address, listen, reserve
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 # Beyond the drain itself (drain_delay + drain_seconds): unloading models, closing files.
 _STOP_MARGIN = 10.0
 _TICK = 0.2
+_READS_PER_TURN = 64  # messages from one worker before the others get a turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ class Supervisor:
             registry=own,
         )
         self._view = WorkersView(self._metrics_urls, own)
+        self._drift = DriftPlane(settings, own, _store_dir(settings), self._channels)
         self.registry = CollectorRegistry()  # what the metrics endpoint serves
         self.registry.register(self._view)
 
@@ -162,6 +165,8 @@ class Supervisor:
             )
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+            self._drift.start()
+            stack.callback(self._drift.stop)
             for slot in self._slots:
                 self._start(slot)
             if guard_wanted(s):
@@ -218,17 +223,22 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot.index, process.pid)
 
     def _read(self, slot: _Slot) -> None:
-        """The worker's one message: its metrics address, once it listens."""
-        if slot.channel is None or not slot.channel.poll():
-            return
-        try:
-            metrics = slot.channel.recv()
-        except (EOFError, OSError):  # it is ending; its sentinel says how
-            slot.channel.close()
-            slot.channel = None
-            return
-        slot.metrics = _loopback(metrics)
-        slot.started_once = True
+        """The worker's messages: its metrics address once it listens, then drift
+        monitoring's (gateway/drift_link.py); a bounded number per turn."""
+        for _ in range(_READS_PER_TURN):
+            if slot.channel is None or not slot.channel.poll():
+                return
+            try:
+                message = slot.channel.recv()
+            except (EOFError, OSError):  # it is ending; its sentinel says how
+                slot.channel.close()
+                slot.channel = None
+                return
+            if message[0] == "listening":
+                slot.metrics = _loopback(message[1])
+                slot.started_once = True
+            else:
+                self._drift.receive(slot.index, message)
 
     def _buried(self, slot: _Slot) -> bool:
         """Account for a dead worker; False when the server must stop."""
@@ -236,6 +246,7 @@ class Supervisor:
         exitcode = slot.process.exitcode
         pid = slot.process.pid
         slot.process.close()
+        self._drift.lost(slot.index)
         if slot.channel is not None:
             slot.channel.close()
         slot.process, slot.channel, slot.metrics = None, None, None
@@ -284,6 +295,9 @@ class Supervisor:
                 slot.channel.close()
         log.info("modelgate stopped")
 
+    def _channels(self) -> dict[int, Connection]:
+        return {slot.index: slot.channel for slot in self._slots if slot.channel is not None}
+
     def _metrics_urls(self) -> list[str]:
         return [f"http://{slot.metrics}/metrics" for slot in self._slots if slot.metrics]
 
@@ -312,7 +326,15 @@ def run(settings: ServerSettings) -> int:
         return 2
     try:
         count = settings.worker_count()
-        return Supervisor(settings, count, registry, security=security).run()
+        supervisor = Supervisor(settings, count, registry, security=security)
+    except (ValueError, OSError) as exc:  # the webhook's settings
+        print(f"modelgate: {exc}", file=sys.stderr, flush=True)
+        registry_close = getattr(registry, "close", None)
+        if registry_close is not None:
+            registry_close()
+        return 2
+    try:
+        return supervisor.run()
     finally:
         close = getattr(registry, "close", None)
         if close is not None:

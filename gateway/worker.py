@@ -2,7 +2,8 @@
 
 The supervisor (gateway/supervisor.py) spawns it with settings whose HTTP and gRPC ports
 it has reserved; this process listens on them with SO_REUSEPORT, serves its own metrics on
-a free port for the supervisor to merge, and drains on SIGTERM like a lone server. When
+a free port for the supervisor to merge, sends its drift sketches to the supervisor's
+monitor (gateway/drift_link.py), and drains on SIGTERM like a lone server. When
 the supervisor is gone (its end of the channel closes), it drains and exits as well.
 """
 
@@ -16,6 +17,7 @@ from multiprocessing.connection import Connection
 
 from modelgate.gateway import server
 from modelgate.gateway.cli import configure_logging
+from modelgate.gateway.drift_link import DriftUplink
 from modelgate.gateway.settings import ServerSettings, SettingsError
 from modelgate.listen import BindError
 
@@ -26,18 +28,25 @@ def serve_worker(settings: ServerSettings, index: int, channel: Connection) -> N
     Sends the supervisor the address of its metrics endpoint once it listens.
     """
     configure_logging(settings.log_level, process=f"worker {index}")
-    threading.Thread(target=_follow_supervisor, args=(channel,), daemon=True).start()
+    uplink = DriftUplink(channel, settings.models.drift.queue_size)
+    threading.Thread(target=_follow_supervisor, args=(channel, uplink), daemon=True).start()
     try:
-        server.run(settings, shared_ports=True, started=lambda a: channel.send(a.metrics))
+        server.run(
+            settings,
+            shared_ports=True,
+            started=lambda a: uplink.post(("listening", a.metrics)),
+            drift_uplink=uplink,
+        )
     except (SettingsError, BindError) as exc:
         print(f"modelgate: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 
-def _follow_supervisor(channel: Connection) -> None:
-    """Drain and stop once the supervisor has gone (it never sends; recv ends at EOF)."""
+def _follow_supervisor(channel: Connection, uplink: DriftUplink) -> None:
+    """Hand the supervisor's messages to the drift uplink; drain and stop once the
+    supervisor has gone (recv ends at EOF)."""
     try:
         while True:
-            channel.recv()
+            uplink.receive(channel.recv())
     except (EOFError, OSError):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -37,11 +37,24 @@ from prometheus_client.registry import Collector
 from modelgate.monitor.calibration import size_warning
 from modelgate.monitor.drift import DriftEvent, DriftSettings, VersionMonitor, calibrated_for
 from modelgate.monitor.profile import ReferenceProfile, build_profile
-from modelgate.monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch
+from modelgate.monitor.sketch import FLAGS, Sketch, Sketcher, SketchMismatch, profile_fingerprint
 
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[DriftEvent], Awaitable[None] | None]
+
+
+class SketchSink(Protocol):
+    """Where a serving process's sketches go when another process's monitor judges them
+    (several serving processes, one monitor: gateway/drift_link.py)."""
+
+    def send(
+        self, model: str, version: str, profile: ReferenceProfile, learned: bool, sketch: bytes
+    ) -> bool:
+        """Pass one sketch on (built against `profile`) without blocking; False: dropped."""
+
+    def forget(self, model: str, version: str) -> None:
+        """This process no longer serves the version."""
 
 
 @dataclass(slots=True)
@@ -96,6 +109,10 @@ class DriftMonitor:
     `settings.queue_size`. `on_change` is called (and awaited if it returns an awaitable) on
     the consumer task for every `DriftEvent`; its failures are logged and do not stop the
     monitor. `clock` times the windows (monotonic; tests inject their own).
+
+    With a `sink`, this monitor only sketches (and learns a reference when it has none):
+    its sketches go to the sink, windows are judged elsewhere, `report` answers what that
+    judge last published (`publish`), and its metrics are only the sketches it dropped.
     """
 
     def __init__(
@@ -108,6 +125,7 @@ class DriftMonitor:
         clock: Callable[[], float] = time.monotonic,
         poll_seconds: float = 0.05,
         resume: Callable[[str, str], bool] | None = None,
+        sink: SketchSink | None = None,
     ) -> None:
         self._settings = settings
         self._overrides = dict(overrides or {})
@@ -116,6 +134,8 @@ class DriftMonitor:
         # knows): a restarted monitor carries the episode on, so its end is announced.
         self.resume = resume
         self._clock = clock
+        self._sink = sink
+        self._published: Mapping[tuple[str, str], dict[str, Any]] = {}
         self._poll = poll_seconds
         self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
         self._capacity = settings.queue_size
@@ -137,11 +157,14 @@ class DriftMonitor:
         profile: ReferenceProfile | None,
         *,
         names: Mapping[str, Sequence[str]] | None = None,
+        learned: bool = False,
     ) -> None:
         """Watch a version from now on; with no profile it learns one from live rows
-        (`names` then names the learned features per tensor, as in `build_profile`)."""
+        (`names` then names the learned features per tensor, as in `build_profile`);
+        `learned`: the profile given was learned from live rows (by another process)."""
         settings = self.settings_for(model)
-        state = _Version(model, version, settings, "registered" if profile else "learning")
+        source = "learning" if profile is None else "learned" if learned else "registered"
+        state = _Version(model, version, settings, source)
         if profile is None:
             state.learning = _Learning(settings.learn_rows, names)
         else:  # calibrated here if not yet for these settings (`prepare` does it off-loop)
@@ -155,7 +178,24 @@ class DriftMonitor:
 
     def unregister(self, model: str, version: str) -> None:
         """Stop watching a version (its queued items are dropped when they come up)."""
-        self._versions.pop((model, version), None)
+        if self._versions.pop((model, version), None) is not None and self._sink is not None:
+            self._sink.forget(model, version)
+
+    def adopt(self, model: str, version: str, profile: ReferenceProfile) -> None:
+        """Sketch a watched version against `profile` from now on: the reference another
+        process learned, so that every process's sketches merge (from the event loop)."""
+        state = self._versions.get((model, version))
+        if state is None or (
+            state.window is not None
+            and state.window.sketcher.fingerprint == profile_fingerprint(profile)
+        ):
+            return
+        self._install(state, profile)
+        state.source, state.learning = "learned", None
+
+    def publish(self, reports: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+        """The reports of the monitor that judges this one's sketches (see `sink`)."""
+        self._published = reports  # one assignment: readers see the old or the new whole
 
     def sketcher_for(self, model: str, version: str) -> Sketcher | None:
         """The version's sketcher, or None while it learns its reference (or is unknown)."""
@@ -317,6 +357,15 @@ class DriftMonitor:
         window = state.window
         if window is None:  # still learning: a sketch cannot be judged yet
             return []
+        if self._sink is not None:
+            assert isinstance(item, Sketch)  # a forwarding monitor is offered none as bytes
+            if not self._sink.send(
+                state.model, state.version, window.profile, state.source == "learned",
+                item.to_bytes(),
+            ):  # fmt: skip
+                with self._lock:
+                    state.dropped += 1
+            return []
         try:
             sketch = Sketch.from_bytes(item) if isinstance(item, bytes) else item
             events = window.add(sketch, now)
@@ -413,6 +462,9 @@ class DriftMonitor:
         state = self._versions.get((model, version))
         if state is None:
             return None
+        published = self._published.get((model, version))
+        if published is not None:
+            return published
         window, learning = state.window, state.learning
         reference: dict[str, Any] = {"source": state.source}
         if learning is not None:
@@ -558,6 +610,11 @@ class _DriftCollector(Collector):
             "range, invalid (not a number where one belongs) or an unseen category (other).",
             labels=[*mvf, "kind"],
         )
+        if self._monitor._sink is not None:  # the judging process reports the rest
+            for state in self._monitor._states():
+                dropped.add_metric([state.model, state.version], state.dropped)
+            yield dropped
+            return
         for state in self._monitor._states():
             labels = [state.model, state.version]
             drifting.add_metric(labels, float(bool(state.window and state.window.drifting)))

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -257,68 +258,95 @@ def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart
         receiver.stop()
 
 
-def test_two_workers_send_one_webhook_for_one_drift(
+def test_two_workers_feed_one_monitor_that_sends_one_webhook_and_one_report(
     store: RegistryStore, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Both workers see the drift (each answers some of the shifted traffic), and the shared
-    outbox lets one drift_detected out, not one per worker."""
+    """Every worker's sketches go to the supervisor's one monitor: a window of W rows closes
+    after W rows spread over both workers, a drift is one webhook, the drift report is the
+    same whichever worker answers, and /metrics counts each row once."""
+    window = 1000
     config = tmp_path / "modelgate.toml"
     config.write_text(
-        f'retrain_webhook = "{receiver.url}"\nwindow_rows = 500\nmin_window_rows = 100\n'
+        f'retrain_webhook = "{receiver.url}"\nwindow_rows = {window}\nmin_window_rows = 100\n'
+        "window_seconds = 3600\nconsecutive_windows = 1\n"
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "modelgate",
-        "serve",
-        "--store",
-        str(store.root),
-        "--config",
-        str(config),
-        "--webhook-outbox",
-        str(tmp_path / "outbox.db"),
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--workers",
-        "2",
-    ]
+    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
+            "--config", str(config), "--webhook-outbox", str(tmp_path / "outbox.db"),
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+            "--workers", "2"]  # fmt: skip
     server = ServerProcess(argv, tmp_path / "gateway.log", env={"MODELGATE_WEBHOOK_SECRET": SECRET})
+    fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
     try:
-        listening = server.wait_for_line(r"modelgate listening http=(\S+)", timeout=60)
-        http = f"http://{listening.group(1)}"
-        for _ in range(20):  # each new connection may reach another worker
+        found = server.wait_for_line(r"modelgate listening http=(\S+) grpc=\S+ metrics=(\S+)", 60)
+        http, metrics = f"http://{found.group(1)}", f"http://{found.group(2)}/metrics"
+        for _ in range(20):
             server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
         workers = re.findall(r"worker listening .* metrics=(\S+)", server.log_path.read_text())
         assert len(workers) == 2, server.log_tail()
+        drift = f"{http}/v2/models/clf/versions/1/drift"
 
-        def drifting(metrics: str) -> bool:
-            samples = {
-                (s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(httpx.get(metrics).text)
-                for s in family.samples
-            }
-            return sample(samples, "modelgate_drift_drifting", model="clf", version="1") == 1
+        def report_when(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            deadline = time.monotonic() + 30
+            while True:
+                with httpx.Client(limits=fresh) as client:
+                    doc: dict[str, Any] = client.get(drift).json()
+                if check(doc):
+                    return doc
+                assert time.monotonic() < deadline, (doc, server.log_tail())
+                time.sleep(0.05)
 
         rng = np.random.default_rng(2)
-        deadline = time.monotonic() + 60
-        while not all(drifting(f"http://{w}/metrics") for w in workers):
-            assert time.monotonic() < deadline, server.log_tail()
-            with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
-                for _ in range(10):  # fresh connections: both workers get shifted rows
-                    reply = client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
-                    assert reply.is_success
+        sent = 0
+        with httpx.Client(limits=fresh) as client:
+            while sent < window:  # clean rows, spread over both workers
+                assert client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64)).is_success
+                sent += 64
+        served = [_served_rows(w) for w in workers]
+        assert sum(served) == sent and all(0 < rows < window for rows in served), served
+        doc = report_when(lambda d: d["rows_seen"] == sent)
+        assert len(doc["windows"]) == 1 and doc["windows"][0]["rows"] >= window, doc
+        assert not doc["drifting"]
+
+        with httpx.Client(limits=fresh) as client:
+            for _ in range(2 * window // 64):  # shifted rows: the next windows drift
+                reply = client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
+                assert reply.is_success
+                sent += 64
+        doc = report_when(lambda d: d["rows_seen"] == sent)
+        assert doc["drifting"] and len(doc["windows"]) >= 2, doc
+        deadline = time.monotonic() + 30
         while not receiver.accepted():
             assert time.monotonic() < deadline, server.log_tail()
             time.sleep(0.1)
-        time.sleep(1.0)  # a second worker's event would follow within its first attempt
+        time.sleep(1.0)  # a second event would follow within its first attempt
         [event] = receiver.accepted()
         assert orjson.loads(event.body)["type"] == "model.drift_detected"
+
+        with httpx.Client(limits=fresh) as client:  # whichever worker answers
+            answers = [client.get(drift).json() for _ in range(20)]
+        assert all(answer == doc for answer in answers)
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(httpx.get(metrics).text)
+            for s in family.samples
+        }
+        assert sample(samples, "modelgate_drift_rows_total", model="clf", version="1") == sent
+        assert sample(samples, "modelgate_drift_drifting", model="clf", version="1") == 1
     finally:
         assert server.stop() == 0
+
+
+def _served_rows(metrics: str) -> float:
+    """The rows one worker served (requests of 64), by its own metrics."""
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(httpx.get(f"http://{metrics}/metrics").text)
+        for s in family.samples
+    }
+    requests = sample(
+        samples, "modelgate_requests_total", model="clf", version="1", protocol="http", outcome="OK"
+    )
+    return 64 * requests
 
 
 async def test_a_persisting_drift_fires_again_after_the_cooldown(

@@ -1,0 +1,262 @@
+"""Drift monitoring over several workers: the workers sketch, the supervisor judges.
+
+A worker's drift monitor only sketches its batches (and learns a reference when a version
+has none); its sketches travel to the supervisor over the worker's channel (`DriftUplink`).
+The supervisor runs one drift monitor for all of them (`DriftPlane`): one window per model
+version, filled by every worker's rows, and the webhook outbox, so one drift is one event.
+The supervisor publishes its reports to every worker, and each worker's `GET .../drift`
+answers with them: the same view whichever worker takes the call.
+
+Nothing here waits on the request path: the monitor hands sketches to the uplink from its
+own task, the uplink queues at most `capacity` of them and drops (and counts) the rest,
+and a sender thread writes them to the channel.
+
+Messages, worker to supervisor: ("listening", metrics address), ("watch", model, version,
+profile JSON, learned, webhook URL) before a version's first sketch against a profile,
+("sketches", [(model, version, sketch bytes), ...]), ("forget", model, version).
+Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
+profile JSON) when the worker learned another reference than the one the supervisor judges
+by (the first one learned wins, so that every worker's sketches merge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from modelgate.gateway.alerting import DriftAlerts, notifier_for
+from modelgate.gateway.settings import ServerSettings
+from modelgate.monitor.monitor import DriftMonitor
+from modelgate.monitor.profile import ReferenceProfile
+from modelgate.monitor.sketch import profile_fingerprint
+
+log = logging.getLogger(__name__)
+
+Message = tuple[Any, ...]
+Key = tuple[str, str]
+
+PUBLISH_SECONDS = 0.25  # how stale a worker's drift report may be, at most
+
+
+class DriftUplink:
+    """A worker's `SketchSink`: sketches to the supervisor, never blocking the caller.
+
+    At most `capacity` sketches wait for the sender thread; beyond that `send` drops.
+    `post` sends any other message (it may block: for the rare ones, off the event loop).
+    """
+
+    def __init__(self, channel: Connection, capacity: int) -> None:
+        self._channel = channel
+        self._capacity = capacity
+        self._lock = threading.Lock()  # several threads send on the channel
+        self._control: deque[Message] = deque()
+        self._sketches: deque[tuple[str, str, bytes]] = deque()
+        self._wake = threading.Event()
+        self._announced: dict[Key, ReferenceProfile] = {}
+        self._monitor: DriftMonitor | None = None
+        self._url_for: Callable[[str, str], str] = lambda model, version: ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        threading.Thread(target=self._run, name="drift-uplink", daemon=True).start()
+
+    def attach(self, monitor: DriftMonitor, url_for: Callable[[str, str], str]) -> None:
+        """The worker's monitor (it takes the supervisor's reports) and its webhook URLs."""
+        self._monitor, self._url_for = monitor, url_for
+
+    # -- SketchSink, on the worker's event loop -------------------------------------------
+
+    def send(
+        self, model: str, version: str, profile: ReferenceProfile, learned: bool, sketch: bytes
+    ) -> bool:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        key = (model, version)
+        if self._announced.get(key) is not profile:
+            url = self._url_for(model, version)
+            self._control.append(("watch", model, version, profile.to_json(), learned, url))
+            self._announced[key] = profile
+        if len(self._sketches) >= self._capacity:
+            return False
+        self._sketches.append((model, version, sketch))
+        self._wake.set()
+        return True
+
+    def forget(self, model: str, version: str) -> None:
+        if self._announced.pop((model, version), None) is not None:
+            self._control.append(("forget", model, version))
+            self._wake.set()
+
+    # -- the channel ----------------------------------------------------------------------
+
+    def post(self, message: Message) -> None:
+        """Send one message now (blocking while the channel is full)."""
+        with self._lock:
+            self._channel.send(message)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                while self._control:
+                    self.post(self._control.popleft())
+                if self._sketches:
+                    batch = [self._sketches.popleft() for _ in range(len(self._sketches))]
+                    self.post(("sketches", batch))
+        except (OSError, ValueError):  # the supervisor has gone: the worker drains anyway
+            return
+
+    def receive(self, message: Message) -> None:
+        """A message from the supervisor (on the thread that reads the channel)."""
+        monitor = self._monitor
+        if monitor is None:
+            return
+        if message[0] == "reports":
+            monitor.publish(message[1])
+        elif message[0] == "adopt" and self._loop is not None:
+            _, model, version, profile = message
+            reference = ReferenceProfile.from_json(profile)
+            self._loop.call_soon_threadsafe(monitor.adopt, model, version, reference)
+
+
+class DriftPlane:
+    """The supervisor's drift monitor over every worker's sketches, with the webhook outbox,
+    on a thread with its own event loop. `receive` takes the workers' messages (from any
+    thread), `channels()` names the workers' current channels for the replies."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registry: CollectorRegistry,
+        store_dir: Path | None,
+        channels: Callable[[], dict[int, Connection]],
+    ) -> None:
+        self._notifier = notifier_for(settings, registry, store_dir)
+        self._channels = channels
+        self._urls: dict[Key, str] = {}
+        self._watchers: dict[Key, set[int]] = {}
+        self.monitor = DriftMonitor(
+            settings.models.drift,
+            registry,
+            overrides={name: m.drift for name, m in settings.model_overrides.items()},
+            resume=self._was_drifting if self._notifier is not None else None,
+        )
+        self.monitor.on_change = DriftAlerts(self._notifier, self._url)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="drift-plane", daemon=True)
+        self._published: dict[Key, dict[str, Any]] = {}
+
+    def _was_drifting(self, model: str, version: str) -> bool:
+        assert self._notifier is not None
+        return self._notifier.outbox.episode(model, version).drifting
+
+    def _url(self, model: str, version: str) -> str:
+        return self._urls.get((model, version), "")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        tasks = [loop.create_task(self.monitor.run()), loop.create_task(self._publish())]
+        if self._notifier is not None:
+            tasks.append(loop.create_task(self._notifier.run()))
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(asyncio.gather(*tasks))
+        loop.run_until_complete(self.monitor.close())
+        if self._notifier is not None:
+            loop.run_until_complete(self._notifier.close())
+        loop.close()
+
+    def stop(self) -> None:
+        """Stop monitoring and delivering; wait for the thread."""
+        if self._thread.is_alive():
+
+            def cancel() -> None:
+                for task in asyncio.all_tasks(self._loop):
+                    task.cancel()
+
+            self._loop.call_soon_threadsafe(cancel)
+            self._thread.join()
+
+    # -- from the supervisor's thread -----------------------------------------------------
+
+    def receive(self, worker: int, message: Message) -> None:
+        """One message of worker `worker`, handled in order on the plane's loop."""
+        self._loop.call_soon_threadsafe(self._handle, worker, message)
+
+    def lost(self, worker: int) -> None:
+        """Worker `worker` died: it watches nothing until it says so again."""
+        self._loop.call_soon_threadsafe(self._lose, worker)
+
+    # -- on the plane's loop --------------------------------------------------------------
+
+    def _handle(self, worker: int, message: Message) -> None:
+        kind = message[0]
+        if kind == "sketches":
+            for model, version, sketch in message[1]:
+                self.monitor.offer(model, version, sketch)
+        elif kind == "watch":
+            _, model, version, profile_json, learned, url = message
+            self._watch(worker, model, version, ReferenceProfile.from_json(profile_json), learned)
+            self._urls[(model, version)] = url
+        elif kind == "forget":
+            _, model, version = message
+            watchers = self._watchers.get((model, version), set())
+            watchers.discard(worker)
+            if not watchers:
+                self._watchers.pop((model, version), None)
+                self._urls.pop((model, version), None)
+                self.monitor.unregister(model, version)
+
+    def _watch(
+        self, worker: int, model: str, version: str, profile: ReferenceProfile, learned: bool
+    ) -> None:
+        self._watchers.setdefault((model, version), set()).add(worker)
+        judged = self.monitor.profile_for(model, version)
+        if judged is None:
+            self.monitor.register(model, version, profile, learned=learned)
+        elif profile_fingerprint(judged) != profile_fingerprint(profile):
+            self._send(worker, ("adopt", model, version, judged.to_json()))
+
+    def _lose(self, worker: int) -> None:
+        # Its versions stay watched (their windows too): a restarted worker serves them again.
+        for watchers in self._watchers.values():
+            watchers.discard(worker)
+
+    def _send(self, worker: int, message: Message) -> None:
+        channel = self._channels().get(worker)
+        if channel is None:
+            return
+        try:
+            channel.send(message)
+        except (OSError, ValueError) as exc:  # it is ending; a restarted one hears again
+            log.debug("worker %d: %s", worker, exc)
+
+    async def _publish(self) -> None:
+        """Every worker's drift reports, whenever they change (at most every
+        PUBLISH_SECONDS; a worker that starts gets them at once)."""
+        told: set[Connection] = set()
+        while True:
+            reports = {}
+            for model, version in self._watchers:
+                report = self.monitor.report(model, version)
+                if report is not None:
+                    reports[(model, version)] = report
+            channels = self._channels()
+            changed = reports != self._published
+            for worker, channel in channels.items():
+                if changed or channel not in told:
+                    self._send(worker, ("reports", reports))
+            told = set(channels.values())
+            self._published = reports
+            await asyncio.sleep(PUBLISH_SECONDS)
