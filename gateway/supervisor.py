@@ -1,7 +1,8 @@
 """`modelgate serve --workers N`: one supervising process over N serving processes.
 
 The supervisor reserves the HTTP and gRPC ports (modelgate.listen.reserve), serves the
-merged metrics view (gateway/metrics_view.py) and spawns N workers (gateway/worker.py),
+merged metrics view (gateway/metrics_view.py), runs the drift monitor over every worker's
+sketches (gateway/drift_link.py) and spawns N workers (gateway/worker.py),
 each a whole gateway listening on the shared ports with SO_REUSEPORT: the kernel spreads
 connections over them. It does no serving itself. A worker that dies is started again after
 a backoff (`RestartPolicy`, counted in `modelgate_worker_restarts`); one that keeps dying

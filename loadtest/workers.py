@@ -7,6 +7,7 @@ so a busy machine's swings hit both alike. CPU is that of the whole process tree
 supervisor and its workers).
 
     python -m loadtest.workers [--workers 1,2] [--repeat 2] [--window-ms 3000]
+                               [--monitoring on,off]
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def measure(
     analyzer: perf.PerfAnalyzer,
     args: argparse.Namespace,
     workdir: Path,
+    monitoring: str = "on",
 ) -> tuple[float, float, float, float]:
     """req/s, p50 ms, p99 ms and server CPU % (100 = one core) of one point."""
-    log = workdir / f"gateway-{workers}-{protocol}.log"
-    with bench.gateway(stores, log, ["--workers", str(workers)]) as (server, urls):
+    log = workdir / f"gateway-{workers}-{protocol}-{monitoring}.log"
+    flags = ["--workers", str(workers), "--monitoring", monitoring]
+    with bench.gateway(stores, log, flags) as (server, urls):
         for _ in range(20):  # every worker: each new connection may reach another
             server.wait_http_ok(f"http://{urls['http']}/v2/models/light/ready", 60)
         spec = perf.LoadSpec("light", urls[protocol], protocol, args.concurrency, 500, 3)
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--workers", default="1,2", help="comma list of worker counts")
     cli.add_argument("--protocols", default="grpc,http")
+    cli.add_argument("--monitoring", default="on", help="drift monitoring: on, off or on,off")
     cli.add_argument("--concurrency", type=int, default=64)
     cli.add_argument("--window-ms", type=int, default=3000)
     cli.add_argument("--trials", type=int, default=3)
@@ -69,24 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         perf.write_input_data(workdir / "input.json")
         _, stores = bench.prepare_models(workdir, ["light"])
-        runs: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+        runs: dict[tuple[str, int, str], list[tuple[float, float, float, float]]] = {}
         for _ in range(args.repeat):
             for protocol in protocols:
                 for n in counts:
-                    try:
-                        point = measure(n, protocol, stores, analyzer, args, workdir)
-                    except perf.LoadGeneratorError as exc:  # a busy machine: once more
-                        print(f"{protocol} workers={n}: again after {exc!s:.60}", flush=True)
-                        point = measure(n, protocol, stores, analyzer, args, workdir)
-                    runs.setdefault((protocol, n), []).append(point)
-                    rps, p50, p99, cpu = point
-                    print(f"{protocol} workers={n}: {rps:,.0f} req/s, p50 {p50:.1f} ms, "
-                          f"p99 {p99:.1f} ms, cpu {cpu:.0f}%", flush=True)  # fmt: skip
-    print("\n| protocol | workers | req/s | p50 | p99 | server CPU |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for (protocol, n), points in runs.items():
+                    for on in args.monitoring.split(","):
+                        try:
+                            point = measure(n, protocol, stores, analyzer, args, workdir, on)
+                        except perf.LoadGeneratorError as exc:  # a busy machine: once more
+                            print(f"{protocol} workers={n}: again after {exc!s:.60}", flush=True)
+                            point = measure(n, protocol, stores, analyzer, args, workdir, on)
+                        runs.setdefault((protocol, n, on), []).append(point)
+                        rps, p50, p99, cpu = point
+                        print(f"{protocol} workers={n} monitoring={on}: {rps:,.0f} req/s, "
+                              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, cpu {cpu:.0f}%",
+                              flush=True)  # fmt: skip
+    print("\n| protocol | workers | monitoring | req/s | p50 | p99 | server CPU |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for (protocol, n, on), points in runs.items():
         rps, p50, p99, cpu = (statistics.median(column) for column in zip(*points, strict=True))
-        print(f"| {protocol} | {n} | {rps:,.0f} | {p50:.1f} ms | {p99:.1f} ms | {cpu:.0f}% |")
+        print(f"| {protocol} | {n} | {on} | {rps:,.0f} | {p50:.1f} ms | {p99:.1f} ms | "
+              f"{cpu:.0f}% |")  # fmt: skip
     return 0
 
 
