@@ -1,4 +1,6 @@
-"""Drift monitoring over several workers: the workers sketch, the supervisor judges.
+"""A worker's link to the supervisor: drift monitoring and statistics over all workers.
+
+Drift: the workers sketch, the supervisor judges.
 
 A worker's drift monitor only sketches its batches (and learns a reference when a version
 has none); its sketches travel to the supervisor over the worker's channel (`DriftUplink`).
@@ -17,12 +19,19 @@ profile JSON, learned, webhook URL) before a version's first sketch against a pr
 Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
 profile JSON) when the worker learned another reference than the one the supervisor judges
 by (the first one learned wins, so that every worker's sketches merge).
+
+Statistics (the statistics extension answers for all workers): the worker that takes the
+call sends ("stats?", id, model, version); the supervisor asks the other workers
+("stats?", (origin, id), model, version), they answer ("stats", (origin, id), statistics),
+and the supervisor sends the origin their sum, ("stats!", id, statistics), at the latest
+after STATS_SECONDS (a worker that does not answer in time is left out, as in /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 from collections import deque
@@ -34,6 +43,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from modelgate.gateway.alerting import DriftAlerts, notifier_for
+from modelgate.gateway.core.errors import InferenceError
+from modelgate.gateway.core.service import InferenceService
+from modelgate.gateway.core.statistics import merged_statistics
+from modelgate.gateway.core.types import ModelStatistics
 from modelgate.gateway.settings import ServerSettings
 from modelgate.monitor.monitor import DriftMonitor
 from modelgate.monitor.profile import ReferenceProfile
@@ -45,6 +58,7 @@ Message = tuple[Any, ...]
 Key = tuple[str, str]
 
 PUBLISH_SECONDS = 0.25  # how stale a worker's drift report may be, at most
+STATS_SECONDS = 1.0  # how long the supervisor waits for the workers' statistics
 
 
 class DriftUplink:
@@ -65,11 +79,51 @@ class DriftUplink:
         self._monitor: DriftMonitor | None = None
         self._url_for: Callable[[str, str], str] = lambda model, version: ""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._service: InferenceService | None = None
+        self._asked = itertools.count()
+        self._waiting: dict[int, asyncio.Future[list[ModelStatistics]]] = {}
         threading.Thread(target=self._run, name="drift-uplink", daemon=True).start()
 
     def attach(self, monitor: DriftMonitor, url_for: Callable[[str, str], str]) -> None:
         """The worker's monitor (it takes the supervisor's reports) and its webhook URLs."""
         self._monitor, self._url_for = monitor, url_for
+
+    def serving(self, service: InferenceService) -> None:
+        """The worker's service, on its running event loop: its statistics go to the other
+        workers, and it asks for theirs."""
+        self._service, self._loop = service, asyncio.get_running_loop()
+        service.peer_statistics = self._peer_statistics
+
+    async def _peer_statistics(
+        self, model: str | None, version: str | None
+    ) -> list[ModelStatistics]:
+        asked = next(self._asked)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[asked] = answer
+        self._enqueue(("stats?", asked, model, version))
+        try:
+            return await asyncio.wait_for(answer, 2 * STATS_SECONDS)
+        except TimeoutError:  # the supervisor is stopping: this worker's own counts
+            return []
+        finally:
+            self._waiting.pop(asked, None)
+
+    def _answer(self, key: object, model: str | None, version: str | None) -> None:
+        assert self._service is not None
+        try:
+            stats = self._service.model_statistics(model, version)
+        except InferenceError:  # not (or not yet) served here: nothing to add
+            stats = []
+        self._enqueue(("stats", key, stats))
+
+    def _answered(self, asked: int, stats: list[ModelStatistics]) -> None:
+        answer = self._waiting.get(asked)
+        if answer is not None and not answer.done():
+            answer.set_result(stats)
+
+    def _enqueue(self, message: Message) -> None:
+        self._control.append(message)
+        self._wake.set()
 
     # -- SketchSink, on the worker's event loop -------------------------------------------
 
@@ -91,8 +145,7 @@ class DriftUplink:
 
     def forget(self, model: str, version: str) -> None:
         if self._announced.pop((model, version), None) is not None:
-            self._control.append(("forget", model, version))
-            self._wake.set()
+            self._enqueue(("forget", model, version))
 
     # -- the channel ----------------------------------------------------------------------
 
@@ -116,15 +169,19 @@ class DriftUplink:
 
     def receive(self, message: Message) -> None:
         """A message from the supervisor (on the thread that reads the channel)."""
-        monitor = self._monitor
-        if monitor is None:
+        monitor, loop = self._monitor, self._loop
+        if monitor is None or loop is None:
             return
-        if message[0] == "reports":
+        if message[0] == "stats?":
+            loop.call_soon_threadsafe(self._answer, *message[1:])
+        elif message[0] == "stats!":
+            loop.call_soon_threadsafe(self._answered, *message[1:])
+        elif message[0] == "reports":
             monitor.publish(message[1])
-        elif message[0] == "adopt" and self._loop is not None:
+        elif message[0] == "adopt":
             _, model, version, profile = message
             reference = ReferenceProfile.from_json(profile)
-            self._loop.call_soon_threadsafe(monitor.adopt, model, version, reference)
+            loop.call_soon_threadsafe(monitor.adopt, model, version, reference)
 
 
 class DriftPlane:
@@ -153,6 +210,7 @@ class DriftPlane:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="drift-plane", daemon=True)
         self._published: dict[Key, dict[str, Any]] = {}
+        self._sending = threading.Lock()  # the supervisor's thread sends to workers too
 
     def _was_drifting(self, model: str, version: str) -> bool:
         assert self._notifier is not None
@@ -226,19 +284,21 @@ class DriftPlane:
         if judged is None:
             self.monitor.register(model, version, profile, learned=learned)
         elif profile_fingerprint(judged) != profile_fingerprint(profile):
-            self._send(worker, ("adopt", model, version, judged.to_json()))
+            self.send(worker, ("adopt", model, version, judged.to_json()))
 
     def _lose(self, worker: int) -> None:
         # Its versions stay watched (their windows too): a restarted worker serves them again.
         for watchers in self._watchers.values():
             watchers.discard(worker)
 
-    def _send(self, worker: int, message: Message) -> None:
+    def send(self, worker: int, message: Message) -> None:
+        """Send a worker a message (from any thread); nothing when it is not there."""
         channel = self._channels().get(worker)
         if channel is None:
             return
         try:
-            channel.send(message)
+            with self._sending:
+                channel.send(message)
         except (OSError, ValueError) as exc:  # it is ending; a restarted one hears again
             log.debug("worker %d: %s", worker, exc)
 
@@ -256,7 +316,43 @@ class DriftPlane:
             changed = reports != self._published
             for worker, channel in channels.items():
                 if changed or channel not in told:
-                    self._send(worker, ("reports", reports))
+                    self.send(worker, ("reports", reports))
             told = set(channels.values())
             self._published = reports
             await asyncio.sleep(PUBLISH_SECONDS)
+
+
+class StatisticsRequests:
+    """The supervisor's side of the statistics over workers: a worker's question goes to
+    the others, and their sum back to it (all on the supervisor's thread)."""
+
+    def __init__(self, send: Callable[[int, Message], None]) -> None:
+        self._send = send
+        # (origin, its id) -> workers not answered yet, the answers, the deadline
+        self._open: dict[tuple[int, int], tuple[set[int], list[list[ModelStatistics]], float]] = {}
+
+    def ask(self, origin: int, message: Message, workers: list[int], now: float) -> None:
+        """Worker `origin` asks ("stats?", id, model, version); `workers` are alive."""
+        _, asked, model, version = message
+        others = {w for w in workers if w != origin}
+        self._open[(origin, asked)] = (others, [], now + STATS_SECONDS)
+        for worker in others:
+            self._send(worker, ("stats?", (origin, asked), model, version))
+        self.expire(now)
+
+    def answer(self, worker: int, message: Message, now: float) -> None:
+        """Worker `worker` answers ("stats", (origin, id), statistics)."""
+        _, key, stats = message
+        entry = self._open.get(key)
+        if entry is not None:
+            entry[0].discard(worker)
+            entry[1].append(stats)
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        """Answer every question whose workers have all answered, or whose time is up."""
+        for key, (waiting, parts, deadline) in list(self._open.items()):
+            if not waiting or now >= deadline:
+                del self._open[key]
+                origin, asked = key
+                self._send(origin, ("stats!", asked, merged_statistics(parts)))

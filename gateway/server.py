@@ -77,6 +77,7 @@ class Gateway:
         self.settings = settings
         self._shared_ports = shared_ports
         self.security = Security.of(settings)  # first: a bad certificate stops nothing started
+        self._drift_uplink = drift_uplink
         self.metrics = Metrics()
         self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
@@ -192,6 +193,8 @@ class Gateway:
             self.addresses.grpc,
             self.addresses.metrics,
         )
+        if self._drift_uplink is not None:
+            self._drift_uplink.serving(self.service)
         self._load_task = asyncio.create_task(self.deployments.follow())
         self._background.append(asyncio.create_task(self.monitor.run()))
         if not self._shared_ports:  # under a supervisor, its guard sees every worker's traffic

@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelgate.gateway.controlplane import ControlPlane, guard_wanted
-from modelgate.gateway.drift_link import DriftPlane
+from modelgate.gateway.drift_link import DriftPlane, StatisticsRequests
 from modelgate.gateway.metrics_endpoint import MetricsThread
 from modelgate.gateway.metrics_view import WorkersView
 from modelgate.gateway.security import Security
@@ -134,6 +134,7 @@ class Supervisor:
         )
         self._view = WorkersView(self._metrics_urls, own)
         self._drift = DriftPlane(settings, own, _store_dir(settings), self._channels)
+        self._stats = StatisticsRequests(self._drift.send)
         self.registry = CollectorRegistry()  # what the metrics endpoint serves
         self.registry.register(self._view)
 
@@ -194,6 +195,7 @@ class Supervisor:
                 dead = slot.process is not None and slot.process.exitcode is not None
                 if dead and not self._buried(slot):
                     return
+            self._stats.expire(time.monotonic())
             if not announced and all(slot.metrics for slot in self._slots):
                 log.info(
                     "modelgate listening http=%s grpc=%s metrics=%s workers=%d", *addresses,
@@ -238,6 +240,10 @@ class Supervisor:
             if message[0] == "listening":
                 slot.metrics = _loopback(message[1])
                 slot.started_once = True
+            elif message[0] == "stats?":
+                self._stats.ask(slot.index, message, list(self._channels()), time.monotonic())
+            elif message[0] == "stats":
+                self._stats.answer(slot.index, message, time.monotonic())
             else:
                 self._drift.receive(slot.index, message)
 

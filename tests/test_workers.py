@@ -193,7 +193,7 @@ def _worker_metrics(process: Process) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in map(WORKER_LISTENING.search, process.output) if m}
 
 
-async def test_metrics_totals_equal_the_requests_sent(
+async def test_metrics_and_statistics_totals_equal_the_requests_sent(
     two_workers: tuple[Process, re.Match[str]], rng: np.random.Generator
 ) -> None:
     process, listening = two_workers
@@ -225,6 +225,19 @@ async def test_metrics_totals_equal_the_requests_sent(
         ]
     assert total == sent == sum(each)
     assert all(count > 0 for count in each), each  # both served: the view is really a sum
+
+    # The statistics extension answers for every worker, whichever takes the call.
+    async with httpx.AsyncClient(base_url=f"http://{http_address}", limits=limits) as client:
+        for _ in range(6):
+            [stats] = (await client.get("/v2/models/clf/stats")).json()["model_stats"]
+            assert stats["inference_stats"]["success"]["count"] == sent, stats
+            assert stats["inference_count"] == sent
+    for _ in range(4):
+        async with grpc.aio.insecure_channel(grpc_address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            reply = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="clf"), timeout=30)
+            [model] = reply.model_stats
+            assert model.inference_stats.success.count == sent, model
 
 
 async def test_a_killed_worker_is_replaced_while_the_others_serve(

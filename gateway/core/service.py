@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any, NoReturn
@@ -13,7 +14,7 @@ from modelgate.gateway.core.deployments import Deployment, Deployments
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.runtime import OnnxModel
 from modelgate.gateway.core.shadow import ShadowMirror
-from modelgate.gateway.core.statistics import version_statistics
+from modelgate.gateway.core.statistics import merged_statistics, version_statistics
 from modelgate.gateway.core.types import (
     InferRequest,
     InferResponse,
@@ -26,6 +27,9 @@ from modelgate.gateway.core.types import (
 )
 from modelgate.gateway.core.validation import model_feeds
 from modelgate.monitor.monitor import DriftMonitor
+
+# What the other serving processes count for (model or all, version or all).
+PeerStatistics = Callable[[str | None, str | None], Awaitable[list[ModelStatistics]]]
 
 PLATFORM = "onnxruntime_onnx"
 # Protocol extensions both front ends advertise in server metadata (Triton's names).
@@ -79,6 +83,8 @@ class InferenceService:
         self.version = _server_version()
         self.extensions = EXTENSIONS
         self._accepting = True
+        # The other serving processes' statistics, when this is one of several.
+        self.peer_statistics: PeerStatistics | None = None
 
     # --- health -------------------------------------------------------------------------------
 
@@ -156,6 +162,14 @@ class InferenceService:
         else:
             deployments = [self._deployments.get(name, version)]
         return [version_statistics(d.metrics) for d in deployments]
+
+    async def statistics(self, name: str | None, version: str | None) -> list[ModelStatistics]:
+        """`model_statistics` of every serving process: with `peer_statistics` set (by a
+        worker of several), the other workers' counts are added."""
+        own = self.model_statistics(name, version)  # the unknown-model error comes from here
+        if self.peer_statistics is None:
+            return own
+        return merged_statistics([own, await self.peer_statistics(name, version)])
 
     def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
         """Every model version the gateway holds, with Triton's name for its state."""

@@ -19,6 +19,10 @@ must be the same"). cache_hit / cache_miss stay zero: there is no response cache
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from modelgate.gateway.core.types import BatchStatistics, Duration, ModelStatistics
 from modelgate.gateway.metrics import VersionMetrics
 
@@ -58,3 +62,42 @@ def version_statistics(metrics: VersionMetrics) -> ModelStatistics:
             for size, (count, run_seconds) in sorted(runs.by_size.items())
         ),
     )
+
+
+def merged_statistics(parts: Iterable[Sequence[ModelStatistics]]) -> list[ModelStatistics]:
+    """Several serving processes' statistics as one (`--workers`): per version, counts and
+    times summed (per batch size too), the latest last inference; in first-seen order."""
+    out: dict[tuple[str, str], ModelStatistics] = {}
+    for part in parts:
+        for stats in part:
+            key = (stats.name, stats.version)
+            old = out.get(key)
+            out[key] = stats if old is None else _sum(old, stats)
+    return list(out.values())
+
+
+def _sum(a: ModelStatistics, b: ModelStatistics) -> ModelStatistics:
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, Duration):
+            changes[f.name] = _plus(x, y)
+        elif f.name == "last_inference_ms":
+            changes[f.name] = max(x, y)
+        elif isinstance(x, int):
+            changes[f.name] = x + y
+    sizes: dict[int, BatchStatistics] = {}
+    for batch in (*a.batches, *b.batches):
+        old = sizes.get(batch.batch_size)
+        sizes[batch.batch_size] = batch if old is None else BatchStatistics(
+            batch.batch_size,
+            _plus(old.compute_infer, batch.compute_infer),
+            _plus(old.compute_input, batch.compute_input),
+            _plus(old.compute_output, batch.compute_output),
+        )  # fmt: skip
+    changes["batches"] = tuple(sizes[size] for size in sorted(sizes))
+    return dataclasses.replace(a, **changes)
+
+
+def _plus(x: Duration, y: Duration) -> Duration:
+    return Duration(x.count + y.count, x.ns + y.ns)

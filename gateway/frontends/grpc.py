@@ -199,7 +199,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        stats = self._service.model_statistics(request.name, _version(request.version))
+        stats = await self._service.statistics(request.name, _version(request.version))
         return codec.encode_model_statistics(stats)
 
     @_mapped

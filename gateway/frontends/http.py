@@ -178,6 +178,9 @@ class HttpFrontend:
         if endpoint in ("load", "unload"):
             assert model is not None
             service.change_repository(endpoint, model)
+        if endpoint == "stats":
+            stats = await service.statistics(model, version)
+            return 200, v2_http.encode_json(v2_http.statistics_json(stats)), _JSON
         return self._get(endpoint, model, version)
 
     def _get(self, endpoint: str, model: str | None, version: str | None) -> Answer:
@@ -192,8 +195,6 @@ class HttpFrontend:
         elif endpoint in ("live", "ready"):
             ok = service.live() if endpoint == "live" else service.ready()
             return (200 if ok else 503), b"", _JSON
-        elif endpoint == "stats":
-            doc = v2_http.statistics_json(service.model_statistics(model, version))
         else:
             assert model is not None
             if endpoint == "model_ready":
