@@ -41,6 +41,7 @@ from modelgate.registry.types import (
     Stage,
     TensorSignature,
     Transition,
+    check_model_name,
     parse_version,
 )
 
@@ -270,6 +271,7 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
 
 
 def _register(opener: Opener, args: argparse.Namespace) -> int:
+    check_model_name(args.name)  # before reading, profiling and uploading anything
     tags: dict[str, str] = {}
     for item in args.tag:
         key, sep, value = item.partition("=")

@@ -29,7 +29,7 @@ from modelgate.registry.errors import (
     SignatureMismatchError,
     UnavailableError,
 )
-from modelgate.registry.types import ModelVersion, Stage, Transition
+from modelgate.registry.types import ModelVersion, Stage, Transition, check_model_name
 
 ERROR_BY_STATUS: dict[int, type[RegistryError]] = {
     400: InvalidRequestError,
@@ -107,6 +107,7 @@ class RemoteRegistry(HttpRegistry):
         The server records its token's name as the actor; `actor`, if given, is added as
         the person the token acts for.
         """
+        check_model_name(name)  # before uploading what could not be registered
         sha = hashlib.sha256(model).hexdigest()
         try:
             self._request("HEAD", f"artifacts/{sha}")

@@ -88,7 +88,7 @@ from modelgate.registry.errors import (
     UnavailableError,
 )
 from modelgate.registry.signature import InvalidModelError
-from modelgate.registry.types import ModelVersion, Stage, parse_version
+from modelgate.registry.types import ModelVersion, Stage, check_model_name, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +376,7 @@ class RegistryApp:
         return _json(201, {"sha256": sha, "size": size})
 
     async def _register(self, name: str, body: dict[str, Any], caller: str) -> Response:
+        check_model_name(name)  # before reading the artifact it would be registered from
         fields = _fields(
             body,
             sha256=(str, None),

@@ -62,6 +62,7 @@ from modelgate.registry.types import (
     Stage,
     TensorSignature,
     Transition,
+    check_model_name,
     traffic_share,
 )
 
@@ -222,7 +223,7 @@ class RegistryStore:
         The model must load in ONNX Runtime. A stage other than none is a transition from
         none, with the same rules (signature included) and audit record as `transition`.
         """
-        _check_name(name)
+        check_model_name(name)
         stage = _check_stage(stage)
         traffic = traffic_share(stage, traffic)
         check_allowance(allow_signature_change, reason)
@@ -500,11 +501,6 @@ def _audit(
         "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (name, version, from_stage.value, to_stage.value, traffic, actor, at, reason),
     )
-
-
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
-        raise InvalidRequestError(f"invalid model name {name!r}")
 
 
 def _check_stage(stage: Stage) -> Stage:
