@@ -18,7 +18,7 @@ from modelgate.registry.errors import InvalidRequestError
 from modelgate.registry.remote import RemoteRegistry
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
-from modelgate.registry.types import Stage, check_model_name
+from modelgate.registry.types import Stage
 
 BAD_NAMES = {
     "newline": "fraud\n2026-12-02 INFO registered admin v1",
@@ -56,7 +56,7 @@ def test_names_inside_the_syntax_are_accepted(
     for name in GOOD_NAMES:
         assert store.register(name, model_files["classifier"]).name == name
     with pytest.raises(InvalidRequestError):
-        check_model_name("A" * 129)
+        store.register("A" * 129, model_files["classifier"])
 
 
 def test_the_registry_server_answers_400_and_the_client_uploads_nothing(
