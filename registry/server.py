@@ -25,15 +25,18 @@ waits in the server's own `.incoming-*` folder in the store directory until a ve
 registered from it; the folder goes when the server stops. Registering a file the registry
 already holds needs no upload (HEAD tells).
 
-Authentication is a bearer token from `--token-file` (one `name:secret` or bare `secret`,
-named "token", per line; blank lines and `#` comments ignored). Writes always need one;
-without a token file the registry is read-only. `--protect-reads` needs one for reads too.
+Authentication is a bearer token from `--token-file` (registry/access.py: one `name:secret
+[scope ...]` or bare `secret` a line; scopes `admin`, `write[:PATTERN]`, `read[:PATTERN]`
+with PATTERN a model name, a prefix ending in `*`, or `*`; no scope means admin). Writes
+always need one; without a token file the registry is read-only. `--protect-reads` needs
+one for reads too, and then listings hold only the models the token may read.
 The audit actor of a write is the token's name; a client's `actor` field, when it names
 someone else, is recorded as "token-name (on behalf of actor)": the token is who
 authenticated, the rest is what that caller claims.
 
 Errors are `{"error": "..."}` with: 400 invalid request, bad JSON or sha256, unknown field;
-401 no token / 403 wrong token or read-only registry (both with `WWW-Authenticate: Bearer`);
+401 no token / 403 wrong token, a token without the scope (`error="insufficient_scope"`)
+or a read-only registry (all with `WWW-Authenticate: Bearer`);
 404 unknown model, version, artifact or endpoint; 405 wrong method; 409 conflict with the
 registry's state; 413 body over the limit (1 GiB artifacts, 1 MiB JSON); 502 a stored
 artifact that no longer matches its sha256; 503 the store is unavailable. A registry error
@@ -52,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import re
@@ -77,6 +79,7 @@ from modelgate.http_limits import (
     start_serving,
 )
 from modelgate.listen import address, listen
+from modelgate.registry.access import Access, AccessError, Action, ApiToken, load_tokens
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
@@ -136,84 +139,6 @@ class HttpError(Exception):
         self.headers = list(headers)
 
 
-# --- tokens -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApiToken:
-    """A bearer token allowed to write (and read): its name goes into the audit trail."""
-
-    name: str
-    secret: str
-
-
-def load_tokens(path: Path) -> tuple[ApiToken, ...]:
-    """The tokens of a token file: `name:secret` or a bare `secret` (named "token") a line."""
-    tokens: list[ApiToken] = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, secret = line.partition(":")
-        if not sep:
-            name, secret = "token", line
-        name, secret = name.strip(), secret.strip()
-        if not name or not secret:
-            raise ValueError(f"{path}:{number}: expected 'name:secret' or a bare secret")
-        if any(hmac.compare_digest(secret, t.secret) for t in tokens):
-            raise ValueError(f"{path}:{number}: this secret is already listed")
-        tokens.append(ApiToken(name, secret))
-    if not tokens:
-        raise ValueError(f"{path}: no tokens in the file")
-    return tuple(tokens)
-
-
-class Access:
-    """Who may read and who may write: bearer tokens checked in constant time."""
-
-    def __init__(self, tokens: Sequence[ApiToken], *, protect_reads: bool) -> None:
-        if protect_reads and not tokens:
-            raise ValueError("protecting reads needs tokens (--token-file)")
-        self._tokens = tuple(tokens)
-        self._protect_reads = protect_reads
-
-    def check(self, headers: dict[bytes, bytes], *, write: bool) -> str | None:
-        """The caller's token name; None for an anonymous read. HttpError 401/403 otherwise."""
-        if write and not self._tokens:
-            raise HttpError(
-                403,
-                "this registry is read-only: start it with --token-file",
-                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
-            )
-        if not write and not self._protect_reads:
-            return None
-        scheme, _, secret = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            what = "writes" if write else "reads"
-            raise HttpError(
-                401,
-                f"this registry needs a bearer token for {what} (Authorization: Bearer ...)",
-                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
-            )
-        name = None
-        # No early exit: every token is compared, so timing tells nothing about which matched.
-        for token in self._tokens:
-            if hmac.compare_digest(secret.strip().encode(), token.secret.encode()):
-                name = token.name
-        if name is None:
-            raise HttpError(
-                403,
-                "the bearer token is not valid for this registry",
-                [
-                    (
-                        b"www-authenticate",
-                        b'Bearer realm="modelgate-registry", error="invalid_token"',
-                    )
-                ],
-            )
-        return name
-
-
 # --- the application ----------------------------------------------------------------------
 
 
@@ -245,6 +170,9 @@ class RegistryApp:
             status, body, headers = await self._route(scope, receive)
         except HttpError as exc:
             status, body, headers = exc.status, _error(exc.message), _JSON + exc.headers
+        except AccessError as exc:
+            status, body = exc.status, _error(exc.message)
+            headers = [*_JSON, (b"www-authenticate", exc.challenge)]
         except RegistryError as exc:
             status, body, headers = _status_of(exc), _error(str(exc), exc.code), _JSON
         except InvalidModelError as exc:
@@ -278,20 +206,32 @@ class RegistryApp:
                 f"method {method} not allowed on {scope['path']} (allowed: {', '.join(allowed)})",
                 [(b"allow", ", ".join(allowed).encode())],
             )
-        caller = self._access.check(headers, write=write)
+        caller = self._access.caller(headers.get(b"authorization"), write=write)
+        # The model a request is about, if it is about one: its scope decides.
+        model = parts[1] if parts[0] == "models" and len(parts) >= 3 else None
         if write:
             assert caller is not None
+            Access.require(caller, Action.WRITE, model)  # uploads: any write scope
             if parts[0] == "artifacts":
                 return await self._put_artifact(receive, headers, _sha256(parts[1]))
+            assert model is not None
             body = await self._read_json(receive, headers)
             if len(parts) == 3:
-                return await self._register(parts[1], body, caller)
-            return await self._transition(parts[1], parse_version(parts[3]), body, caller)
-        return await self._read(method, parts, query)
+                return await self._register(model, body, caller.name)
+            return await self._transition(model, parse_version(parts[3]), body, caller.name)
+        Access.require(caller, Action.READ, model)
+        return await self._read(method, parts, query, caller)
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def _read(self, method: str, parts: list[str], query: dict[str, list[str]]) -> Response:
+    async def _read(
+        self,
+        method: str,
+        parts: list[str],
+        query: dict[str, list[str]],
+        caller: ApiToken | None,
+    ) -> Response:
+        """A read; listings hold only the models `caller` may read."""
         registry = self._registry
         head = parts[0]
         if head == "generation":
@@ -299,17 +239,19 @@ class RegistryApp:
             return _json(200, {"generation": generation})
         if head == "history":
             transitions = await asyncio.to_thread(registry.history, _name_param(query))
-            return _json(200, {"transitions": [t.to_json() for t in transitions]})
+            shown = [t.to_json() for t in transitions if Access.readable(caller, t.name)]
+            return _json(200, {"transitions": shown})
         if head == "artifacts":
             sha = _sha256(parts[1])
             if method == "HEAD":
-                return await self._head_artifact(sha)
-            version = await self._version_with(sha)
+                return await self._head_artifact(sha, caller)
+            version = await self._version_with(sha, caller)
             data = await asyncio.to_thread(registry.read_artifact, version)
             return 200, data, _OCTETS
         if len(parts) == 1:
             versions = await asyncio.to_thread(registry.list_versions, _name_param(query))
-            return _json(200, {"versions": [v.to_json() for v in versions]})
+            listed = [v.to_json() for v in versions if Access.readable(caller, v.name)]
+            return _json(200, {"versions": listed})
         if len(parts) == 3:
             versions = await asyncio.to_thread(registry.list_versions, parts[1])
             if not versions:
@@ -318,17 +260,18 @@ class RegistryApp:
         version = await asyncio.to_thread(registry.get, parts[1], parse_version(parts[3]))
         return _json(200, version.to_json())
 
-    async def _version_with(self, sha: str) -> ModelVersion:
+    async def _version_with(self, sha: str, caller: ApiToken | None = None) -> ModelVersion:
+        """A version (of a model `caller` may read) whose artifact is `sha`."""
         versions = await asyncio.to_thread(self._registry.list_versions, None)
         for version in versions:
-            if version.sha256 == sha:
+            if version.sha256 == sha and Access.readable(caller, version.name):
                 return version
         raise NotFoundError(f"no registered version has the artifact {sha}")
 
-    async def _head_artifact(self, sha: str) -> Response:
+    async def _head_artifact(self, sha: str, caller: ApiToken | None) -> Response:
         staged = await asyncio.to_thread((self._incoming / sha).is_file)
         if not staged:
-            await self._version_with(sha)
+            await self._version_with(sha, caller)
         return 200, b"", _OCTETS
 
     # --- writes ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def shown(value: object, limit: int = 64) -> str:
     text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
         return ascii(text)
-    return f"{ascii(text[:limit])}... ({len(text)} characters)"
+    return f"{text[:limit]!a}... ({len(text)} characters)"
 
 
 class Stage(enum.Enum):
