@@ -124,7 +124,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: $MODELGATE_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
     serve.add_argument(
-        "--token-file", dest="server_token_file", type=Path, help="the server's API tokens"
+        "--token-file",
+        dest="server_token_file",
+        type=Path,
+        help="the server's API tokens, one `name:secret [scope ...]` a line (scopes: admin, "
+        "write[:PATTERN], read[:PATTERN]; none means admin)",
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
     serve.add_argument(
