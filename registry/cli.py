@@ -5,6 +5,7 @@ modelgate registry ... transition NAME VERSION STAGE [--traffic P] [--keep] [--r
     [--allow-signature-change]
 modelgate registry ... list [NAME] | history [NAME] | show NAME VERSION [--json]
 modelgate registry --store DIR serve --port P [--token-file F] [--protect-reads]
+    [--upload-ttl S]
 
 Where the registry is comes from the flags, else from the variables `modelgate serve` reads
 (MODELGATE_REGISTRY, then MODELGATE_STORE), else ./modelstore. Only `register` (and `serve
@@ -132,6 +133,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
     serve.add_argument(
+        "--upload-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds an upload that no version was registered from is kept (default 3600)",
+    )
+    serve.add_argument(
         "--create-store",
         action="store_true",
         default=None,
@@ -255,6 +262,8 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         raise ValueError(
             f"serve needs a store directory, not {where.location} (from {where.named_by})"
         )
+    if not args.upload_ttl > 0:  # NaN too
+        raise ValueError(f"--upload-ttl is a positive number of seconds, not {args.upload_ttl}")
     create = args.create_store
     if create is None:
         create = bool(environment.get("create_store", False))
@@ -270,6 +279,7 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         port=args.port,
         token_file=args.server_token_file,
         protect_reads=args.protect_reads,
+        upload_ttl=args.upload_ttl,
     )
     return 0
 

@@ -22,8 +22,9 @@ paths are under /api/v1; names and versions are path segments, percent-encoded b
 Registering is two requests: PUT the artifact (the server refuses a body whose sha256
 differs from the path's), then POST the version naming that sha256. An uploaded artifact
 waits in the server's own `.incoming-*` folder in the store directory until a version is
-registered from it; the folder goes when the server stops. Registering a file the registry
-already holds needs no upload (HEAD tells).
+registered from it, or until it is `--upload-ttl` seconds old (registry/uploads.py); the
+folder goes when the server stops. Registering a file the registry already holds needs no
+upload (HEAD tells).
 
 Authentication is a bearer token from `--token-file` (registry/access.py: one `name:secret
 [scope ...]` or bare `secret` a line; scopes `admin`, `write[:PATTERN]`, `read[:PATTERN]`
@@ -92,6 +93,7 @@ from modelgate.registry.errors import (
 )
 from modelgate.registry.signature import InvalidModelError
 from modelgate.registry.types import ModelVersion, Stage, check_model_name, parse_version
+from modelgate.registry.uploads import INCOMING_PREFIX, incoming_folders, sweep_uploads
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 MAX_ARTIFACT_BYTES = 1 << 30
 MAX_JSON_BYTES = 1 << 20
+UPLOAD_TTL = 3600.0
+_SWEEP_PERIOD_MAX = 60.0
 # Connections: heads as the gateway's defaults; a body gets ten minutes (a 1 GiB artifact
 # at under 2 MB/s); few clients (gateways polling, CI registering), so a few hundred places.
 READ_LIMITS = ReadLimits(
@@ -153,12 +157,24 @@ class RegistryApp:
         *,
         max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
         max_json_bytes: int = MAX_JSON_BYTES,
+        upload_ttl: float = UPLOAD_TTL,
     ) -> None:
         self._registry = registry
         self._incoming = incoming
         self._access = access
         self._max_artifact = max_artifact_bytes
         self._max_json = max_json_bytes
+        self.upload_ttl = upload_ttl
+
+    async def sweep_uploads(self) -> None:
+        """Delete this app's uploads older than the upload TTL, periodically, until
+        cancelled (registry/uploads.py)."""
+        while True:
+            await asyncio.sleep(min(max(self.upload_ttl / 4, 0.05), _SWEEP_PERIOD_MAX))
+            try:
+                await asyncio.to_thread(sweep_uploads, [self._incoming], self.upload_ttl)
+            except OSError as exc:  # a full or failing disk must not stop the sweeps
+                log.warning("sweeping expired uploads failed: %s", exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Only HTTP: the app has nothing to start or stop (uvicorn runs with lifespan off).
@@ -312,7 +328,10 @@ class RegistryApp:
             actual = hasher.hexdigest()
             if actual != sha:
                 raise HttpError(400, f"the body's sha256 is {actual}, not the {sha} of the path")
-            await asyncio.to_thread(os.replace, tmp, self._incoming / sha)
+            try:
+                await asyncio.to_thread(os.replace, tmp, self._incoming / sha)
+            except FileNotFoundError:  # swept: no write for longer than the upload TTL
+                raise HttpError(408, "the upload stalled longer than the upload TTL") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -435,14 +454,17 @@ def build_app(
     protect_reads: bool = False,
     max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
     max_json_bytes: int = MAX_JSON_BYTES,
+    upload_ttl: float = UPLOAD_TTL,
 ) -> RegistryApp:
-    """The ASGI app serving `registry`; uploads wait in `incoming` until registered."""
+    """The ASGI app serving `registry`; uploads wait in `incoming` until registered, or
+    until they are `upload_ttl` seconds old."""
     return RegistryApp(
         registry,
         incoming,
         Access(tokens, protect_reads=protect_reads),
         max_artifact_bytes=max_artifact_bytes,
         max_json_bytes=max_json_bytes,
+        upload_ttl=upload_ttl,
     )
 
 
@@ -599,6 +621,7 @@ class RegistryServer:
         self._port = port
         self._server: LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.url: str | None = None
 
     async def start(self) -> str:
@@ -619,10 +642,15 @@ class RegistryServer:
         self._server = LoopServer(config)
         self._task = await start_serving(self._server, sock)
         self.url = f"http://{address(self._host, sock.getsockname()[1])}"
+        self._sweeper = asyncio.create_task(self._app.sweep_uploads())
         return self.url
 
     async def stop(self) -> None:
         """Finish the requests in flight, then close the listener."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
@@ -645,7 +673,13 @@ async def serve(app: RegistryApp, host: str, port: int) -> None:
 
 
 def run(
-    store_dir: Path, *, host: str, port: int, token_file: Path | None, protect_reads: bool
+    store_dir: Path,
+    *,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    protect_reads: bool,
+    upload_ttl: float = UPLOAD_TTL,
 ) -> None:
     """`modelgate registry serve`: the store in `store_dir` over HTTP until SIGINT/SIGTERM.
 
@@ -666,8 +700,16 @@ def run(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     store = RegistryStore(store_dir)
+    # What servers killed before they could clean up left behind.
+    sweep_uploads(incoming_folders(store.root), upload_ttl, remove_folders=True)
     # Uploads wait in a folder of this process's own (beside the store, where there is room
-    # for big models): servers sharing a store never see, or clean up, each other's.
-    with tempfile.TemporaryDirectory(dir=store.root, prefix=".incoming-") as incoming:
-        app = build_app(store, Path(incoming), tokens=tokens, protect_reads=protect_reads)
+    # for big models): servers sharing a store never register each other's. A long-idle
+    # folder may go in another server's startup sweep: an upload makes it again.
+    with tempfile.TemporaryDirectory(
+        dir=store.root, prefix=INCOMING_PREFIX, ignore_cleanup_errors=True
+    ) as incoming:
+        app = build_app(
+            store, Path(incoming), tokens=tokens, protect_reads=protect_reads,
+            upload_ttl=upload_ttl,
+        )  # fmt: skip
         uvloop.run(serve(app, host, port))

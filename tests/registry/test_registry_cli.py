@@ -289,10 +289,46 @@ def test_serve_hands_the_store_to_the_registry_server(
     assert main(["registry", "serve", "--port", "1"]) == 0
     assert main(["registry", "serve", "--port", "2", "--host", "127.0.0.3"]) == 0
     assert calls == [
-        (store, {"host": "127.0.0.1", "port": 8081, "token_file": None, "protect_reads": False}),
-        (store, {"host": "0.0.0.0", "port": 0, "token_file": tokens, "protect_reads": True}),
-        (store, {"host": "127.0.0.2", "port": 1, "token_file": None, "protect_reads": False}),
-        (store, {"host": "127.0.0.3", "port": 2, "token_file": None, "protect_reads": False}),
+        (
+            store,
+            {
+                "host": "127.0.0.1",
+                "port": 8081,
+                "token_file": None,
+                "protect_reads": False,
+                "upload_ttl": 3600.0,
+            },
+        ),
+        (
+            store,
+            {
+                "host": "0.0.0.0",
+                "port": 0,
+                "token_file": tokens,
+                "protect_reads": True,
+                "upload_ttl": 3600.0,
+            },
+        ),
+        (
+            store,
+            {
+                "host": "127.0.0.2",
+                "port": 1,
+                "token_file": None,
+                "protect_reads": False,
+                "upload_ttl": 3600.0,
+            },
+        ),
+        (
+            store,
+            {
+                "host": "127.0.0.3",
+                "port": 2,
+                "token_file": None,
+                "protect_reads": False,
+                "upload_ttl": 3600.0,
+            },
+        ),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -588,3 +590,57 @@ def test_registry_serve_command(tmp_path: Path, model_files: dict[str, bytes]) -
             process.stderr.close()
     assert [v.name for v in RegistryStore(tmp_path / "store").list_versions()] == ["m"]
     assert list((tmp_path / "store").glob(".incoming-*")) == []  # uploads folder removed
+
+
+def test_serve_sweeps_uploads_that_servers_left_behind(tmp_path: Path) -> None:
+    store = RegistryStore(tmp_path / "store", create=True).root
+    dead, alive = store / ".incoming-dead", store / ".incoming-alive"
+    dead.mkdir()
+    alive.mkdir()
+    (dead / sha(b"old")).write_bytes(b"old")
+    (dead / ".tmp-stalled").write_bytes(b"half")
+    (alive / sha(b"new")).write_bytes(b"new")
+    hours_ago = time.time() - 7200
+    for path in (dead / sha(b"old"), dead / ".tmp-stalled", dead):
+        os.utime(path, (hours_ago, hours_ago))
+    command = [str(Path(sys.executable).parent / "modelgate"), "registry", "--store", str(store),
+               "serve", "--port", "0", "--upload-ttl", "3600"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        _logged_address(process)
+        assert not dead.exists()  # swept before the server listens
+        assert [p.name for p in alive.iterdir()] == [sha(b"new")]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+    wrong = subprocess.run([*command[:-1], "0"], capture_output=True, text=True, timeout=60)
+    assert (wrong.returncode, wrong.stderr) == (
+        2,
+        "error: --upload-ttl is a positive number of seconds, not 0.0\n",
+    )
+
+
+def test_an_upload_never_registered_expires(
+    tmp_path: Path, registry_store: RegistryStore, model_files: dict[str, bytes]
+) -> None:
+    (tmp_path / "tokens").write_text(TOKENS)
+    tokens = load_tokens(tmp_path / "tokens")
+    incoming = tmp_path / "incoming"
+    app = build_app(registry_store, incoming, tokens=tokens, upload_ttl=0.5)
+    model = model_files["classifier"]
+    with serving_registry(app) as url, httpx.Client(base_url=f"{url}/api/v1/") as raw:
+        put = raw.put(f"artifacts/{sha(model)}", content=model, headers=bearer(WRITER))
+        assert put.status_code == 201
+        deadline = time.monotonic() + 30
+        while leftovers(incoming):
+            assert time.monotonic() < deadline, "the upload was never swept"
+            time.sleep(0.05)
+        assert raw.head(f"artifacts/{sha(model)}").status_code == 404
+        late = raw.post("models/m/versions", json={"sha256": sha(model)}, headers=bearer(WRITER))
+        assert late.status_code == 404
+        assert "has not been uploaded" in late.json()["error"]
