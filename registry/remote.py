@@ -11,6 +11,7 @@ corrupt store nor anything between the server and this client gets a wrong model
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -91,7 +92,7 @@ class RemoteRegistry(HttpRegistry):
     def register(
         self,
         name: str,
-        model: bytes,
+        model: bytes | Path,
         *,
         stage: Stage = Stage.NONE,
         traffic: float | None = None,
@@ -108,6 +109,8 @@ class RemoteRegistry(HttpRegistry):
         the person the token acts for.
         """
         check_model_name(name)  # before uploading what could not be registered
+        if isinstance(model, Path):
+            model = model.read_bytes()
         sha = hashlib.sha256(model).hexdigest()
         try:
             self._request("HEAD", f"artifacts/{sha}")

@@ -81,6 +81,7 @@ from modelgate.http_limits import (
 )
 from modelgate.listen import address, listen
 from modelgate.registry.access import Access, AccessError, Action, ApiToken, load_tokens
+from modelgate.registry.artifacts import file_sha256
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
@@ -358,11 +359,11 @@ class RegistryApp:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise InvalidRequestError("'tags' must map strings to strings")
         stage = _stage(fields["stage"])
-        data = await self._artifact_bytes(sha)
+        source = await self._artifact_source(sha)
         version = await asyncio.to_thread(
             self._registry.register,
             name,
-            data,
+            source,
             stage=stage,
             traffic=_traffic(fields["traffic"]),
             description=fields["description"],
@@ -377,10 +378,12 @@ class RegistryApp:
         log.info("registered %s v%d (%s) by %s", name, version.version, stage.value, caller)
         return _json(201, version.to_json())
 
-    async def _artifact_bytes(self, sha: str) -> bytes:
-        """An uploaded artifact, or a registered one (registering the same file again)."""
+    async def _artifact_source(self, sha: str) -> bytes | Path:
+        """An uploaded artifact's path (the registry reads it in slices, never whole), or a
+        registered artifact's bytes (registering the same file again)."""
+        upload = self._incoming / sha
         try:
-            data = await asyncio.to_thread((self._incoming / sha).read_bytes)
+            actual = await asyncio.to_thread(file_sha256, upload)
         except FileNotFoundError:
             try:
                 version = await self._version_with(sha)
@@ -389,9 +392,9 @@ class RegistryApp:
                     f"artifact {sha} has not been uploaded: PUT /api/v1/artifacts/{sha} first"
                 ) from None
             return await asyncio.to_thread(self._registry.read_artifact, version)
-        if await asyncio.to_thread(_sha256_of, data) != sha:
+        if actual != sha:
             raise ArtifactIntegrityError(f"uploaded artifact {sha} changed on the server's disk")
-        return data
+        return upload
 
     async def _transition(
         self, name: str, number: int, body: dict[str, Any], caller: str
@@ -586,10 +589,6 @@ def _write_slice(file: IO[bytes], hasher: Any, chunks: list[bytes], last: bool) 
     if last:
         file.flush()
         os.fsync(file.fileno())
-
-
-def _sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _json(status: int, document: dict[str, Any]) -> Response:

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import modelzoo
-from conftest import serving_registry
+from conftest import peak_growth, serving_registry
 from modelgate.monitor.profile import build_profile
 from modelgate.registry.client import open_registry
 from modelgate.registry.errors import (
@@ -644,3 +645,37 @@ def test_an_upload_never_registered_expires(
         late = raw.post("models/m/versions", json={"sha256": sha(model)}, headers=bearer(WRITER))
         assert late.status_code == 404
         assert "has not been uploaded" in late.json()["error"]
+
+
+def test_registering_a_large_upload_does_not_read_it_whole(
+    tmp_path: Path, registry_store: RegistryStore
+) -> None:
+    """The upload is hashed and copied in slices: only the ONNX checks hold the model (once
+    parsed, plus the file's bytes while parsing), never the server's copy of it as well."""
+    weights = np.random.default_rng(0).normal(size=(5000, 5000)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5000])],
+        [numpy_helper.from_array(weights, "w")],
+    )  # fmt: skip
+    model_file = tmp_path / "big.onnx"
+    model_file.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    del weights, graph
+    size = model_file.stat().st_size  # 100 MB
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    (tmp_path / "tokens").write_text(TOKENS)
+    app = build_app(registry_store, tmp_path / "incoming", tokens=load_tokens(tmp_path / "tokens"))
+    with serving_registry(app) as url, httpx.Client(base_url=f"{url}/api/v1/", timeout=120) as raw:
+        with model_file.open("rb") as body:
+            put = raw.put(f"artifacts/{digest}", content=body, headers=bearer(WRITER))
+        assert put.status_code == 201
+        with peak_growth() as grown:
+            answer = raw.post("models/big/versions", json={"sha256": digest},
+                              headers=bearer(WRITER))  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        # Before: the upload's bytes, then a parse and a session from them: about 3x.
+        assert grown() < 2.5 * size, f"registering {size} bytes grew the peak by {grown()}"
+    assert registry_store.get("big", 1).size == size
