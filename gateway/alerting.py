@@ -64,7 +64,8 @@ def notifier_for(
         cooldown=settings.webhook_cooldown,
         outbox_path=outbox_path,
     )
-    return WebhookNotifier(webhook, Outbox(outbox_path), registry)
+    outbox = Outbox(outbox_path, max_pending=settings.webhook_outbox_max_events)
+    return WebhookNotifier(webhook, outbox, registry)
 
 
 class DriftAlerts:

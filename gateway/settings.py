@@ -252,6 +252,12 @@ class ServerSettings:
     webhook_retry_period: float = setting(
         86400.0, "seconds an undeliverable event is retried", above=0
     )
+    webhook_outbox_max_events: int = setting(
+        10_000,
+        "pending events the webhook outbox holds at most; beyond, new events are dropped "
+        "(counted and logged)",
+        minimum=1,
+    )
     # Registry writers choose a version's `retrain_webhook` tag; the operator chooses where
     # signed events may go (monitor/allowlist.py).
     webhook_allowed_urls: str = setting(
