@@ -256,8 +256,8 @@ class RegistryApp:
             return _json(200, {"generation": generation})
         if head == "history":
             transitions = await asyncio.to_thread(registry.history, _name_param(query))
-            shown = [t.to_json() for t in transitions if Access.readable(caller, t.name)]
-            return _json(200, {"transitions": shown})
+            visible = [t.to_json() for t in transitions if Access.readable(caller, t.name)]
+            return _json(200, {"transitions": visible})
         if head == "artifacts":
             sha = _sha256(parts[1])
             if method == "HEAD":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -557,6 +558,23 @@ def _logged_address(process: subprocess.Popen[str]) -> str:
             return found.group(1)
 
 
+@contextlib.contextmanager
+def _registry_process(command: list[str]) -> Iterator[str]:
+    """`modelgate registry serve` running `command`: yields its URL, then stops it with
+    SIGTERM and checks it exits 0 (killed if the block failed)."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        yield _logged_address(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 # --- the command --------------------------------------------------------------------------
 
 
@@ -574,21 +592,10 @@ def test_registry_serve_command(tmp_path: Path, model_files: dict[str, bytes]) -
         str(tmp_path / "tokens"),
         "--create-store",
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        url = _logged_address(process)
-        with RemoteRegistry(url, token=WRITER) as client:
-            version = client.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
-            assert client.read_artifact(version) == model_files["classifier"]
-            assert client.history("m")[-1].actor == "ci"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+    with _registry_process(command) as url, RemoteRegistry(url, token=WRITER) as client:
+        version = client.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
+        assert client.read_artifact(version) == model_files["classifier"]
+        assert client.history("m")[-1].actor == "ci"
     assert [v.name for v in RegistryStore(tmp_path / "store").list_versions()] == ["m"]
     assert list((tmp_path / "store").glob(".incoming-*")) == []  # uploads folder removed
 
@@ -606,19 +613,9 @@ def test_serve_sweeps_uploads_that_servers_left_behind(tmp_path: Path) -> None:
         os.utime(path, (hours_ago, hours_ago))
     command = [str(Path(sys.executable).parent / "modelgate"), "registry", "--store", str(store),
                "serve", "--port", "0", "--upload-ttl", "3600"]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        _logged_address(process)
+    with _registry_process(command):
         assert not dead.exists()  # swept before the server listens
         assert [p.name for p in alive.iterdir()] == [sha(b"new")]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
     wrong = subprocess.run([*command[:-1], "0"], capture_output=True, text=True, timeout=60)
     assert (wrong.returncode, wrong.stderr) == (
         2,
