@@ -29,6 +29,8 @@ USER modelgate
 WORKDIR /home/modelgate
 # Ports are set here, as variables, so that HEALTHCHECK follows them: change the HTTP port
 # with `-e MODELGATE_HTTP_PORT=...`, not with --http-port, which the check cannot see.
+# GRPC_VERBOSITY: without it grpcio logs a line for every failed TLS handshake, as many
+# as anyone who can reach the port makes.
 # MODELGATE_WORKERS=auto: one serving process per core the container may run on (its CPU
 # affinity; `docker run --cpuset-cpus` sets it, a CPU quota does not: there, set a number).
 ENV MODELGATE_HOST=0.0.0.0 \
@@ -37,7 +39,8 @@ ENV MODELGATE_HOST=0.0.0.0 \
     MODELGATE_HTTP_PORT=8000 \
     MODELGATE_GRPC_PORT=8001 \
     MODELGATE_METRICS_PORT=8002 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    GRPC_VERBOSITY=ERROR
 EXPOSE 8000 8001 8002
 # SIGTERM drains: readiness turns 503, in-flight requests finish, then the process exits.
 STOPSIGNAL SIGTERM

@@ -12,10 +12,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from modelgate.gateway.codecs import v2_http
+from modelgate.gateway.core.access import CHALLENGE, Access
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.gateway.frontends.http import STATUS_BY_CODE, Scope, Send
+from modelgate.gateway.frontends.http_wire import Receive
+from modelgate.gateway.security import Security
 from modelgate.gateway.settings import ServerSettings
 from modelgate.http_limits import (
     BoundedHttpProtocol,
@@ -25,6 +32,8 @@ from modelgate.http_limits import (
     start_serving,
 )
 
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
 # Scrapers are few (a Prometheus server keeps one connection): a handful of places is room
 # enough, and bounds what a flood of connections to this port costs.
 MAX_CONNECTIONS = 32
@@ -33,16 +42,24 @@ MAX_HEAD_BYTES = 16 * 1024
 
 
 class MetricsEndpoint:
-    """Serves `registry` on a listening socket until stopped."""
+    """Serves `registry` on a listening socket until stopped; over TLS and asking for a token
+    as `security` says (gateway/security.py)."""
 
     def __init__(
-        self, registry: CollectorRegistry, listener: socket.socket, settings: ServerSettings
+        self,
+        registry: CollectorRegistry,
+        listener: socket.socket,
+        settings: ServerSettings,
+        security: Security | None = None,
     ) -> None:
         limits = ReadLimits(
             MAX_HEAD_BYTES, settings.header_timeout, settings.body_timeout, MAX_CONNECTIONS
         )
+        app: ASGIApp = make_asgi_app(registry)
+        if security is not None and security.protect_metrics and security.access is not None:
+            app = _asking_for_tokens(app, security.access)
         config = uvicorn.Config(
-            make_asgi_app(registry),
+            app,
             http=bounded(limits, BoundedHttpProtocol),
             loop="none",
             lifespan="off",
@@ -51,6 +68,9 @@ class MetricsEndpoint:
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # float works
             timeout_graceful_shutdown=1,
         )
+        config.load()
+        # uvicorn serves the context found here (None: plain text).
+        config.ssl = security.metrics.ssl_context() if security and security.metrics else None
         self._listener = listener
         self._server = LoopServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -72,15 +92,40 @@ class MetricsEndpoint:
             self._listener.close()
 
 
+def _asking_for_tokens(app: ASGIApp, access: Access) -> ASGIApp:
+    """`app` for callers with a token for every model: the figures are every model's."""
+
+    async def asking(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                access.check(dict(scope["headers"]).get(b"authorization"), None)
+            except InferenceError as exc:
+                headers = [(b"content-type", b"application/json")]
+                if exc.code is ErrorCode.UNAUTHENTICATED:
+                    headers.append((b"www-authenticate", CHALLENGE.encode()))
+                status = STATUS_BY_CODE[exc.code]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                body = v2_http.encode_json({"error": exc.message})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return asking
+
+
 class MetricsThread:
     """A `MetricsEndpoint` on an event loop of its own in a thread, for a process that runs
     no loop (the supervisor). A scrape holds that loop while it collects (the merged view
     asks every worker), so scrapes take turns."""
 
     def __init__(
-        self, registry: CollectorRegistry, listener: socket.socket, settings: ServerSettings
+        self,
+        registry: CollectorRegistry,
+        listener: socket.socket,
+        settings: ServerSettings,
+        security: Security | None = None,
     ) -> None:
-        self._endpoint = MetricsEndpoint(registry, listener, settings)
+        self._endpoint = MetricsEndpoint(registry, listener, settings, security)
         self.port = self._endpoint.port
         self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -37,6 +38,7 @@ from modelgate.gateway.frontends.http_connections import (
 )
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.metrics_endpoint import MetricsEndpoint
+from modelgate.gateway.security import Security
 from modelgate.gateway.settings import ServerSettings
 from modelgate.http_limits import start_serving
 from modelgate.listen import address, bind_error, listen
@@ -70,6 +72,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self._shared_ports = shared_ports
+        self.security = Security.of(settings)  # first: a bad certificate stops nothing started
         self.metrics = Metrics()
         self._owns_registry = registry is None
         self.registry = registry if registry is not None else _open_registry(settings)
@@ -89,7 +92,11 @@ class Gateway:
             settings.max_inflight, self.metrics.requests_refused.labels("inflight").inc
         )
         self.service = InferenceService(
-            self.deployments, self.mirror, self.monitor, admission=admission
+            self.deployments,
+            self.mirror,
+            self.monitor,
+            admission=admission,
+            access=self.security.access,
         )
         self._background: list[asyncio.Task[None]] = []
         self.guard = RolloutGuard(
@@ -101,7 +108,9 @@ class Gateway:
         self._http: DrainingServer | None = None
         self._http_drain = HttpDrain()
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc = GrpcFrontend(self.service, settings, reuse_port=shared_ports)
+        self._grpc = GrpcFrontend(
+            self.service, settings, self.security.grpc_credentials(), reuse_port=shared_ports
+        )
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.addresses: Addresses | None = None
@@ -116,6 +125,14 @@ class Gateway:
         Raises BindError when a port cannot be had; then nothing is left bound or serving.
         """
         s = self.settings
+        metrics_host, metrics_security = s.host, self.security
+        if self._shared_ports:
+            # A worker's metrics are the supervisor's to merge: on loopback, in plain text,
+            # while the supervisor's own metrics port serves TLS and asks for tokens.
+            metrics_host = "::1" if ":" in s.host else "127.0.0.1"
+            metrics_security = dataclasses.replace(
+                self.security, metrics=None, protect_metrics=False
+            )
         # Every port is bound before anything serves: a port that is taken must not leave
         # the others bound, or a server that looks healthy.
         async with contextlib.AsyncExitStack() as undo:
@@ -131,10 +148,13 @@ class Gateway:
             grpc_port = await self._start_grpc()
             undo.push_async_callback(self._grpc.stop, 0)
             metrics_sock = listen(
-                s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", backlog=128
-            )
+                metrics_host, s.metrics_port, setting="metrics_port", flag="--metrics-port",
+                backlog=128,
+            )  # fmt: skip
             undo.pop_all()
-        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, metrics_sock, s)
+        self._metrics_endpoint = MetricsEndpoint(
+            self.metrics.registry, metrics_sock, s, metrics_security
+        )
         await self._metrics_endpoint.start()
         metrics_port = self._metrics_endpoint.port
         config = uvicorn.Config(
@@ -147,6 +167,8 @@ class Gateway:
             timeout_keep_alive=s.keep_alive_timeout,  # type: ignore[arg-type]  # float works
             timeout_graceful_shutdown=max(1, round(s.drain_seconds)),
         )
+        config.load()
+        config.ssl = self.security.http_context()  # uvicorn serves the context found here
         self._http = DrainingServer(config, sock)
         http_port = sock.getsockname()[1]
         self._http_task = await start_serving(self._http, sock)

@@ -271,6 +271,24 @@ class ServerSettings:
     metrics_port: int = setting(
         8002, "Prometheus metrics port; 0 picks a free one", minimum=0, maximum=65535
     )
+    # TLS and access (modelgate/tls.py, core/access.py; docs/hardening.md).
+    tls_cert_file: Path | None = setting(
+        None, "PEM certificate chain the HTTP, gRPC and metrics ports serve (TLS on when set)"
+    )
+    tls_key_file: Path | None = setting(None, "PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = setting(
+        None,
+        "PEM CA certificates that HTTP and gRPC clients' certificates must chain to; when set, "
+        "clients must present one (mutual TLS)",
+    )
+    auth_tokens_file: Path | None = setting(
+        None,
+        "file of API tokens (name:secret or name:secret:model,model a line); when set, every "
+        "API but the health checks needs 'Authorization: Bearer <token>'",
+    )
+    protect_metrics: bool = setting(
+        False, "the metrics port needs a token for every model too (auth_tokens_file)"
+    )
     max_body_bytes: int = setting(
         64 * 1024 * 1024, "largest HTTP body or gRPC message accepted", minimum=1
     )
@@ -353,6 +371,10 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.protect_metrics and self.auth_tokens_file is None:
+            raise SettingValueError(
+                "protect_metrics", "needs auth_tokens_file (the tokens that may read metrics)"
+            )
         header = self.routing_key_header
         if not header or header != header.lower():
             raise SettingValueError(

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from modelgate.gateway.controlplane import ControlPlane, guard_wanted
 from modelgate.gateway.metrics_endpoint import MetricsThread
 from modelgate.gateway.metrics_view import WorkersView
+from modelgate.gateway.security import Security
 from modelgate.gateway.server import _open_registry
 from modelgate.gateway.settings import ServerSettings
 from modelgate.gateway.worker import serve_worker
@@ -102,8 +103,11 @@ class Supervisor:
         count: int,
         registry: RegistryClient,
         policy: RestartPolicy | None = None,
+        security: Security | None = None,
     ) -> None:
         self.settings = settings
+        # The metrics port's TLS and tokens (the workers serve the rest themselves).
+        self._security = security or Security(None, None, None)
         self._registry = registry
         self.count = count
         self.policy = policy or RestartPolicy()
@@ -144,7 +148,7 @@ class Supervisor:
             metrics_sock = listen(
                 s.host, s.metrics_port, setting="metrics_port", flag="--metrics-port", backlog=128
             )
-            metrics = MetricsThread(self.registry, metrics_sock, s)
+            metrics = MetricsThread(self.registry, metrics_sock, s, self._security)
             metrics.start()
             stack.callback(metrics.stop)
             stack.callback(self._view.close)
@@ -298,15 +302,17 @@ def _loopback(endpoint: str) -> str:
 def run(settings: ServerSettings) -> int:
     """Entry point of `modelgate serve --workers N` (N > 1); returns the exit status."""
     try:
-        # Once, before any worker: create the store when asked to, or say in one line why
-        # the registry cannot be opened (rather than N workers saying it at once); the
-        # control plane's guard archives through it.
+        # Once, before any worker: certificates and tokens that cannot serve, and a registry
+        # that cannot be opened, are one line (rather than N workers saying it at once);
+        # the store is created when asked to; the control plane's guard archives through it.
+        security = Security.of(settings)
         registry = _open_registry(settings)
     except (RegistryError, ValueError, OSError) as exc:
         print(f"modelgate: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
-        return Supervisor(settings, settings.worker_count(), registry).run()
+        count = settings.worker_count()
+        return Supervisor(settings, count, registry, security=security).run()
     finally:
         close = getattr(registry, "close", None)
         if close is not None:

@@ -170,8 +170,10 @@ def measure_point(
     analyzer: perf.PerfAnalyzer,
     profile: Profile,
     workdir: Path,
+    extra: Sequence[str] = (),
 ) -> report.PointResult:
-    """One perf_analyzer run against a ready server, with both sides' CPU use."""
+    """One perf_analyzer run against a ready server, with both sides' CPU use; `extra`:
+    more perf_analyzer options."""
     spec = perf.LoadSpec(
         point.model,
         urls[point.protocol],
@@ -179,6 +181,7 @@ def measure_point(
         point.concurrency,
         profile.window_ms,
         profile.trials,
+        extra=tuple(extra),
     )
     server_before = server.cpu_seconds()
     try:

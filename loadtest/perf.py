@@ -74,6 +74,7 @@ class LoadSpec:
     trials: int
     request_rate: int | None = None  # requests/s at a fixed rate instead of a concurrency
     streaming: bool = False  # gRPC ModelStreamInfer, one stream per concurrency slot
+    extra: tuple[str, ...] = ()  # more perf_analyzer options (TLS, headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ def command(spec: LoadSpec, csv_path: Path, input_data: Path) -> list[str]:
         args += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
     if spec.streaming:
         args.append("--streaming")
-    return args
+    return [*args, *spec.extra]
 
 
 def timeout_seconds(spec: LoadSpec) -> float:

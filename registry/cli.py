@@ -45,6 +45,7 @@ from modelgate.registry.types import (
     check_model_name,
     parse_version,
 )
+from modelgate.tls import tls_files
 
 _STAGES = ", ".join(s.value for s in Stage)
 Opener = Callable[[], RegistryClient]
@@ -132,6 +133,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "write[:PATTERN], read[:PATTERN]; none means admin)",
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
+    serve.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this PEM certificate")
+    serve.add_argument("--tls-key-file", type=Path, help="the PEM private key of --tls-cert-file")
     serve.add_argument(
         "--upload-ttl",
         type=float,
@@ -280,6 +283,11 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         token_file=args.server_token_file,
         protect_reads=args.protect_reads,
         upload_ttl=args.upload_ttl,
+        tls=tls_files(
+            args.tls_cert_file,
+            args.tls_key_file,
+            settings=("--tls-cert-file", "--tls-key-file", ""),
+        ),
     )
     return 0
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import re
 import socket
+import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -102,12 +103,19 @@ class HttpRegistry:
 
     def _unreachable(self, url: str, exc: httpx.TransportError) -> LocationError | None:
         """A LocationError when `exc` says that `url`'s host does not exist (a name no DNS
-        server knows, which waiting does not fix); None for every other transport failure."""
+        server knows) or that its certificate is not trusted, which waiting does not fix;
+        None for every other transport failure."""
         cause: BaseException | None = exc
         while cause is not None:
             if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME:
                 host = urlsplit(url).hostname
                 return LocationError(f"registry {url}: there is no host named {host!r}")
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return LocationError(
+                    f"registry {url}: its TLS certificate is not trusted "
+                    f"({cause.verify_message}); for a private CA, set SSL_CERT_FILE to the "
+                    "CA's PEM file"
+                )
             cause = cause.__cause__ or cause.__context__
         return None
 

@@ -94,6 +94,7 @@ from modelgate.registry.errors import (
 from modelgate.registry.signature import InvalidModelError
 from modelgate.registry.types import ModelVersion, Stage, check_model_name, parse_version
 from modelgate.registry.uploads import INCOMING_PREFIX, incoming_folders, sweep_uploads
+from modelgate.tls import ServerCertificate, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -611,12 +612,14 @@ class RegistryServer:
         port: int,
         limits: ReadLimits = READ_LIMITS,
         keep_alive: float = 5.0,
+        tls: ServerCertificate | None = None,
     ) -> None:
         self._app = app
         self._limits = limits
         self._keep_alive = keep_alive
         self._host = host
         self._port = port
+        self._tls = tls  # None: plain HTTP
         self._server: LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -637,9 +640,12 @@ class RegistryServer:
             log_level="warning",
             timeout_graceful_shutdown=5,
         )
+        config.load()
+        config.ssl = self._tls.ssl_context() if self._tls is not None else None
         self._server = LoopServer(config)
         self._task = await start_serving(self._server, sock)
-        self.url = f"http://{address(self._host, sock.getsockname()[1])}"
+        scheme = "https" if self._tls is not None else "http"
+        self.url = f"{scheme}://{address(self._host, sock.getsockname()[1])}"
         self._sweeper = asyncio.create_task(self._app.sweep_uploads())
         return self.url
 
@@ -654,13 +660,15 @@ class RegistryServer:
             await self._task
 
 
-async def serve(app: RegistryApp, host: str, port: int) -> None:
+async def serve(
+    app: RegistryApp, host: str, port: int, tls: ServerCertificate | None = None
+) -> None:
     """Serve `app` until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = RegistryServer(app, host, port)
+    server = RegistryServer(app, host, port, tls=tls)
     url = await server.start()
     log.info("modelgate registry listening on %s", url)
     try:
@@ -677,11 +685,14 @@ def run(
     port: int,
     token_file: Path | None,
     protect_reads: bool,
+    tls: TlsFiles | None = None,
     upload_ttl: float = UPLOAD_TTL,
 ) -> None:
-    """`modelgate registry serve`: the store in `store_dir` over HTTP until SIGINT/SIGTERM.
+    """`modelgate registry serve`: the store in `store_dir` over HTTP (HTTPS with `tls`)
+    until SIGINT/SIGTERM.
 
-    Raises ValueError for an unusable token file or `protect_reads` without one.
+    Raises ValueError for an unusable token file or `protect_reads` without one, TlsError
+    (a ValueError) for certificate files that cannot serve.
     """
     import uvloop
 
@@ -689,6 +700,7 @@ def run(
 
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the registry server must run in the main thread (signal handling)")
+    certificate = ServerCertificate(tls) if tls is not None else None
     tokens = load_tokens(token_file) if token_file is not None else ()
     if protect_reads and not tokens:
         raise ValueError("--protect-reads needs --token-file")
@@ -710,4 +722,4 @@ def run(
             store, Path(incoming), tokens=tokens, protect_reads=protect_reads,
             upload_ttl=upload_ttl,
         )  # fmt: skip
-        uvloop.run(serve(app, host, port))
+        uvloop.run(serve(app, host, port, certificate))

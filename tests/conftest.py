@@ -23,6 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+import certs
 import modelzoo
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -31,6 +32,7 @@ from modelgate.gateway.settings import BatchSettings, ModelServingSettings, Serv
 from modelgate.registry.server import RegistryApp, RegistryServer
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
+from modelgate.tls import ServerCertificate
 
 DATATYPES = tuple(modelzoo.ONNX_TYPES)
 # The typed `contents` field of ModelInferRequest that carries each datatype (FP16 has none).
@@ -222,11 +224,11 @@ def running_in_thread(settings: ServerSettings, store: RegistryStore) -> Iterato
 
 
 @contextlib.contextmanager
-def serving_registry(app: RegistryApp) -> Iterator[str]:
-    """A registry `app` on 127.0.0.1 (a free port) on its own loop in a thread; yields its
-    URL and always stops it."""
+def serving_registry(app: RegistryApp, tls: ServerCertificate | None = None) -> Iterator[str]:
+    """A registry `app` on 127.0.0.1 (a free port; HTTPS with `tls`) on its own loop in a
+    thread; yields its URL and always stops it."""
     with loop_thread() as run:
-        server = RegistryServer(app, "127.0.0.1", 0)
+        server = RegistryServer(app, "127.0.0.1", 0, tls=tls)
         url = run(server.start())
         try:
             yield url
@@ -393,3 +395,9 @@ def assert_serves_grpc(stub: pb_grpc.GRPCInferenceServiceStub, rng: np.random.Ge
     answer = stub.ModelInfer(request, timeout=30)
     got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 3)
     np.testing.assert_array_equal(got, x)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> certs.Pki:
+    """A CA, server and client certificates (good, expired), a stranger's (tests/certs.py)."""
+    return certs.make_pki(tmp_path / "pki")

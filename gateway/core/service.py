@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any, NoReturn
 
+from modelgate.gateway.core.access import Access
 from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployment, Deployments
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
@@ -63,8 +64,12 @@ class InferenceService:
         monitor: DriftMonitor | None = None,
         name: str = "modelgate",
         admission: Admission | None = None,
+        access: Access | None = None,
     ) -> None:
         self._deployments = deployments
+        # Front ends check callers' tokens with it before reading a request; None: no
+        # tokens needed (core/access.py).
+        self.access = access
         # Front ends `enter` it before reading or decoding an inference request, and
         # `leave` once it is answered: the work in flight stays bounded (core/admission.py).
         self.admission = admission if admission is not None else Admission(2**31)

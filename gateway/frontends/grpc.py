@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from modelgate.errorlog import log_refused, log_unexpected
 from modelgate.gateway.codecs import grpc as codec
+from modelgate.gateway.core.access import Access, ApiToken
 from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
@@ -45,6 +46,23 @@ STATUS_BY_CODE = {
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+# When tokens are required: which field of each method's request names the model it uses
+# ("" for every model, as statistics without a name and the index; None for the server's
+# metadata, which any token reads). ServerLive and ServerReady stay open for probes, as does
+# the standard health service; ModelInfer checks its caller itself.
+_MODEL_FIELD: dict[str, str | None] = {
+    "ServerMetadata": None,
+    "ModelReady": "name",
+    "ModelMetadata": "name",
+    "ModelConfig": "name",
+    "ModelStatistics": "name",
+    "RepositoryIndex": "",
+    "RepositoryModelLoad": "model_name",
+    "RepositoryModelUnload": "model_name",
 }
 
 # Calls grpcio takes beyond `max_inflight` inference calls (see `_start_here`).
@@ -87,6 +105,8 @@ def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if self._access is not None and handler.__name__ in _MODEL_FIELD:
+                self._check_caller(handler.__name__, request, context)
             return await handler(self, _parsed(request), context)
         except Exception as exc:
             await _abort(context, exc, handler.__name__)
@@ -132,6 +152,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._max_strings = settings.max_request_strings
         self._serialize = codec.InferResponseSerializer()
         self.max_stream_inflight = settings.max_inflight
+        self._access = service.access
+
+    def _check_caller(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """UNAUTHENTICATED / PERMISSION_DENIED unless the call's token may do `method`."""
+        assert self._access is not None
+        token = self._access.authenticate(_metadata_value(context, "authorization"))
+        field = _MODEL_FIELD[method]
+        if field is None or isinstance(request, MalformedMessage):
+            return  # a malformed message is answered INVALID_ARGUMENT next
+        Access.authorize(token, (getattr(request, field) or None) if field else None)
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> ApiToken | None:
+        """The call's token (UNAUTHENTICATED without a valid one); None when tokens are off."""
+        if self._access is None:
+            return None
+        return self._access.authenticate(_metadata_value(context, "authorization"))
 
     @_mapped
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -186,9 +222,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             gate.enter()  # a stopping server refuses before anything else
             try:
+                token = self._caller(context)  # who calls, before anything is decoded
                 admission.enter()  # before decoding: a refused call costs no parsing
                 try:
-                    infer_request, raw = self._decode(request, context)
+                    infer_request, raw = self._decode(request, context, token)
                     response = await self._service.infer(infer_request)
                     return self._serialize(response, raw)
                 finally:
@@ -207,6 +244,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server stops, the stream's requests in flight are answered, then it ends with
         UNAVAILABLE (requests sent after that were not served)."""
         gate = self._gate
+        try:
+            self._caller(context)  # a stream without a valid token ends at once
+        except InferenceError as exc:
+            await _abort(context, exc, "ModelStreamInfer")
         stream = _InferStream(self, context)
         gate.streams += 1
         reading = asyncio.ensure_future(stream.read(requests))
@@ -232,9 +273,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             gate.enter()
             try:
+                token = self._caller(context)
                 admission.enter()
                 try:
-                    infer_request, raw = self._decode(request, context)
+                    infer_request, raw = self._decode(request, context, token)
                     response = await self._service.infer(infer_request)
                     serialized = self._serialize(response, raw)
                     return _STREAM_RESPONSE_TAG + _varint_framed(serialized)
@@ -254,16 +296,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return answer.SerializeToString()
 
     def _decode(
-        self, request: bytes, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext, token: ApiToken | None
     ) -> tuple[InferRequest, bool]:
         """A ModelInferRequest's bytes as the core's request, with the call's deadline and
-        routing key; whether the answer should carry raw contents."""
+        routing key; whether the answer should carry raw contents. PERMISSION_DENIED when
+        `token` (None: tokens are off) may not use the model it names."""
         try:
             message = pb.ModelInferRequest.FromString(request)
         except Exception as exc:  # as in `_lenient`
             raise _malformed(exc) from None
         budget = ElementBudget(self._max_elements, self._max_strings)
         infer_request, raw = codec.decode_infer_request(message, budget)
+        if token is not None:
+            Access.authorize(token, infer_request.model)
         remaining = context.time_remaining()
         if remaining is not None and (
             infer_request.timeout is None or remaining < infer_request.timeout
@@ -415,10 +460,16 @@ class GrpcFrontend:
     `reuse_port`: listen with SO_REUSEPORT, beside the server's other serving processes."""
 
     def __init__(
-        self, service: InferenceService, settings: ServerSettings, *, reuse_port: bool = False
+        self,
+        service: InferenceService,
+        settings: ServerSettings,
+        credentials: grpc.ServerCredentials | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self._service = service
         self._settings = settings
+        self._credentials = credentials  # TLS (modelgate/tls.py); None: plain text
         self._reuse_port = reuse_port
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -487,7 +538,10 @@ class GrpcFrontend:
             pool=_reflection_pool(),
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        if self._credentials is not None:
+            bound = server.add_secure_port(address, self._credentials)
+        else:
+            bound = server.add_insecure_port(address)
         await server.start()
         self._server = server
         self._health_task = asyncio.create_task(self._track_readiness())

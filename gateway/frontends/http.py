@@ -18,6 +18,7 @@ from typing import Any
 
 from modelgate.errorlog import log_refused, log_unexpected
 from modelgate.gateway.codecs import v1, v2_http
+from modelgate.gateway.core.access import CHALLENGE
 from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.limits import ElementBudget
@@ -50,12 +51,15 @@ STATUS_BY_CODE = {
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.UNIMPLEMENTED: 501,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
 }
 
 _JSON = [(b"content-type", b"application/json")]
 # Extra headers of an error answer, by code: a refusal under load says when to come back.
 _HEADERS_BY_CODE = {
     ErrorCode.RESOURCE_EXHAUSTED: [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+    ErrorCode.UNAUTHENTICATED: [(b"www-authenticate", CHALLENGE.encode())],
 }
 TIMEOUT_HEADER = b"x-request-timeout-ms"
 _HEADER_LENGTH = b"inference-header-content-length"
@@ -77,6 +81,8 @@ _METHOD = {
     "v1_status": "GET",
     "v1_predict": "POST",
 }
+# Open to callers without a token (probes), when tokens are required.
+_OPEN = frozenset(("live", "ready"))
 # /v2/models/{m}[/versions/{v}]/<action> -> endpoint
 _MODEL_ACTIONS = {
     "": "metadata",
@@ -98,6 +104,7 @@ class HttpFrontend:
         self._max_elements = settings.max_request_elements
         self._max_strings = settings.max_request_strings
         self._routing_key = settings.routing_key_header.encode("latin-1")
+        self._access = service.access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -143,6 +150,13 @@ class HttpFrontend:
                 f"method {method} is not allowed on {path} (use {allowed})",
                 ((b"allow", allowed.encode()),),
             )
+        if self._access is not None and endpoint not in _OPEN:
+            # Before the body is read, like admission below; the server's own metadata
+            # names no model, so any token reads it.
+            if endpoint == "server":
+                self._access.authenticate(headers.get(b"authorization"))
+            else:
+                self._access.check(headers.get(b"authorization"), model)
         if endpoint in ("infer", "v1_predict"):
             assert model is not None
             # Before the body is read: a refused request costs no memory nor decoding.

@@ -38,6 +38,9 @@ from modelgate.http_limits import BoundedHttpProtocol, LoopServer, ReadLimits, b
 # Long enough for a request already on its way (sent before the client could see the
 # listener close) to arrive and be answered 503; short so that stopping stays quick.
 IDLE_LINGER = 0.5
+# How long a connection the kernel had accepted when the server stopped gets to finish its
+# TLS handshake (and then be answered like the others); one that does not is dropped.
+HANDSHAKE_LINGER = 1.0
 
 _REFUSAL = v2_http.encode_json({"error": "the server is shutting down; retry elsewhere"})
 
@@ -166,6 +169,9 @@ class DrainingServer(LoopServer):
             app_state=self.lifespan.state,
         )
         loop = asyncio.get_running_loop()
-        for conn in accepted:
-            await loop.connect_accepted_socket(factory, conn)
+        tls: dict[str, Any] = {}
+        if self.config.ssl is not None:  # those connections handshake first, all together
+            tls = {"ssl": self.config.ssl, "ssl_handshake_timeout": HANDSHAKE_LINGER}
+        connecting = [loop.connect_accepted_socket(factory, conn, **tls) for conn in accepted]
+        await asyncio.gather(*connecting, return_exceptions=True)  # a failed one is closed
         await super().shutdown(sockets)

@@ -18,6 +18,7 @@ from modelgate.gateway.cli import main
 from modelgate.registry import cli as registry_cli
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import ModelVersion, Stage
+from modelgate.tls import TlsFiles
 
 
 def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
@@ -281,55 +282,23 @@ def test_serve_hands_the_store_to_the_registry_server(
                  "--create-store"]) == 0  # fmt: skip
     assert main([
         "registry", "--store", str(store), "serve", "--host", "0.0.0.0", "--port", "0",
-        "--token-file", str(tokens), "--protect-reads",
+        "--token-file", str(tokens), "--protect-reads", "--tls-cert-file", "c.pem",
+        "--tls-key-file", "k.pem",
     ]) == 0  # fmt: skip
     # The variables `modelgate serve` reads, with flags winning over them.
     monkeypatch.setenv("MODELGATE_HOST", "127.0.0.2")
     monkeypatch.setenv("MODELGATE_STORE", str(store))
     assert main(["registry", "serve", "--port", "1"]) == 0
     assert main(["registry", "serve", "--port", "2", "--host", "127.0.0.3"]) == 0
+    plain = {"token_file": None, "protect_reads": False, "tls": None, "upload_ttl": 3600.0}
+    tls = TlsFiles(Path("c.pem"), Path("k.pem"), None, "--tls-cert-file", "--tls-key-file", "")
     assert calls == [
-        (
-            store,
-            {
-                "host": "127.0.0.1",
-                "port": 8081,
-                "token_file": None,
-                "protect_reads": False,
-                "upload_ttl": 3600.0,
-            },
-        ),
-        (
-            store,
-            {
-                "host": "0.0.0.0",
-                "port": 0,
-                "token_file": tokens,
-                "protect_reads": True,
-                "upload_ttl": 3600.0,
-            },
-        ),
-        (
-            store,
-            {
-                "host": "127.0.0.2",
-                "port": 1,
-                "token_file": None,
-                "protect_reads": False,
-                "upload_ttl": 3600.0,
-            },
-        ),
-        (
-            store,
-            {
-                "host": "127.0.0.3",
-                "port": 2,
-                "token_file": None,
-                "protect_reads": False,
-                "upload_ttl": 3600.0,
-            },
-        ),
-    ]
+        (store, {"host": "127.0.0.1", "port": 8081, **plain}),
+        (store, {"host": "0.0.0.0", "port": 0, "token_file": tokens, "protect_reads": True,
+                 "tls": tls, "upload_ttl": 3600.0}),
+        (store, {"host": "127.0.0.2", "port": 1, **plain}),
+        (store, {"host": "127.0.0.3", "port": 2, **plain}),
+    ]  # fmt: skip
 
 
 def test_a_remote_registry_gets_the_token_from_the_file_or_the_environment(

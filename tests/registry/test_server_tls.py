@@ -1,0 +1,48 @@
+"""The registry server over HTTPS (`modelgate registry serve --tls-cert-file/--tls-key-file`):
+its clients (the gateway, `modelgate registry`) trust a private CA through SSL_CERT_FILE."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from certs import Pki
+from conftest import filled_store, serving_registry
+from loadtest.procs import clean_environment
+from modelgate.registry.client import open_registry
+from modelgate.registry.errors import LocationError
+from modelgate.registry.server import build_app
+from modelgate.tls import ServerCertificate, TlsFiles
+
+
+def test_the_registry_serves_https_to_clients_that_trust_its_ca(
+    tmp_path: Path, pki: Pki, model_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = filled_store(tmp_path / "store", model_files)
+    tls = ServerCertificate(TlsFiles(pki.server.cert, pki.server.key))
+    with serving_registry(build_app(store, tmp_path / "incoming"), tls) as url:
+        assert url.startswith("https://")
+        with pytest.raises(httpx.TransportError):  # plain text is not answered
+            httpx.get(url.replace("https://", "http://") + "/api/v1/models", timeout=10)
+        with open_registry(url) as client, pytest.raises(LocationError, match="SSL_CERT_FILE"):
+            client.list_versions()
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))
+        with open_registry(url) as client:
+            names = {v.name for v in client.list_versions()}
+    assert names == set(model_files)
+
+
+def test_a_certificate_without_its_key_is_one_line(tmp_path: Path, pki: Pki) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "modelgate", "registry", "--store", str(tmp_path / "s"),
+         "serve", "--port", "0", "--create-store", "--tls-cert-file", str(pki.server.cert)],
+        capture_output=True, text=True, timeout=120, env=clean_environment(),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --tls-cert-file is set but --tls-key-file is not: TLS needs both"
+    )
