@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import gc
 import logging
 import signal
@@ -23,7 +22,7 @@ from typing import NoReturn
 
 import uvicorn
 
-from modelgate.gateway.alerting import DriftAlerts, notifier_for, webhook_url
+from modelgate.gateway.alerting import DriftAlerts, WebhookUrls, notifier_for
 from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.core.deployments import Deployments
 from modelgate.gateway.core.guard import RolloutGuard, ServedTraffic
@@ -94,7 +93,7 @@ class Gateway:
             sink=drift_uplink,
         )
         self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
-        url_for = functools.partial(webhook_url, settings, self.deployments)
+        url_for = WebhookUrls(settings, self.deployments, self.metrics.webhook_urls_refused)
         self.monitor.on_change = DriftAlerts(self.notifier, url_for)
         if drift_uplink is not None:
             drift_uplink.attach(self.monitor, url_for)
