@@ -87,8 +87,9 @@ def _integers(name: str, datatype: str, dtype: np.dtype, leaves: list[Any]) -> n
         values = np.frombuffer(struct.pack(f"{len(leaves)}q", *leaves), dtype=np.int64)
     except struct.error:
         # Floats, integers beyond int64 (large UINT64 values) or not numbers: NumPy's
-        # inference tells them apart once no string is left to make it a string array.
-        if str in map(type, leaves):
+        # inference tells them apart once only numbers are left (a string would make it a
+        # string array; a list, a ragged one).
+        if not set(map(type, leaves)) <= {int, float, bool}:
             raise invalid(f"input {name!r}: data does not hold {datatype} values") from None
         values = np.asarray(leaves)
         if values.dtype.kind in "fO":
