@@ -5,6 +5,10 @@ event goes and what it says. A version's webhook URL is, in order: its registry 
 `retrain_webhook` (it travels with the version; an empty tag turns webhooks off for it),
 the serving config's `retrain_webhook` for its model, the server-wide `--retrain-webhook`.
 The notifier (monitor/webhook.py) signs, stores and delivers the events.
+
+Registry writers set the tag, the operator the rest: a tagged URL off the allow-list
+`webhook_allowed_urls` (monitor/allowlist.py) is ignored as if absent, counted, and logged
+once per version and URL.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from modelgate.gateway.core.deployments import Deployments
 from modelgate.gateway.settings import ServerSettings
+from modelgate.monitor.allowlist import WebhookAllowList
 from modelgate.monitor.drift import DriftEvent, WindowReport
 from modelgate.monitor.outbox import Outbox
 from modelgate.monitor.webhook import WebhookNotifier, WebhookSettings
+from modelgate.registry.types import shown
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_TAG = "retrain_webhook"
+_LOGGED_MAX = 1024
 
 
 def notifier_for(
@@ -57,7 +64,8 @@ def notifier_for(
         cooldown=settings.webhook_cooldown,
         outbox_path=outbox_path,
     )
-    return WebhookNotifier(webhook, Outbox(outbox_path), registry)
+    outbox = Outbox(outbox_path, max_pending=settings.webhook_outbox_max_events)
+    return WebhookNotifier(webhook, outbox, registry)
 
 
 class DriftAlerts:
@@ -69,10 +77,14 @@ class DriftAlerts:
         notifier: WebhookNotifier | None,
         settings: ServerSettings,
         deployments: Deployments,
+        refused: Counter,
     ) -> None:
         self._notifier = notifier
         self._settings = settings
         self._deployments = deployments
+        self._allowed = WebhookAllowList.parse(settings.webhook_allowed_urls)
+        self._refused = refused
+        self._logged: set[tuple[str, str, str]] = set()  # refused tags logged already
 
     async def __call__(self, event: DriftEvent) -> None:
         report = event.report
@@ -102,9 +114,26 @@ class DriftAlerts:
             tags = self._deployments.get(model, version).record.tags
         except Exception:  # unloaded meanwhile: the serving config still applies
             tags = {}
-        if WEBHOOK_TAG in tags:
-            return tags[WEBHOOK_TAG]
+        tagged = tags.get(WEBHOOK_TAG)
+        if tagged is not None and (not tagged or self._allowed.allows(tagged)):
+            return tagged
+        if tagged is not None:
+            self._refuse(model, version, tagged)
         return self._settings.for_model(model).monitor.retrain_webhook
+
+    def _refuse(self, model: str, version: str, url: str) -> None:
+        self._refused.labels(model).inc()
+        key = (model, version, url)
+        if key in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_MAX:  # bounded whatever writers keep tagging
+            self._logged.clear()
+        self._logged.add(key)
+        log.warning(
+            "%s v%s: its %s tag %s is not on the webhook allow-list (webhook_allowed_urls): "
+            "no event goes there; the serving config's URL applies, if any",
+            model, version, WEBHOOK_TAG, shown(url, 200),
+        )  # fmt: skip
 
 
 def _number(version: str) -> int | str:

@@ -176,6 +176,13 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.webhook_urls_refused = Counter(
+            "modelgate_webhook_urls_refused",
+            "Drift events not sent to a version's retrain_webhook tag because its URL is not "
+            "on the webhook allow-list (webhook_allowed_urls).",
+            ["model"],
+            registry=r,
+        )
         self.registry_polls = Counter(
             "modelgate_registry_polls",
             "Registry change checks by outcome (ok, error: the gateway keeps serving).",

@@ -84,7 +84,9 @@ class Gateway:
             resume=self._was_drifting if self.notifier is not None else None,
         )
         self.deployments = Deployments(self.registry, settings, self.metrics, self.monitor)
-        self.monitor.on_change = DriftAlerts(self.notifier, settings, self.deployments)
+        self.monitor.on_change = DriftAlerts(
+            self.notifier, settings, self.deployments, self.metrics.webhook_urls_refused
+        )
         self.mirror = ShadowMirror(self.metrics, settings.shadow_max_inflight)
         admission = Admission(
             settings.max_inflight, self.metrics.requests_refused.labels("inflight").inc

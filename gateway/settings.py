@@ -252,6 +252,19 @@ class ServerSettings:
     webhook_retry_period: float = setting(
         86400.0, "seconds an undeliverable event is retried", above=0
     )
+    webhook_outbox_max_events: int = setting(
+        10_000,
+        "pending events the webhook outbox holds at most; beyond, new events are dropped "
+        "(counted and logged)",
+        minimum=1,
+    )
+    # Registry writers choose a version's `retrain_webhook` tag; the operator chooses where
+    # signed events may go (monitor/allowlist.py).
+    webhook_allowed_urls: str = setting(
+        "",
+        "URLs (comma-separated scheme://host[:port][/path]) a version's retrain_webhook tag "
+        "may point at or below; other tags are ignored, logged and counted",
+    )
     host: str = setting("127.0.0.1", "address every endpoint binds")
     http_port: int = setting(8000, "HTTP port; 0 picks a free one", minimum=0, maximum=65535)
     grpc_port: int = setting(8001, "gRPC port; 0 picks a free one", minimum=0, maximum=65535)

@@ -16,6 +16,11 @@ twice at the same time, and an event claimed by a process that was killed become
 when the lease runs out. Events of one (model, version) leave in enqueue order: only the
 oldest pending one is ever due. Times are wall-clock seconds (they must mean the same thing
 after a restart), never monotonic ones.
+
+The outbox holds at most `max_pending` pending events: a receiver down for long must not
+fill the disk. A new event beyond that is dropped, not stored, and handed to `on_drop`; a
+drift_detected dropped so leaves the version's cooldown untouched, so the next drifting
+window tries again.
 """
 
 from __future__ import annotations
@@ -100,10 +105,17 @@ class Outbox:
     seconds for another, then sqlite3.OperationalError ("database is locked") is raised.
     """
 
-    def __init__(self, path: Path | str, *, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: Path | str, *, lock_timeout: float = 30.0, max_pending: int = 10_000
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("the outbox must hold at least one pending event")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_timeout = lock_timeout
+        self.max_pending = max_pending
+        # Called (in the writing thread) with each event dropped because the outbox is full.
+        self.on_drop: Callable[[OutboxEvent], None] = lambda event: None
         with self._connect() as db:
             db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
 
@@ -132,10 +144,19 @@ class Outbox:
 
     # --- enqueue ----------------------------------------------------------------------------
 
-    def add(self, event: OutboxEvent) -> None:
-        """Store a pending event; durable when this returns."""
+    def add(self, event: OutboxEvent) -> bool:
+        """Store a pending event, durable when this returns; False if it was dropped."""
         with self._write() as db:
-            _insert(db, event)
+            return self._enqueue(db, event)
+
+    def _enqueue(self, db: sqlite3.Connection, event: OutboxEvent) -> bool:
+        """Insert `event` unless the outbox is full; then `on_drop` gets it."""
+        (pending,) = db.execute("SELECT COUNT(*) FROM events WHERE status = 'pending'").fetchone()
+        if pending >= self.max_pending:
+            self.on_drop(event)
+            return False
+        _insert(db, event)
+        return True
 
     def drift_started(self, event: OutboxEvent, *, cooldown: float, now: float) -> bool:
         """Record that `event.model`/`event.version` drifts, and enqueue `event` (a
@@ -146,8 +167,8 @@ class Outbox:
             since = episode.since if episode.drifting else now
             announced = episode.detected_event if episode.drifting else None
             due = episode.detected_at is None or now - episode.detected_at >= cooldown
+            due = due and self._enqueue(db, event)
             if due:
-                _insert(db, event)
                 announced = event.id
             db.execute(
                 "INSERT OR REPLACE INTO drift (model, version, drifting, since, detected_event, "
@@ -185,8 +206,7 @@ class Outbox:
             if episode.detected_event is None:
                 return None
             event = build(episode)
-            _insert(db, event)
-            return event
+            return event if self._enqueue(db, event) else None
 
     def episode(self, model: str, version: str) -> DriftEpisode:
         """The recorded drift state of a model version (clear if never seen)."""

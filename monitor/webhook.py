@@ -72,6 +72,7 @@ _IDLE_POLL = 5.0  # also picks up events other processes put in a shared outbox
 _ERROR_PAUSE = 1.0
 _LEASE_MARGIN = 5.0
 _PRUNE_EVERY = 3600.0
+_DROP_LOG_PERIOD = 60.0
 
 
 def default_instance() -> str:
@@ -265,6 +266,15 @@ class WebhookNotifier:
             "Webhook events in the outbox waiting for delivery.",
             registry=registry,
         )
+        self._dropped = Counter(
+            "modelgate_webhook_events_dropped",
+            "Webhook events dropped because the outbox held its maximum of pending events.",
+            ["type"],
+            registry=registry,
+        )
+        self._drops_unlogged = 0
+        self._drop_logged_at: float | None = None
+        outbox.on_drop = self._drop
 
     async def notify_drift_started(
         self,
@@ -330,6 +340,21 @@ class WebhookNotifier:
             return None
         self._enqueued(DRIFT_RESOLVED)
         return event.id
+
+    def _drop(self, event: OutboxEvent) -> None:
+        """Count an event the full outbox dropped; log at most one line a minute about it."""
+        self._dropped.labels(event.type).inc()
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        if self._drop_logged_at is not None and now - self._drop_logged_at < _DROP_LOG_PERIOD:
+            return
+        log.warning(
+            "webhook outbox full (%d pending events, webhook_outbox_max_events): dropped %d "
+            "event(s), the last a %s of %s v%s; is the receiver down?",
+            self.outbox.max_pending, self._drops_unlogged, event.type, event.model,
+            event.version,
+        )  # fmt: skip
+        self._drops_unlogged, self._drop_logged_at = 0, now
 
     def _need_key(self) -> bytes:
         if self._key is None:

@@ -5,6 +5,7 @@ modelgate registry ... transition NAME VERSION STAGE [--traffic P] [--keep] [--r
     [--allow-signature-change]
 modelgate registry ... list [NAME] | history [NAME] | show NAME VERSION [--json]
 modelgate registry --store DIR serve --port P [--token-file F] [--protect-reads]
+    [--upload-ttl S]
 
 Where the registry is comes from the flags, else from the variables `modelgate serve` reads
 (MODELGATE_REGISTRY, then MODELGATE_STORE), else ./modelstore. Only `register` (and `serve
@@ -41,6 +42,7 @@ from modelgate.registry.types import (
     Stage,
     TensorSignature,
     Transition,
+    check_model_name,
     parse_version,
 )
 from modelgate.tls import tls_files
@@ -124,11 +126,21 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: $MODELGATE_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
     serve.add_argument(
-        "--token-file", dest="server_token_file", type=Path, help="the server's API tokens"
+        "--token-file",
+        dest="server_token_file",
+        type=Path,
+        help="the server's API tokens, one `name:secret [scope ...]` a line (scopes: admin, "
+        "write[:PATTERN], read[:PATTERN]; none means admin)",
     )
     serve.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
     serve.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this PEM certificate")
     serve.add_argument("--tls-key-file", type=Path, help="the PEM private key of --tls-cert-file")
+    serve.add_argument(
+        "--upload-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds an upload that no version was registered from is kept (default 3600)",
+    )
     serve.add_argument(
         "--create-store",
         action="store_true",
@@ -253,6 +265,8 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         raise ValueError(
             f"serve needs a store directory, not {where.location} (from {where.named_by})"
         )
+    if not args.upload_ttl > 0:  # NaN too
+        raise ValueError(f"--upload-ttl is a positive number of seconds, not {args.upload_ttl}")
     create = args.create_store
     if create is None:
         create = bool(environment.get("create_store", False))
@@ -268,6 +282,7 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
         port=args.port,
         token_file=args.server_token_file,
         protect_reads=args.protect_reads,
+        upload_ttl=args.upload_ttl,
         tls=tls_files(
             args.tls_cert_file,
             args.tls_key_file,
@@ -278,6 +293,7 @@ def _serve(args: argparse.Namespace, where: _Where, environment: Mapping[str, An
 
 
 def _register(opener: Opener, args: argparse.Namespace) -> int:
+    check_model_name(args.name)  # before reading, profiling and uploading anything
     tags: dict[str, str] = {}
     for item in args.tag:
         key, sep, value = item.partition("=")

@@ -55,7 +55,7 @@ class RegistryClient(Protocol):
     def register(
         self,
         name: str,
-        model: bytes,
+        model: bytes | Path,
         *,
         stage: Stage = Stage.NONE,
         traffic: float | None = None,
@@ -66,8 +66,8 @@ class RegistryClient(Protocol):
         reason: str = "",
         allow_signature_change: bool = False,
     ) -> ModelVersion:
-        """Store `model` as the next version of `name` (1, 2, ...), optionally in a stage
-        (by the rules of `transition`)."""
+        """Store `model` (its bytes, or a file's path) as the next version of `name` (1, 2,
+        ...), optionally in a stage (by the rules of `transition`)."""
         ...
 
     def transition(

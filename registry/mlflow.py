@@ -40,6 +40,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -247,7 +248,7 @@ class MlflowRegistry(HttpRegistry):
     def register(
         self,
         name: str,
-        model: bytes,
+        model: bytes | Path,
         *,
         stage: Stage = Stage.NONE,
         traffic: float | None = None,

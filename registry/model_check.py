@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import onnx
@@ -81,14 +82,20 @@ class ModelFile:
     nodes: int
 
 
-def parse_model(model: bytes) -> ModelFile:
-    """The ONNX model in `model`, checked to be self-contained and bounded."""
+def parse_model(model: bytes | Path) -> ModelFile:
+    """The ONNX model in `model` (bytes, or a file's path), checked to be self-contained
+    and bounded. Parsing needs the whole model in memory, and a file's bytes while it runs."""
     try:
-        proto = onnx.load_from_string(model)
+        if isinstance(model, Path):
+            size = model.stat().st_size
+            proto = onnx.load(str(model), load_external_data=False)
+        else:
+            size = len(model)
+            proto = onnx.load_from_string(model)
     except Exception as exc:
         raise InvalidModelError(f"not an ONNX model: {exc}") from exc
     check_self_contained(proto)
-    return ModelFile(proto, check_bounded(proto, len(model)))
+    return ModelFile(proto, check_bounded(proto, size))
 
 
 def check_self_contained(model: onnx.ModelProto) -> None:

@@ -11,6 +11,7 @@ corrupt store nor anything between the server and this client gets a wrong model
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from modelgate.registry.errors import (
     SignatureMismatchError,
     UnavailableError,
 )
-from modelgate.registry.types import ModelVersion, Stage, Transition
+from modelgate.registry.types import ModelVersion, Stage, Transition, check_model_name
 
 ERROR_BY_STATUS: dict[int, type[RegistryError]] = {
     400: InvalidRequestError,
@@ -91,7 +92,7 @@ class RemoteRegistry(HttpRegistry):
     def register(
         self,
         name: str,
-        model: bytes,
+        model: bytes | Path,
         *,
         stage: Stage = Stage.NONE,
         traffic: float | None = None,
@@ -107,6 +108,9 @@ class RemoteRegistry(HttpRegistry):
         The server records its token's name as the actor; `actor`, if given, is added as
         the person the token acts for.
         """
+        check_model_name(name)  # before uploading what could not be registered
+        if isinstance(model, Path):
+            model = model.read_bytes()
         sha = hashlib.sha256(model).hexdigest()
         try:
             self._request("HEAD", f"artifacts/{sha}")

@@ -22,18 +22,22 @@ paths are under /api/v1; names and versions are path segments, percent-encoded b
 Registering is two requests: PUT the artifact (the server refuses a body whose sha256
 differs from the path's), then POST the version naming that sha256. An uploaded artifact
 waits in the server's own `.incoming-*` folder in the store directory until a version is
-registered from it; the folder goes when the server stops. Registering a file the registry
-already holds needs no upload (HEAD tells).
+registered from it, or until it is `--upload-ttl` seconds old (registry/uploads.py); the
+folder goes when the server stops. Registering a file the registry already holds needs no
+upload (HEAD tells).
 
-Authentication is a bearer token from `--token-file` (one `name:secret` or bare `secret`,
-named "token", per line; blank lines and `#` comments ignored). Writes always need one;
-without a token file the registry is read-only. `--protect-reads` needs one for reads too.
+Authentication is a bearer token from `--token-file` (registry/access.py: one `name:secret
+[scope ...]` or bare `secret` a line; scopes `admin`, `write[:PATTERN]`, `read[:PATTERN]`
+with PATTERN a model name, a prefix ending in `*`, or `*`; no scope means admin). Writes
+always need one; without a token file the registry is read-only. `--protect-reads` needs
+one for reads too, and then listings hold only the models the token may read.
 The audit actor of a write is the token's name; a client's `actor` field, when it names
 someone else, is recorded as "token-name (on behalf of actor)": the token is who
 authenticated, the rest is what that caller claims.
 
 Errors are `{"error": "..."}` with: 400 invalid request, bad JSON or sha256, unknown field;
-401 no token / 403 wrong token or read-only registry (both with `WWW-Authenticate: Bearer`);
+401 no token / 403 wrong token, a token without the scope (`error="insufficient_scope"`)
+or a read-only registry (all with `WWW-Authenticate: Bearer`);
 404 unknown model, version, artifact or endpoint; 405 wrong method; 409 conflict with the
 registry's state; 413 body over the limit (1 GiB artifacts, 1 MiB JSON); 502 a stored
 artifact that no longer matches its sha256; 503 the store is unavailable. A registry error
@@ -52,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import re
@@ -60,7 +63,6 @@ import signal
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote
@@ -77,6 +79,8 @@ from modelgate.http_limits import (
     start_serving,
 )
 from modelgate.listen import address, listen
+from modelgate.registry.access import Access, AccessError, Action, ApiToken, load_tokens
+from modelgate.registry.artifacts import file_sha256
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
@@ -88,7 +92,8 @@ from modelgate.registry.errors import (
     UnavailableError,
 )
 from modelgate.registry.signature import InvalidModelError
-from modelgate.registry.types import ModelVersion, Stage, parse_version
+from modelgate.registry.types import ModelVersion, Stage, check_model_name, parse_version
+from modelgate.registry.uploads import INCOMING_PREFIX, incoming_folders, sweep_uploads
 from modelgate.tls import ServerCertificate, TlsFiles
 
 log = logging.getLogger(__name__)
@@ -100,6 +105,8 @@ Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 MAX_ARTIFACT_BYTES = 1 << 30
 MAX_JSON_BYTES = 1 << 20
+UPLOAD_TTL = 3600.0
+_SWEEP_PERIOD_MAX = 60.0
 # Connections: heads as the gateway's defaults; a body gets ten minutes (a 1 GiB artifact
 # at under 2 MB/s); few clients (gateways polling, CI registering), so a few hundred places.
 READ_LIMITS = ReadLimits(
@@ -137,84 +144,6 @@ class HttpError(Exception):
         self.headers = list(headers)
 
 
-# --- tokens -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApiToken:
-    """A bearer token allowed to write (and read): its name goes into the audit trail."""
-
-    name: str
-    secret: str
-
-
-def load_tokens(path: Path) -> tuple[ApiToken, ...]:
-    """The tokens of a token file: `name:secret` or a bare `secret` (named "token") a line."""
-    tokens: list[ApiToken] = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, secret = line.partition(":")
-        if not sep:
-            name, secret = "token", line
-        name, secret = name.strip(), secret.strip()
-        if not name or not secret:
-            raise ValueError(f"{path}:{number}: expected 'name:secret' or a bare secret")
-        if any(hmac.compare_digest(secret, t.secret) for t in tokens):
-            raise ValueError(f"{path}:{number}: this secret is already listed")
-        tokens.append(ApiToken(name, secret))
-    if not tokens:
-        raise ValueError(f"{path}: no tokens in the file")
-    return tuple(tokens)
-
-
-class Access:
-    """Who may read and who may write: bearer tokens checked in constant time."""
-
-    def __init__(self, tokens: Sequence[ApiToken], *, protect_reads: bool) -> None:
-        if protect_reads and not tokens:
-            raise ValueError("protecting reads needs tokens (--token-file)")
-        self._tokens = tuple(tokens)
-        self._protect_reads = protect_reads
-
-    def check(self, headers: dict[bytes, bytes], *, write: bool) -> str | None:
-        """The caller's token name; None for an anonymous read. HttpError 401/403 otherwise."""
-        if write and not self._tokens:
-            raise HttpError(
-                403,
-                "this registry is read-only: start it with --token-file",
-                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
-            )
-        if not write and not self._protect_reads:
-            return None
-        scheme, _, secret = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            what = "writes" if write else "reads"
-            raise HttpError(
-                401,
-                f"this registry needs a bearer token for {what} (Authorization: Bearer ...)",
-                [(b"www-authenticate", b'Bearer realm="modelgate-registry"')],
-            )
-        name = None
-        # No early exit: every token is compared, so timing tells nothing about which matched.
-        for token in self._tokens:
-            if hmac.compare_digest(secret.strip().encode(), token.secret.encode()):
-                name = token.name
-        if name is None:
-            raise HttpError(
-                403,
-                "the bearer token is not valid for this registry",
-                [
-                    (
-                        b"www-authenticate",
-                        b'Bearer realm="modelgate-registry", error="invalid_token"',
-                    )
-                ],
-            )
-        return name
-
-
 # --- the application ----------------------------------------------------------------------
 
 
@@ -229,12 +158,24 @@ class RegistryApp:
         *,
         max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
         max_json_bytes: int = MAX_JSON_BYTES,
+        upload_ttl: float = UPLOAD_TTL,
     ) -> None:
         self._registry = registry
         self._incoming = incoming
         self._access = access
         self._max_artifact = max_artifact_bytes
         self._max_json = max_json_bytes
+        self.upload_ttl = upload_ttl
+
+    async def sweep_uploads(self) -> None:
+        """Delete this app's uploads older than the upload TTL, periodically, until
+        cancelled (registry/uploads.py)."""
+        while True:
+            await asyncio.sleep(min(max(self.upload_ttl / 4, 0.05), _SWEEP_PERIOD_MAX))
+            try:
+                await asyncio.to_thread(sweep_uploads, [self._incoming], self.upload_ttl)
+            except OSError as exc:  # a full or failing disk must not stop the sweeps
+                log.warning("sweeping expired uploads failed: %s", exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Only HTTP: the app has nothing to start or stop (uvicorn runs with lifespan off).
@@ -246,6 +187,9 @@ class RegistryApp:
             status, body, headers = await self._route(scope, receive)
         except HttpError as exc:
             status, body, headers = exc.status, _error(exc.message), _JSON + exc.headers
+        except AccessError as exc:
+            status, body = exc.status, _error(exc.message)
+            headers = [*_JSON, (b"www-authenticate", exc.challenge)]
         except RegistryError as exc:
             status, body, headers = _status_of(exc), _error(str(exc), exc.code), _JSON
         except InvalidModelError as exc:
@@ -279,20 +223,32 @@ class RegistryApp:
                 f"method {method} not allowed on {scope['path']} (allowed: {', '.join(allowed)})",
                 [(b"allow", ", ".join(allowed).encode())],
             )
-        caller = self._access.check(headers, write=write)
+        caller = self._access.caller(headers.get(b"authorization"), write=write)
+        # The model a request is about, if it is about one: its scope decides.
+        model = parts[1] if parts[0] == "models" and len(parts) >= 3 else None
         if write:
             assert caller is not None
+            Access.require(caller, Action.WRITE, model)  # uploads: any write scope
             if parts[0] == "artifacts":
                 return await self._put_artifact(receive, headers, _sha256(parts[1]))
+            assert model is not None
             body = await self._read_json(receive, headers)
             if len(parts) == 3:
-                return await self._register(parts[1], body, caller)
-            return await self._transition(parts[1], parse_version(parts[3]), body, caller)
-        return await self._read(method, parts, query)
+                return await self._register(model, body, caller.name)
+            return await self._transition(model, parse_version(parts[3]), body, caller.name)
+        Access.require(caller, Action.READ, model)
+        return await self._read(method, parts, query, caller)
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def _read(self, method: str, parts: list[str], query: dict[str, list[str]]) -> Response:
+    async def _read(
+        self,
+        method: str,
+        parts: list[str],
+        query: dict[str, list[str]],
+        caller: ApiToken | None,
+    ) -> Response:
+        """A read; listings hold only the models `caller` may read."""
         registry = self._registry
         head = parts[0]
         if head == "generation":
@@ -300,17 +256,19 @@ class RegistryApp:
             return _json(200, {"generation": generation})
         if head == "history":
             transitions = await asyncio.to_thread(registry.history, _name_param(query))
-            return _json(200, {"transitions": [t.to_json() for t in transitions]})
+            visible = [t.to_json() for t in transitions if Access.readable(caller, t.name)]
+            return _json(200, {"transitions": visible})
         if head == "artifacts":
             sha = _sha256(parts[1])
             if method == "HEAD":
-                return await self._head_artifact(sha)
-            version = await self._version_with(sha)
+                return await self._head_artifact(sha, caller)
+            version = await self._version_with(sha, caller)
             data = await asyncio.to_thread(registry.read_artifact, version)
             return 200, data, _OCTETS
         if len(parts) == 1:
             versions = await asyncio.to_thread(registry.list_versions, _name_param(query))
-            return _json(200, {"versions": [v.to_json() for v in versions]})
+            listed = [v.to_json() for v in versions if Access.readable(caller, v.name)]
+            return _json(200, {"versions": listed})
         if len(parts) == 3:
             versions = await asyncio.to_thread(registry.list_versions, parts[1])
             if not versions:
@@ -319,17 +277,18 @@ class RegistryApp:
         version = await asyncio.to_thread(registry.get, parts[1], parse_version(parts[3]))
         return _json(200, version.to_json())
 
-    async def _version_with(self, sha: str) -> ModelVersion:
+    async def _version_with(self, sha: str, caller: ApiToken | None = None) -> ModelVersion:
+        """A version (of a model `caller` may read) whose artifact is `sha`."""
         versions = await asyncio.to_thread(self._registry.list_versions, None)
         for version in versions:
-            if version.sha256 == sha:
+            if version.sha256 == sha and Access.readable(caller, version.name):
                 return version
         raise NotFoundError(f"no registered version has the artifact {sha}")
 
-    async def _head_artifact(self, sha: str) -> Response:
+    async def _head_artifact(self, sha: str, caller: ApiToken | None) -> Response:
         staged = await asyncio.to_thread((self._incoming / sha).is_file)
         if not staged:
-            await self._version_with(sha)
+            await self._version_with(sha, caller)
         return 200, b"", _OCTETS
 
     # --- writes ---------------------------------------------------------------------------
@@ -370,13 +329,17 @@ class RegistryApp:
             actual = hasher.hexdigest()
             if actual != sha:
                 raise HttpError(400, f"the body's sha256 is {actual}, not the {sha} of the path")
-            await asyncio.to_thread(os.replace, tmp, self._incoming / sha)
+            try:
+                await asyncio.to_thread(os.replace, tmp, self._incoming / sha)
+            except FileNotFoundError:  # swept: no write for longer than the upload TTL
+                raise HttpError(408, "the upload stalled longer than the upload TTL") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return _json(201, {"sha256": sha, "size": size})
 
     async def _register(self, name: str, body: dict[str, Any], caller: str) -> Response:
+        check_model_name(name)  # before reading the artifact it would be registered from
         fields = _fields(
             body,
             sha256=(str, None),
@@ -396,11 +359,11 @@ class RegistryApp:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise InvalidRequestError("'tags' must map strings to strings")
         stage = _stage(fields["stage"])
-        data = await self._artifact_bytes(sha)
+        source = await self._artifact_source(sha)
         version = await asyncio.to_thread(
             self._registry.register,
             name,
-            data,
+            source,
             stage=stage,
             traffic=_traffic(fields["traffic"]),
             description=fields["description"],
@@ -415,10 +378,12 @@ class RegistryApp:
         log.info("registered %s v%d (%s) by %s", name, version.version, stage.value, caller)
         return _json(201, version.to_json())
 
-    async def _artifact_bytes(self, sha: str) -> bytes:
-        """An uploaded artifact, or a registered one (registering the same file again)."""
+    async def _artifact_source(self, sha: str) -> bytes | Path:
+        """An uploaded artifact's path (the registry reads it in slices, never whole), or a
+        registered artifact's bytes (registering the same file again)."""
+        upload = self._incoming / sha
         try:
-            data = await asyncio.to_thread((self._incoming / sha).read_bytes)
+            actual = await asyncio.to_thread(file_sha256, upload)
         except FileNotFoundError:
             try:
                 version = await self._version_with(sha)
@@ -427,9 +392,9 @@ class RegistryApp:
                     f"artifact {sha} has not been uploaded: PUT /api/v1/artifacts/{sha} first"
                 ) from None
             return await asyncio.to_thread(self._registry.read_artifact, version)
-        if await asyncio.to_thread(_sha256_of, data) != sha:
+        if actual != sha:
             raise ArtifactIntegrityError(f"uploaded artifact {sha} changed on the server's disk")
-        return data
+        return upload
 
     async def _transition(
         self, name: str, number: int, body: dict[str, Any], caller: str
@@ -492,14 +457,17 @@ def build_app(
     protect_reads: bool = False,
     max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
     max_json_bytes: int = MAX_JSON_BYTES,
+    upload_ttl: float = UPLOAD_TTL,
 ) -> RegistryApp:
-    """The ASGI app serving `registry`; uploads wait in `incoming` until registered."""
+    """The ASGI app serving `registry`; uploads wait in `incoming` until registered, or
+    until they are `upload_ttl` seconds old."""
     return RegistryApp(
         registry,
         incoming,
         Access(tokens, protect_reads=protect_reads),
         max_artifact_bytes=max_artifact_bytes,
         max_json_bytes=max_json_bytes,
+        upload_ttl=upload_ttl,
     )
 
 
@@ -623,10 +591,6 @@ def _write_slice(file: IO[bytes], hasher: Any, chunks: list[bytes], last: bool) 
         os.fsync(file.fileno())
 
 
-def _sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _json(status: int, document: dict[str, Any]) -> Response:
     return status, orjson.dumps(document), _JSON
 
@@ -658,6 +622,7 @@ class RegistryServer:
         self._tls = tls  # None: plain HTTP
         self._server: LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.url: str | None = None
 
     async def start(self) -> str:
@@ -681,10 +646,15 @@ class RegistryServer:
         self._task = await start_serving(self._server, sock)
         scheme = "https" if self._tls is not None else "http"
         self.url = f"{scheme}://{address(self._host, sock.getsockname()[1])}"
+        self._sweeper = asyncio.create_task(self._app.sweep_uploads())
         return self.url
 
     async def stop(self) -> None:
         """Finish the requests in flight, then close the listener."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
@@ -716,6 +686,7 @@ def run(
     token_file: Path | None,
     protect_reads: bool,
     tls: TlsFiles | None = None,
+    upload_ttl: float = UPLOAD_TTL,
 ) -> None:
     """`modelgate registry serve`: the store in `store_dir` over HTTP (HTTPS with `tls`)
     until SIGINT/SIGTERM.
@@ -739,8 +710,16 @@ def run(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     store = RegistryStore(store_dir)
+    # What servers killed before they could clean up left behind.
+    sweep_uploads(incoming_folders(store.root), upload_ttl, remove_folders=True)
     # Uploads wait in a folder of this process's own (beside the store, where there is room
-    # for big models): servers sharing a store never see, or clean up, each other's.
-    with tempfile.TemporaryDirectory(dir=store.root, prefix=".incoming-") as incoming:
-        app = build_app(store, Path(incoming), tokens=tokens, protect_reads=protect_reads)
+    # for big models): servers sharing a store never register each other's. A long-idle
+    # folder may go in another server's startup sweep: an upload makes it again.
+    with tempfile.TemporaryDirectory(
+        dir=store.root, prefix=INCOMING_PREFIX, ignore_cleanup_errors=True
+    ) as incoming:
+        app = build_app(
+            store, Path(incoming), tokens=tokens, protect_reads=protect_reads,
+            upload_ttl=upload_ttl,
+        )  # fmt: skip
         uvloop.run(serve(app, host, port, certificate))

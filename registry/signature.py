@@ -9,6 +9,7 @@ MLflow change stages without asking modelgate).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import onnx
@@ -58,8 +59,11 @@ def _signature(value: onnx.ValueInfoProto) -> TensorSignature:
     return TensorSignature(value.name, datatype, shape)
 
 
-def read_signature(model: bytes) -> tuple[tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
-    """(inputs, outputs) of an ONNX model; initialisers listed as inputs are left out.
+def read_signature(
+    model: bytes | Path,
+) -> tuple[tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
+    """(inputs, outputs) of an ONNX model (bytes or a file's path); initialisers listed as
+    inputs are left out.
     A model that is not self-contained is refused (see model_check)."""
     graph = parse_model(model).proto.graph
     if not graph.output:

@@ -26,9 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 import onnxruntime as ort
 
 from modelgate.monitor.profile import ReferenceProfile
+from modelgate.registry.artifacts import install, staged
 from modelgate.registry.errors import (
     ArtifactIntegrityError,
     ConflictError,
@@ -62,6 +61,7 @@ from modelgate.registry.types import (
     Stage,
     TensorSignature,
     Transition,
+    check_model_name,
     traffic_share,
 )
 
@@ -99,27 +99,6 @@ CREATE INDEX IF NOT EXISTS transitions_by_name ON transitions (name, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power loss too
-        finally:
-            os.close(directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class RegistryStore:
@@ -206,7 +185,7 @@ class RegistryStore:
     def register(
         self,
         name: str,
-        model: bytes,
+        model: bytes | Path,
         *,
         stage: Stage = Stage.NONE,
         traffic: float | None = None,
@@ -217,23 +196,27 @@ class RegistryStore:
         reason: str = "",
         allow_signature_change: bool = False,
     ) -> ModelVersion:
-        """Store `model` as the next version of `name` (1, 2, ...) and return it.
+        """Store `model` (its bytes, or a file's path) as the next version of `name` (1, 2,
+        ...) and return it.
 
         The model must load in ONNX Runtime. A stage other than none is a transition from
         none, with the same rules (signature included) and audit record as `transition`.
         """
-        _check_name(name)
+        check_model_name(name)
         stage = _check_stage(stage)
         traffic = traffic_share(stage, traffic)
         check_allowance(allow_signature_change, reason)
-        inputs, outputs = read_signature(model)
-        _check_loads(model)
-        if reference is not None:
-            # Stored as read back: a client's unknown fields do not reach the store.
-            reference = _check_reference(reference, inputs).to_json()
-        tags = _check_tags(tags)
-        sha = hashlib.sha256(model).hexdigest()
-        self._store_artifact(sha, model)
+        # Checked on the copy the store keeps, streamed there: the upload itself is never
+        # read whole (docs/hardening.md, "Registry writers", says what the checks hold).
+        with staged(self._artifacts, model) as copy:
+            inputs, outputs = read_signature(copy.path)
+            _check_loads(copy.path)
+            if reference is not None:
+                # Stored as read back: a client's unknown fields do not reach the store.
+                reference = _check_reference(reference, inputs).to_json()
+            tags = _check_tags(tags)
+            install(copy, self._artifacts / copy.sha256)
+        sha = copy.sha256
         with self._write() as db:
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE name = ?", (name,)
@@ -247,7 +230,7 @@ class RegistryStore:
                     name,
                     version,
                     sha,
-                    len(model),
+                    copy.size,
                     Stage.NONE.value,
                     time.time(),
                     json.dumps([s.to_json() for s in inputs]),
@@ -298,14 +281,6 @@ class RegistryStore:
                 keep=keep, allow=allow_signature_change,
             )  # fmt: skip
         return self.get(name, version)
-
-    def _store_artifact(self, sha: str, model: bytes) -> None:
-        """Write the artifact unless an intact copy exists; a damaged copy is replaced."""
-        path = self._artifacts / sha
-        with contextlib.suppress(FileNotFoundError):
-            if hashlib.sha256(path.read_bytes()).hexdigest() == sha:
-                return
-        _atomic_write(path, model)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -502,11 +477,6 @@ def _audit(
     )
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
-        raise InvalidRequestError(f"invalid model name {name!r}")
-
-
 def _check_stage(stage: Stage) -> Stage:
     if not isinstance(stage, Stage):
         raise InvalidRequestError(f"{stage!r} is not a Stage")
@@ -521,13 +491,13 @@ def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
     return tags
 
 
-def _check_loads(model: bytes) -> None:
+def _check_loads(model: Path) -> None:
     """Refuse a model ONNX Runtime cannot load, before anything is written."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry(*ONNX_FORMAT_ONLY)
     try:
-        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise InvalidModelError(f"the ONNX model does not load in ONNX Runtime: {exc}") from None
 

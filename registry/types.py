@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from modelgate.registry.errors import InvalidRequestError
 
@@ -29,6 +30,39 @@ def parse_version(text: str) -> int:
 # production version's; its value is why. The registry sets it when a stage change allows
 # the difference (`--allow-signature-change`); in MLflow, set it on the version by hand.
 SIGNATURE_CHANGE_TAG = "modelgate.signature_change"
+
+# What a model name may be. Names travel in URL paths (V2 `/v2/models/{name}`, V1
+# `/v1/models/{name}:predict`), log lines, metric labels and file-like listings, so: ASCII
+# letters and digits, then also `.`, `_` and `-` (Kubernetes resource names and the usual
+# MLflow names fit), at most 128 characters. No `/` or `:` (path and V1 verb separators), no
+# space, control, bidi or other non-ASCII character (forged log lines, misleading labels),
+# no leading `.` or `-` (hidden files, `..`, options to a command line).
+MODEL_NAME_SYNTAX = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_MODEL_NAME = re.compile(MODEL_NAME_SYNTAX, re.ASCII)
+
+
+def is_model_name(name: object) -> TypeGuard[str]:
+    """Whether `name` follows the model name syntax (`MODEL_NAME_SYNTAX`)."""
+    return isinstance(name, str) and _MODEL_NAME.fullmatch(name) is not None
+
+
+def check_model_name(name: object) -> str:
+    """`name` if it follows the model name syntax; InvalidRequestError saying why not."""
+    if not is_model_name(name):
+        raise InvalidRequestError(
+            f"invalid model name {shown(name)}: a name is 1 to 128 ASCII letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """`value` safe for one log line or message: escaped to printable ASCII (newlines, NUL
+    and bidi controls included) and cut to about `limit` characters, saying how long it was."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return ascii(text)
+    return f"{text[:limit]!a}... ({len(text)} characters)"
 
 
 class Stage(enum.Enum):

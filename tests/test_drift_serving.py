@@ -205,6 +205,47 @@ async def test_bad_values_are_counted_and_monitoring_can_be_off(
             assert "not monitored" in answer.json()["error"]
 
 
+@pytest.mark.parametrize("on_the_list", [False, True])
+async def test_a_tagged_webhook_url_is_used_only_on_the_allow_list(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture, on_the_list: bool
+) -> None:
+    """A registry writer tags the version with their own receiver: it gets the events only
+    if the operator allowed its URL; otherwise they go to the configured URL."""
+    tagged = Receiver()
+    tagged.start()
+    try:
+        model = modelzoo.classifier()
+        sample_file = tmp_path / "reference.npy"
+        rng = np.random.default_rng(3)
+        np.save(sample_file, rng.normal(size=(4000, FEATURES)).astype("f4"))
+        store = RegistryStore(tmp_path / "store", create=True)
+        store.register(
+            "clf", model, stage=Stage.PRODUCTION, reference=reference_profile(model, sample_file),
+            tags={"retrain_webhook": tagged.url + "/mine"},
+        )  # fmt: skip
+        allowed = f"{receiver.url}, {tagged.url}" if on_the_list else receiver.url
+        settings = dataclasses.replace(
+            _settings(store, receiver.url, tmp_path / "outbox.db"), webhook_allowed_urls=allowed
+        )
+        async with running(settings, store) as gw:
+            assert gw.addresses is not None
+            async with httpx.AsyncClient(base_url=f"http://{gw.addresses.http}") as http:
+                assert await _send(http, rng, shift=1.5, batches=40) == [200] * 40
+                chosen, other = (tagged, receiver) if on_the_list else (receiver, tagged)
+                await _until(lambda: chosen.accepted())
+                refused = sample(await scrape(gw), "modelgate_webhook_urls_refused_total",
+                                 model="clf")  # fmt: skip
+        assert other.requests == []
+        assert chosen.accepted()[0].path == ("/hooks/mine" if on_the_list else "/hooks")
+        lines = [r for r in caplog.records if "not on the webhook allow-list" in r.getMessage()]
+        if on_the_list:
+            assert (refused, lines) == (0, [])
+        else:
+            assert refused >= 1 and len(lines) == 1
+    finally:
+        tagged.stop()
+
+
 def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart(
     store: RegistryStore, tmp_path: Path
 ) -> None:

@@ -43,7 +43,14 @@ from modelgate.monitor.profile import ReferenceProfile
 from modelgate.registry.client import SERVED_STAGES, RegistryClient
 from modelgate.registry.errors import UnavailableError
 from modelgate.registry.signature import listing, signature_differences
-from modelgate.registry.types import SIGNATURE_CHANGE_TAG, ModelVersion, Stage
+from modelgate.registry.types import (
+    MODEL_NAME_SYNTAX,
+    SIGNATURE_CHANGE_TAG,
+    ModelVersion,
+    Stage,
+    is_model_name,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +132,7 @@ class Deployments:
         self._readiness = ServerReadiness(metrics.model_state, strict=settings.strict_readiness)
         # Canaries/shadows held back for their signature: production's version, differences.
         self._misfits: dict[Deployment, tuple[str, ...]] = {}
+        self._refused_names: set[str] = set()  # served names outside the syntax, logged once
 
     # --- reads on the request path --------------------------------------------------------
 
@@ -259,9 +267,15 @@ class Deployments:
     def apply(self, records: Iterable[ModelVersion]) -> None:
         """Reconcile with the registry's current records (the served stages among them)."""
         desired: dict[str, dict[str, ModelVersion]] = {}
+        refused: set[str] = set()
         for record in records:
-            if record.stage in SERVED_STAGES:
-                desired.setdefault(record.name, {})[str(record.version)] = record
+            if record.stage not in SERVED_STAGES:
+                continue
+            if not is_model_name(record.name):
+                refused.add(record.name)
+                continue
+            desired.setdefault(record.name, {})[str(record.version)] = record
+        self._refuse_names(refused)
         self._desired = desired
         now = time.monotonic()
         for name, versions in desired.items():
@@ -279,6 +293,18 @@ class Deployments:
         self._synced = True
         self._read.set()
         self._reroute()
+
+    def _refuse_names(self, refused: set[str]) -> None:
+        """Log each served name outside the name syntax once, escaped: such names come from
+        registries that do not check them (MLflow, a store written by older code)."""
+        for name in sorted(refused - self._refused_names):
+            log.warning(
+                "not serving model %s: the name is outside the model name syntax (%s); "
+                "register it under a name that follows it",
+                shown(name),
+                MODEL_NAME_SYNTAX,
+            )
+        self._refused_names = refused  # the current ones only: bounded by the registry
 
     async def wait_read(self) -> None:
         """Until the registry has been read once (`follow` does that first)."""

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import dataclasses
 import email.utils
+import logging
 import os
 import signal
 import sys
@@ -426,3 +427,41 @@ async def test_pending_events_survive_sigkill_and_go_out_once_from_a_new_process
     for request in receiver.accepted():
         assert_authentic(request)
     assert Outbox(path).pending_count() == 0
+
+
+async def test_a_full_outbox_drops_new_events_counts_and_logs_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver down for long: the outbox keeps `max_pending` events, drops the rest with
+    a metric and one log line, and the dropped drift_detected is tried again later."""
+    receiver = Receiver()  # not listening yet
+    registry = CollectorRegistry()
+    outbox = Outbox(tmp_path / "webhooks.db", max_pending=3)
+    caplog.set_level(logging.WARNING, logger="modelgate.monitor.webhook")
+    try:
+        async with delivering(fast(receiver.url), outbox, registry) as notifier:
+            ids = [
+                await notifier.notify_drift_started(f"m{i}", 1, WINDOW, FEATURES) for i in range(6)
+            ]
+            assert [i is not None for i in ids] == [True] * 3 + [False] * 3
+            assert outbox.pending_count() == 3
+            dropped = "modelgate_webhook_events_dropped_total"
+            assert sample(registry, dropped, type="model.drift_detected") == 3
+            full = [r for r in caplog.records if "webhook outbox full" in r.getMessage()]
+            assert len(full) == 1  # one line, not one per event
+            assert "dropped 1 event(s), the last a model.drift_detected of m3 v1" in (
+                full[0].getMessage()
+            )
+            receiver.start()
+            await until(lambda: len(receiver.accepted()) == 3)
+            # Room again: the version whose event was dropped is announced on its next window.
+            assert await notifier.notify_drift_started("m3", 1, WINDOW, FEATURES) is not None
+            await until(lambda: len(receiver.accepted()) == 4)
+        assert sorted(r.data["model"] for r in receiver.accepted()) == ["m0", "m1", "m2", "m3"]
+    finally:
+        receiver.stop()
+
+
+def test_the_outbox_holds_at_least_one_event(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Outbox(tmp_path / "webhooks.db", max_pending=0)

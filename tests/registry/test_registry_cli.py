@@ -290,12 +290,12 @@ def test_serve_hands_the_store_to_the_registry_server(
     monkeypatch.setenv("MODELGATE_STORE", str(store))
     assert main(["registry", "serve", "--port", "1"]) == 0
     assert main(["registry", "serve", "--port", "2", "--host", "127.0.0.3"]) == 0
-    plain = {"token_file": None, "protect_reads": False, "tls": None}
+    plain = {"token_file": None, "protect_reads": False, "tls": None, "upload_ttl": 3600.0}
     tls = TlsFiles(Path("c.pem"), Path("k.pem"), None, "--tls-cert-file", "--tls-key-file", "")
     assert calls == [
         (store, {"host": "127.0.0.1", "port": 8081, **plain}),
         (store, {"host": "0.0.0.0", "port": 0, "token_file": tokens, "protect_reads": True,
-                 "tls": tls}),
+                 "tls": tls, "upload_ttl": 3600.0}),
         (store, {"host": "127.0.0.2", "port": 1, **plain}),
         (store, {"host": "127.0.0.3", "port": 2, **plain}),
     ]  # fmt: skip

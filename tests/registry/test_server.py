@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import queue
 import re
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import modelzoo
-from conftest import serving_registry
+from conftest import peak_growth, serving_registry
 from modelgate.monitor.profile import build_profile
 from modelgate.registry.client import open_registry
 from modelgate.registry.errors import (
@@ -554,6 +558,23 @@ def _logged_address(process: subprocess.Popen[str]) -> str:
             return found.group(1)
 
 
+@contextlib.contextmanager
+def _registry_process(command: list[str]) -> Iterator[str]:
+    """`modelgate registry serve` running `command`: yields its URL, then stops it with
+    SIGTERM and checks it exits 0 (killed if the block failed)."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        yield _logged_address(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 # --- the command --------------------------------------------------------------------------
 
 
@@ -571,20 +592,87 @@ def test_registry_serve_command(tmp_path: Path, model_files: dict[str, bytes]) -
         str(tmp_path / "tokens"),
         "--create-store",
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        url = _logged_address(process)
-        with RemoteRegistry(url, token=WRITER) as client:
-            version = client.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
-            assert client.read_artifact(version) == model_files["classifier"]
-            assert client.history("m")[-1].actor == "ci"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+    with _registry_process(command) as url, RemoteRegistry(url, token=WRITER) as client:
+        version = client.register("m", model_files["classifier"], stage=Stage.PRODUCTION)
+        assert client.read_artifact(version) == model_files["classifier"]
+        assert client.history("m")[-1].actor == "ci"
     assert [v.name for v in RegistryStore(tmp_path / "store").list_versions()] == ["m"]
     assert list((tmp_path / "store").glob(".incoming-*")) == []  # uploads folder removed
+
+
+def test_serve_sweeps_uploads_that_servers_left_behind(tmp_path: Path) -> None:
+    store = RegistryStore(tmp_path / "store", create=True).root
+    dead, alive = store / ".incoming-dead", store / ".incoming-alive"
+    dead.mkdir()
+    alive.mkdir()
+    (dead / sha(b"old")).write_bytes(b"old")
+    (dead / ".tmp-stalled").write_bytes(b"half")
+    (alive / sha(b"new")).write_bytes(b"new")
+    hours_ago = time.time() - 7200
+    for path in (dead / sha(b"old"), dead / ".tmp-stalled", dead):
+        os.utime(path, (hours_ago, hours_ago))
+    command = [str(Path(sys.executable).parent / "modelgate"), "registry", "--store", str(store),
+               "serve", "--port", "0", "--upload-ttl", "3600"]  # fmt: skip
+    with _registry_process(command):
+        assert not dead.exists()  # swept before the server listens
+        assert [p.name for p in alive.iterdir()] == [sha(b"new")]
+    wrong = subprocess.run([*command[:-1], "0"], capture_output=True, text=True, timeout=60)
+    assert (wrong.returncode, wrong.stderr) == (
+        2,
+        "error: --upload-ttl is a positive number of seconds, not 0.0\n",
+    )
+
+
+def test_an_upload_never_registered_expires(
+    tmp_path: Path, registry_store: RegistryStore, model_files: dict[str, bytes]
+) -> None:
+    (tmp_path / "tokens").write_text(TOKENS)
+    tokens = load_tokens(tmp_path / "tokens")
+    incoming = tmp_path / "incoming"
+    app = build_app(registry_store, incoming, tokens=tokens, upload_ttl=0.5)
+    model = model_files["classifier"]
+    with serving_registry(app) as url, httpx.Client(base_url=f"{url}/api/v1/") as raw:
+        put = raw.put(f"artifacts/{sha(model)}", content=model, headers=bearer(WRITER))
+        assert put.status_code == 201
+        deadline = time.monotonic() + 30
+        while leftovers(incoming):
+            assert time.monotonic() < deadline, "the upload was never swept"
+            time.sleep(0.05)
+        assert raw.head(f"artifacts/{sha(model)}").status_code == 404
+        late = raw.post("models/m/versions", json={"sha256": sha(model)}, headers=bearer(WRITER))
+        assert late.status_code == 404
+        assert "has not been uploaded" in late.json()["error"]
+
+
+def test_registering_a_large_upload_does_not_read_it_whole(
+    tmp_path: Path, registry_store: RegistryStore
+) -> None:
+    """The upload is hashed and copied in slices: only the ONNX checks hold the model (once
+    parsed, plus the file's bytes while parsing), never the server's copy of it as well."""
+    weights = np.random.default_rng(0).normal(size=(5000, 5000)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5000])],
+        [numpy_helper.from_array(weights, "w")],
+    )  # fmt: skip
+    model_file = tmp_path / "big.onnx"
+    model_file.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    del weights, graph
+    size = model_file.stat().st_size  # 100 MB
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    (tmp_path / "tokens").write_text(TOKENS)
+    app = build_app(registry_store, tmp_path / "incoming", tokens=load_tokens(tmp_path / "tokens"))
+    with serving_registry(app) as url, httpx.Client(base_url=f"{url}/api/v1/", timeout=120) as raw:
+        with model_file.open("rb") as body:
+            put = raw.put(f"artifacts/{digest}", content=body, headers=bearer(WRITER))
+        assert put.status_code == 201
+        with peak_growth() as grown:
+            answer = raw.post("models/big/versions", json={"sha256": digest},
+                              headers=bearer(WRITER))  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        # Before: the upload's bytes, then a parse and a session from them: about 3x.
+        assert grown() < 2.5 * size, f"registering {size} bytes grew the peak by {grown()}"
+    assert registry_store.get("big", 1).size == size
