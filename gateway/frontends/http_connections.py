@@ -73,26 +73,6 @@ async def refuse(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": _REFUSAL})
 
 
-class _HeadWithBody:
-    """A connection's transport as one response sees it: the head is held back and written
-    with the first part of the body, in one write. uvicorn writes them apart, and each write
-    is a system call (docs/hardening.md, "Where an HTTP refusal's time goes")."""
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._head is None:
-            self._head = data
-            return
-        head, self._head = self._head, b""
-        self._transport.write(head + data if head else data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class DrainingHttpProtocol(BoundedHttpProtocol):
     """The bounded protocol with the drain above; `protocol_for` binds its state."""
 
@@ -100,15 +80,9 @@ class DrainingHttpProtocol(BoundedHttpProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is None:
-            return
-        # Not when a `100 Continue` must go at once, nor for HEAD (no body part is written).
-        if not cycle.waiting_for_100_continue and self.scope["method"] != "HEAD":
-            cycle.transport = _HeadWithBody(self.transport)  # type: ignore[assignment]
-        if self.drain.closing:
+        if self.drain.closing and self.cycle is not None:
             # uvicorn then sends `connection: close` and closes after the answer.
-            cycle.keep_alive = False
+            self.cycle.keep_alive = False
 
     def shutdown(self) -> None:
         """The listener has closed: finish what was read, refuse what comes, then close."""
