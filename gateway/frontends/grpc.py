@@ -28,7 +28,7 @@ from modelgate.gateway.core.errors import ErrorCode, InferenceError, invalid
 from modelgate.gateway.core.limits import ElementBudget
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.types import InferRequest
-from modelgate.gateway.frontends.grpc_drain import CallGate, channelz_id, shutting_down
+from modelgate.gateway.frontends.grpc_drain import CallGate, channelz_id, drain, shutting_down
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelgate.gateway.protocol import model_config_pb2 as mc
@@ -220,7 +220,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         admission = self._service.admission
         gate = self._gate
         try:
-            gate.enter()  # a stopping server refuses before anything else
+            if not gate.open:  # a stopping server refuses before anything else
+                await gate.refuse()
+            gate.enter()
             try:
                 token = self._caller(context)  # who calls, before anything is decoded
                 admission.enter()  # before decoding: a refused call costs no parsing
@@ -474,7 +476,8 @@ class GrpcFrontend:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._gate = CallGate()
+        # While it stops, the gate may hold as many refusals as grpcio takes inference calls.
+        self._gate = CallGate(settings.max_inflight)
         self._health = ReadinessHealth(service, self._gate)
         self._health_task: asyncio.Task[None] | None = None
 
@@ -579,5 +582,4 @@ class GrpcFrontend:
             self._health_task.cancel()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            await self._gate.close(deadline)  # see grpc_drain: why before `stop`
-            await self._server.stop(max(0.0, deadline - time.monotonic()))
+            await drain(self._server, self._gate, deadline)  # see grpc_drain: not `stop` alone
