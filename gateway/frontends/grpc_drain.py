@@ -13,8 +13,10 @@ other way to send GOAWAY. So `drain` stops in three steps:
    with UNAVAILABLE at once (no decoding, no queueing); the ones in flight finish.
 2. Holding. Once none is in flight, refusals are held back instead (up to `capacity`
    calls): a caller that waits for its answer before calling again sends nothing more,
-   and the loop, idle but for taking calls, empties core's queue. This step ends at the
-   first moment core's channelz counters show no call that Python does not hold.
+   and the loop, idle but for taking calls, empties core's queue. After `_HOLD_SECONDS`
+   (callers backing off that long after an earlier refusal have called again and wait
+   too), this step ends at the first moment core's channelz counters show no call that
+   Python does not hold.
 3. Stopping. `stop` begins (GOAWAY on every connection; the listener closes); then the held
    calls are answered UNAVAILABLE. On each connection their answers follow the GOAWAY, so
    their callers' next calls go to a new connection, which the closed port refuses
@@ -26,7 +28,7 @@ cancelled; only a core that answers such calls UNAVAILABLE (grpc/grpc#41786) or 
 GOAWAY before shutting down would close that (docs/hardening.md has the figures).
 
 Channelz has no public Python API in grpcio: the counters come from the private
-`grpc._cython.cygrpc`. When they cannot be read, holding lasts a fixed `_BLIND_HOLD_SECONDS`
+`grpc._cython.cygrpc`. When they cannot be read, holding lasts `_BLIND_HOLD_SECONDS`
 instead and `stop` is taken to have begun after one event-loop turn (one log line says so).
 """
 
@@ -45,8 +47,11 @@ log = logging.getLogger(__name__)
 
 # How often a closing gate looks again at the calls in flight and in core.
 _POLL_SECONDS = 0.002
+# How long refusals are held at least: long enough for callers that back off this long
+# after a refusal to call again and be held too, so that none of them is sending at `stop`.
+_HOLD_SECONDS = 0.25
 # Without channelz: how long refusals are held for core's queue to empty.
-_BLIND_HOLD_SECONDS = 0.05
+_BLIND_HOLD_SECONDS = 0.25
 # How long `stop` may take to close its listener (the sign it has sent GOAWAY) before the
 # held calls are answered anyway.
 _STOP_BEGIN_SECONDS = 1.0
@@ -98,11 +103,14 @@ class CallGate:
         self.open = False
         self.closing.set()
         blind_until: float | None = None
+        held_since: float | None = None
         while True:
             if not self.inflight:
                 self._holding = True
+                held_since = held_since or time.monotonic()
                 in_core = channelz_calls(self.server_id)
-                if in_core is not None and in_core <= self.streams + self._held:
+                held_enough = time.monotonic() >= min(held_since + _HOLD_SECONDS, deadline)
+                if held_enough and in_core is not None and in_core <= self.streams + self._held:
                     return  # at once: a call arriving before `stop` would be left in core
                 if in_core is None:
                     blind_until = blind_until or _blind_hold_end()
