@@ -100,7 +100,7 @@ class DriftUplink:
         asked = next(self._asked)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[asked] = answer
-        self._enqueue(("stats?", asked, model, version))
+        self.enqueue(("stats?", asked, model, version))
         try:
             return await asyncio.wait_for(answer, 2 * STATS_SECONDS)
         except TimeoutError:  # the supervisor is stopping: this worker's own counts
@@ -114,14 +114,15 @@ class DriftUplink:
             stats = self._service.model_statistics(model, version)
         except InferenceError:  # not (or not yet) served here: nothing to add
             stats = []
-        self._enqueue(("stats", key, stats))
+        self.enqueue(("stats", key, stats))
 
     def _answered(self, asked: int, stats: list[ModelStatistics]) -> None:
         answer = self._waiting.get(asked)
         if answer is not None and not answer.done():
             answer.set_result(stats)
 
-    def _enqueue(self, message: Message) -> None:
+    def enqueue(self, message: Message) -> None:
+        """Queue a message for the sender thread (never blocks: for the event loop)."""
         self._control.append(message)
         self._wake.set()
 
@@ -145,7 +146,7 @@ class DriftUplink:
 
     def forget(self, model: str, version: str) -> None:
         if self._announced.pop((model, version), None) is not None:
-            self._enqueue(("forget", model, version))
+            self.enqueue(("forget", model, version))
 
     # -- the channel ----------------------------------------------------------------------
 
