@@ -34,7 +34,8 @@ version, webhook URL) before the version's first sketch or rows, ("sketches", [(
 version, sketch bytes or (inputs, outputs) to learn from), ...]), ("forget", model, version).
 Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
 profile JSON): the reference the supervisor judges the version by, when the worker has none
-or another one.
+or another one. The same channel carries the stage changes the supervisor pushes
+(gateway/route_link.py): ("routes", ...), ("switch", ...) and the worker's ("prepared", ...).
 
 Statistics (the statistics extension answers for all workers): the worker that takes the
 call sends ("stats?", id, model, version); the supervisor asks the other workers
