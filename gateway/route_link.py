@@ -93,8 +93,9 @@ class RouteSync:
         if state is None:
             return
         state.prepared = generation
-        if self._latest is not None and generation == self._latest[0]:
-            self._first_prepared = self._first_prepared or now
+        current = self._latest is not None and generation == self._latest[0]
+        if current and self._first_prepared is None:
+            self._first_prepared = now
 
     def due(self, now: float) -> list[tuple[int, Message]]:
         """The messages to send now, to which worker."""
