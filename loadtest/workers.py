@@ -18,10 +18,10 @@ order above and the next one in reverse, so a busy machine's swings hit gateway 
 reference alike. Server CPU is the whole server: the supervisor and its workers, or every
 bare process (100% = one core).
 
-It reports each point's medians (req/s, p50, p99, server CPU) and the issue's targets: each
-ratio is the median over repeats of gateway / reference measured in the same repeat
-(>= 0.9 against the bare servers, >= 0.95 monitoring on / off), p99 below 25 ms, and 2
-workers against 1 (no target).
+It reports each point's medians (req/s, p50, p99, server CPU and CPU time per request) and
+the issue's targets: each ratio is the median over repeats of gateway / reference measured
+in the same repeat (>= 0.9 against the bare servers, >= 0.95 monitoring on / off), p99
+below 25 ms, and 2 workers against 1 (no target).
 
     python -m loadtest.workers [--repeat 3] [--window-ms 2000] [--markdown]
     python -m loadtest.workers --protocols stream      # one protocol's rows only
@@ -305,6 +305,7 @@ def check_rows(runs: Sequence[Sequence[Point]], protocols: Sequence[str]) -> lis
 def point_table(points: Sequence[Point], runs: Sequence[Sequence[Point]]) -> tuple[Any, ...]:
     """(headers, rows, left columns) of the points' medians, with each run's req/s."""
     headers = ["protocol", "server", "req/s", "runs req/s", "p50 ms", "p99 ms", "server CPU"]
+    headers.append("CPU us/req")  # on a busy machine the steadier figure: cost, not rate
     rows = []
     for p in points:
         each = [q.requests_per_second for run in runs for q in run if q.server == p.server
@@ -317,6 +318,7 @@ def point_table(points: Sequence[Point], runs: Sequence[Sequence[Point]]) -> tup
             _num(p.p50_ms, ".1f"),
             _num(p.p99_ms, ".1f"),
             _num(p.server_cpu_percent, ".0f") + "%",
+            _num(p.server_cpu_percent * 10_000 / p.requests_per_second, ".0f"),
         ])  # fmt: skip
     return headers, rows, 2
 

@@ -186,7 +186,7 @@ def test_workers_benchmark_reports_every_row(tmp_path: Path) -> None:
         [*argv, "--markdown", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,  # 6 server starts; minutes on a machine shared by other test runs
         cwd=REPO,
         check=False,
     )
