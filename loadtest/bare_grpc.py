@@ -10,6 +10,9 @@ ModelStreamInfer (requests answered in turn on the stream), the bare reference f
     python -m loadtest.bare_grpc --port 0 --model light                 # grpc.aio, asyncio loop
     python -m loadtest.bare_grpc --port 0 --model light --loop uvloop   # grpc.aio on uvloop
     python -m loadtest.bare_grpc --port 0 --model light --sync --workers 8  # thread-pool server
+
+`--reuse-port` lets several of them share one port (SO_REUSEPORT): the reference for
+`modelgate serve --workers N` (loadtest/workers.py starts them).
 """
 
 from __future__ import annotations
@@ -34,11 +37,16 @@ from loadtest.bare_model import (
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
 from modelgate.gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-]
+
+def _options(reuse_port: bool) -> list[tuple[str, int]]:
+    """grpcio's server options. Without `reuse_port` a second server on the same port must
+    fail, not quietly share it; with it, the processes started so share it on purpose."""
+    return [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
+
 
 # V2 datatype -> field of InferTensorContents, for clients that do not send raw contents.
 _CONTENTS_FIELD = {
@@ -224,10 +232,14 @@ class SyncServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def serve_aio(
-    inference: BareInference, host: str, port: int, offload: ThreadPoolExecutor | None
+    inference: BareInference,
+    host: str,
+    port: int,
+    offload: ThreadPoolExecutor | None,
+    reuse_port: bool = False,
 ) -> None:
     """grpc.aio server on the running loop until SIGTERM/SIGINT."""
-    server = grpc.aio.server(options=_OPTIONS)
+    server = grpc.aio.server(options=_options(reuse_port))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(AioServicer(inference, offload), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
@@ -240,12 +252,14 @@ async def serve_aio(
     await server.stop(grace=1.0)
 
 
-def serve_sync(inference: BareInference, host: str, port: int, workers: int) -> None:
+def serve_sync(
+    inference: BareInference, host: str, port: int, workers: int, reuse_port: bool = False
+) -> None:
     """grpc thread-pool server until SIGTERM/SIGINT."""
     stop = threading.Event()
     on_stop_signals(stop.set)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        server = grpc.server(pool, options=_OPTIONS)
+        server = grpc.server(pool, options=_options(reuse_port))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncServicer(inference), server)
         bound = server.add_insecure_port(f"{host}:{port}")
         server.start()
@@ -262,9 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     args = cli.parse_args(argv)
     inference = BareInference(load(args))
     if args.sync:
-        serve_sync(inference, args.host, args.port, args.workers)
+        serve_sync(inference, args.host, args.port, args.workers, args.reuse_port)
         return
-    run_on_loop(lambda offload: serve_aio(inference, args.host, args.port, offload), args)
+    run_on_loop(
+        lambda offload: serve_aio(inference, args.host, args.port, offload, args.reuse_port),
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ in, one `np.asarray` per input, orjson out), plus the few GETs perf_analyzer mak
 it sends load. No batching, no validation beyond what NumPy and ORT do.
 
     python -m loadtest.bare_http --host 127.0.0.1 --port 0 --model light [--loop uvloop]
+
+`--reuse-port` lets several of them share one port (SO_REUSEPORT): the reference for
+`modelgate serve --workers N` (loadtest/workers.py starts them).
 """
 
 from __future__ import annotations
@@ -131,8 +134,9 @@ async def _reply_raw(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def serve(app: BareHttpApp, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; prints `listening on HOST:PORT` once accepting."""
+async def serve(app: BareHttpApp, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; prints `listening on HOST:PORT` once accepting.
+    `reuse_port`: listen with SO_REUSEPORT, beside other processes on the same port."""
     config = uvicorn.Config(
         app,
         http="httptools",
@@ -150,6 +154,8 @@ async def serve(app: BareHttpApp, host: str, port: int) -> None:
     # (Nagle against delayed ACK). uvloop sets it regardless.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -164,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     cli = parser("Bare uvicorn V2 JSON server (benchmark baseline)", default_loop="uvloop")
     args = cli.parse_args(argv)
     model = load(args)
-    run_on_loop(lambda offload: serve(BareHttpApp(model, offload), args.host, args.port), args)
+    run_on_loop(
+        lambda offload: serve(BareHttpApp(model, offload), args.host, args.port, args.reuse_port),
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -112,6 +112,12 @@ def parser(description: str, default_loop: str) -> argparse.ArgumentParser:
     )
     result.add_argument("--host", default="127.0.0.1")
     result.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    result.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT, so that several processes share one port "
+        "(start the first on port 0, the others on the port it announces)",
+    )
     result.add_argument("--model", choices=sorted(MODELS), default="light")
     result.add_argument("--intra-op-threads", type=int, default=1)
     result.add_argument(

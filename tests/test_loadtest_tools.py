@@ -1,7 +1,8 @@
 """The overload, drain, slow-client, request-cost and refusal-cost tools (loadtest/overload.py,
 drain.py, slowclients.py, request_cost.py, refusal_cost.py) run end to end in a tiny
 configuration, as subprocesses against real gateways: each prints its table and writes JSON
-whose counts add up. No figure is judged here: speed lives in the tools.
+whose counts add up. The workers benchmark (loadtest/workers.py) runs once in tiny windows
+and must report every row. No figure is judged here: speed lives in the tools.
 
 The runs go at the same time (they mostly wait), so the module takes as long as the
 slowest of them."""
@@ -168,3 +169,34 @@ def test_statuses_map_to_outcomes() -> None:
     assert grpc_outcome(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer") is Outcome.LOST
     assert grpc_outcome(grpc.StatusCode.CANCELLED, "CANCELLED") is Outcome.LOST
     assert grpc_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, "") is Outcome.TIMEOUT
+
+
+def test_workers_benchmark_reports_every_row(tmp_path: Path) -> None:
+    """loadtest.workers in one tiny run: every server, protocol and target row, in its JSON
+    (skipped where perf_analyzer is missing; no figure is judged)."""
+    from loadtest import perf, workers
+
+    try:
+        perf.find_perf_analyzer()
+    except perf.LoadGeneratorError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "workers.json"
+    argv = [sys.executable, "-m", "loadtest.workers", "--repeat", "1", "--window-ms", "200"]
+    done = subprocess.run(
+        [*argv, "--markdown", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,  # 6 server starts; minutes on a machine shared by other test runs
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    measured = {(p["server"], p["protocol"]) for p in results["median"]}
+    expected = {(s.label, p) for s in workers.PLAN for p in s.protocols}
+    assert measured == expected
+    assert all(p["requests_per_second"] > 0 for p in results["median"]), results["median"]
+    checks = [(c["check"], c["protocol"]) for c in results["checks"]]
+    assert checks == [(c.name, c.protocol) for c in workers.CHECKS]
+    assert all(c["median"] is not None for c in results["checks"]), results["checks"]
+    assert "| stream | modelgate --workers 2 / bare_grpc x2 |" in done.stdout, done.stdout
