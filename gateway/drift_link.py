@@ -2,23 +2,39 @@
 
 Drift: the workers sketch, the supervisor judges.
 
-A worker's drift monitor only sketches its batches (and learns a reference when a version
-has none); its sketches travel to the supervisor over the worker's channel (`DriftUplink`).
-The supervisor runs one drift monitor for all of them (`DriftPlane`): one window per model
-version, filled by every worker's rows, and the webhook outbox, so one drift is one event.
-The supervisor publishes its reports to every worker, and each worker's `GET .../drift`
-answers with them: the same view whichever worker takes the call.
+A worker's drift monitor only sketches its batches; its sketches travel to the supervisor
+over the worker's channel (`DriftUplink`). The supervisor runs one drift monitor for all of
+them (`DriftPlane`): one window per model version, filled by every worker's rows, and the
+webhook outbox, so one drift is one event. The supervisor publishes its reports to every
+worker, and each worker's `GET .../drift` answers with them: the same view whichever worker
+takes the call.
+
+A version is monitored while at least one live worker watches it: a worker watches from
+the moment it registers the version (it serves it, traffic or not) until it forgets it
+(retired) or dies. The plane keeps, per version, the set of workers watching it; a dead or
+restarted worker's watches are dropped at once (the restarted one watches again as it loads
+the version), and the version with no watcher left is unregistered: its windows stop and its
+state is freed. While a survivor watches, nothing is lost, and a restarted worker's sketches
+merge into the same windows, so a drift stays one episode (one webhook).
+
+A version without a reference is learned by the supervisor, from `learn_rows` rows of all
+workers' traffic: each worker forwards copies of its rows (at most `learn_rows`) instead of
+sketches; the supervisor builds the profile and sends it to every worker watching the
+version ("adopt"), which sketch against it from then on (a worker that starts later gets it
+when it watches). The learned reference lives in the supervisor, as a registered one lives in
+the registry: one reference per version, so every worker's sketches merge.
 
 Nothing here waits on the request path: the monitor hands sketches to the uplink from its
 own task, the uplink queues at most `capacity` of them and drops (and counts) the rest,
 and a sender thread writes them to the channel.
 
 Messages, worker to supervisor: ("listening", metrics address), ("watch", model, version,
-profile JSON, learned, webhook URL) before a version's first sketch against a profile,
-("sketches", [(model, version, sketch bytes), ...]), ("forget", model, version).
+profile JSON or None, learned, feature names) when it registers a version, ("url", model,
+version, webhook URL) before the version's first sketch or rows, ("sketches", [(model,
+version, sketch bytes or (inputs, outputs) to learn from), ...]), ("forget", model, version).
 Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
-profile JSON) when the worker learned another reference than the one the supervisor judges
-by (the first one learned wins, so that every worker's sketches merge).
+profile JSON): the reference the supervisor judges the version by, when the worker has none
+or another one.
 
 Statistics (the statistics extension answers for all workers): the worker that takes the
 call sends ("stats?", id, model, version); the supervisor asks the other workers
@@ -35,7 +51,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -48,7 +64,8 @@ from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.statistics import merged_statistics
 from modelgate.gateway.core.types import ModelStatistics
 from modelgate.gateway.settings import ServerSettings
-from modelgate.monitor.monitor import DriftMonitor
+from modelgate.monitor.drift import DriftEvent
+from modelgate.monitor.monitor import DriftMonitor, RawBatch
 from modelgate.monitor.profile import ReferenceProfile
 from modelgate.monitor.sketch import profile_fingerprint
 
@@ -73,9 +90,9 @@ class DriftUplink:
         self._capacity = capacity
         self._lock = threading.Lock()  # several threads send on the channel
         self._control: deque[Message] = deque()
-        self._sketches: deque[tuple[str, str, bytes]] = deque()
+        self._sketches: deque[tuple[str, str, bytes | tuple[Any, Any]]] = deque()
         self._wake = threading.Event()
-        self._announced: dict[Key, ReferenceProfile] = {}
+        self._with_url: set[Key] = set()  # versions whose webhook URL was sent
         self._monitor: DriftMonitor | None = None
         self._url_for: Callable[[str, str], str] = lambda model, version: ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,25 +144,42 @@ class DriftUplink:
 
     # -- SketchSink, on the worker's event loop -------------------------------------------
 
-    def send(
-        self, model: str, version: str, profile: ReferenceProfile, learned: bool, sketch: bytes
-    ) -> bool:
+    def watch(
+        self,
+        model: str,
+        version: str,
+        profile: ReferenceProfile | None,
+        learned: bool,
+        names: Mapping[str, Sequence[str]] | None,
+    ) -> None:
+        with contextlib.suppress(RuntimeError):  # the supervisor's "adopt" comes on this loop
+            self._loop = asyncio.get_running_loop()
+        self._with_url.discard((model, version))
+        as_json = None if profile is None else profile.to_json()
+        self._enqueue(("watch", model, version, as_json, learned, names))
+
+    def send(self, model: str, version: str, sketch: bytes) -> bool:
+        return self._queue(model, version, sketch)
+
+    def learn(self, model: str, version: str, batch: RawBatch) -> bool:
+        return self._queue(model, version, (dict(batch.inputs), dict(batch.outputs)))
+
+    def _queue(self, model: str, version: str, item: bytes | tuple[Any, Any]) -> bool:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         key = (model, version)
-        if self._announced.get(key) is not profile:
-            url = self._url_for(model, version)
-            self._control.append(("watch", model, version, profile.to_json(), learned, url))
-            self._announced[key] = profile
+        if key not in self._with_url:  # serving by now: its tags are known
+            self._control.append(("url", model, version, self._url_for(model, version)))
+            self._with_url.add(key)
         if len(self._sketches) >= self._capacity:
             return False
-        self._sketches.append((model, version, sketch))
+        self._sketches.append((model, version, item))
         self._wake.set()
         return True
 
     def forget(self, model: str, version: str) -> None:
-        if self._announced.pop((model, version), None) is not None:
-            self._enqueue(("forget", model, version))
+        self._with_url.discard((model, version))
+        self._enqueue(("forget", model, version))
 
     # -- the channel ----------------------------------------------------------------------
 
@@ -187,7 +221,9 @@ class DriftUplink:
 class DriftPlane:
     """The supervisor's drift monitor over every worker's sketches, with the webhook outbox,
     on a thread with its own event loop. `receive` takes the workers' messages (from any
-    thread), `channels()` names the workers' current channels for the replies."""
+    thread), `lost` a worker's death, `channels()` names the workers' current channels for
+    the replies. A version is monitored while a live worker watches it (module docstring);
+    its report says how many do (`"workers"`)."""
 
     def __init__(
         self,
@@ -199,14 +235,15 @@ class DriftPlane:
         self._notifier = notifier_for(settings, registry, store_dir)
         self._channels = channels
         self._urls: dict[Key, str] = {}
-        self._watchers: dict[Key, set[int]] = {}
+        self._watchers: dict[Key, set[int]] = {}  # the live workers watching each version
         self.monitor = DriftMonitor(
             settings.models.drift,
             registry,
             overrides={name: m.drift for name, m in settings.model_overrides.items()},
             resume=self._was_drifting if self._notifier is not None else None,
         )
-        self.monitor.on_change = DriftAlerts(self._notifier, self._url)
+        self._alerts = DriftAlerts(self._notifier, self._url)
+        self.monitor.on_change = self._on_change
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="drift-plane", daemon=True)
         self._published: dict[Key, dict[str, Any]] = {}
@@ -261,35 +298,80 @@ class DriftPlane:
     def _handle(self, worker: int, message: Message) -> None:
         kind = message[0]
         if kind == "sketches":
-            for model, version, sketch in message[1]:
-                self.monitor.offer(model, version, sketch)
+            for model, version, item in message[1]:
+                if isinstance(item, tuple):  # rows to learn the reference from
+                    item = RawBatch(*item)
+                self.monitor.offer(model, version, item)
         elif kind == "watch":
-            _, model, version, profile_json, learned, url = message
-            self._watch(worker, model, version, ReferenceProfile.from_json(profile_json), learned)
-            self._urls[(model, version)] = url
+            _, model, version, profile_json, learned, names = message
+            profile = None if profile_json is None else ReferenceProfile.from_json(profile_json)
+            self._watch(worker, model, version, profile, learned, names)
+        elif kind == "url":
+            _, model, version, url = message
+            if (model, version) in self._watchers:
+                self._urls[(model, version)] = url
         elif kind == "forget":
             _, model, version = message
-            watchers = self._watchers.get((model, version), set())
-            watchers.discard(worker)
-            if not watchers:
-                self._watchers.pop((model, version), None)
-                self._urls.pop((model, version), None)
-                self.monitor.unregister(model, version)
+            self._unwatch(worker, (model, version))
 
     def _watch(
-        self, worker: int, model: str, version: str, profile: ReferenceProfile, learned: bool
+        self,
+        worker: int,
+        model: str,
+        version: str,
+        profile: ReferenceProfile | None,
+        learned: bool,
+        names: Mapping[str, Sequence[str]] | None,
     ) -> None:
-        self._watchers.setdefault((model, version), set()).add(worker)
+        key = (model, version)
+        watchers = self._watchers.setdefault(key, set())
+        first = not watchers
+        watchers.add(worker)
         judged = self.monitor.profile_for(model, version)
-        if judged is None:
-            self.monitor.register(model, version, profile, learned=learned)
-        elif profile_fingerprint(judged) != profile_fingerprint(profile):
-            self.send(worker, ("adopt", model, version, judged.to_json()))
+        if first or (judged is None and profile is not None):
+            # The first watcher's reference (or, None, the rows it forwards) decides; a
+            # reference arriving while the supervisor learns one replaces the learning.
+            self.monitor.register(model, version, profile, names=names, learned=learned)
+            if profile is not None:
+                self._share(model, version, profile, watchers - {worker})
+        elif judged is not None and (
+            profile is None or profile_fingerprint(judged) != profile_fingerprint(profile)
+        ):
+            self._share(model, version, judged, {worker})
+
+    def _unwatch(self, worker: int, key: Key) -> None:
+        """`worker` no longer watches `key`; with no watcher left, the version's windows
+        stop and its state goes."""
+        watchers = self._watchers.get(key)
+        if watchers is None:
+            return
+        watchers.discard(worker)
+        if not watchers:
+            del self._watchers[key]
+            self._urls.pop(key, None)
+            self.monitor.unregister(*key)
 
     def _lose(self, worker: int) -> None:
-        # Its versions stay watched (their windows too): a restarted worker serves them again.
-        for watchers in self._watchers.values():
-            watchers.discard(worker)
+        # A restarted worker watches again as it loads its versions; meanwhile the others'
+        # watches keep the versions they serve (and their windows) as they are.
+        for key in list(self._watchers):
+            self._unwatch(worker, key)
+
+    def _share(
+        self, model: str, version: str, profile: ReferenceProfile, workers: set[int]
+    ) -> None:
+        """Have `workers` sketch `model` `version` against `profile`, the one judged by."""
+        message = ("adopt", model, version, profile.to_json())
+        for worker in workers:
+            self.send(worker, message)
+
+    async def _on_change(self, event: DriftEvent) -> None:
+        if event.kind == "learned":  # from every worker's rows: now they all sketch by it
+            profile = self.monitor.profile_for(event.model, event.version)
+            watchers = self._watchers.get((event.model, event.version), set())
+            if profile is not None:
+                self._share(event.model, event.version, profile, watchers)
+        await self._alerts(event)
 
     def send(self, worker: int, message: Message) -> None:
         """Send a worker a message (from any thread); nothing when it is not there."""
@@ -308,10 +390,10 @@ class DriftPlane:
         told: set[Connection] = set()
         while True:
             reports = {}
-            for model, version in self._watchers:
+            for (model, version), watchers in self._watchers.items():
                 report = self.monitor.report(model, version)
                 if report is not None:
-                    reports[(model, version)] = report
+                    reports[(model, version)] = {**report, "workers": len(watchers)}
             channels = self._channels()
             changed = reports != self._published
             for worker, channel in channels.items():

@@ -46,12 +46,27 @@ OnChange = Callable[[DriftEvent], Awaitable[None] | None]
 
 class SketchSink(Protocol):
     """Where a serving process's sketches go when another process's monitor judges them
-    (several serving processes, one monitor: gateway/drift_link.py)."""
+    (several serving processes, one monitor: gateway/drift_link.py). That judge also learns
+    the reference of a version that has none, from every process's rows, and hands it back
+    (`DriftMonitor.adopt`): so a learned reference takes `learn_rows` rows of all traffic."""
 
-    def send(
-        self, model: str, version: str, profile: ReferenceProfile, learned: bool, sketch: bytes
-    ) -> bool:
-        """Pass one sketch on (built against `profile`) without blocking; False: dropped."""
+    def watch(
+        self,
+        model: str,
+        version: str,
+        profile: ReferenceProfile | None,
+        learned: bool,
+        names: Mapping[str, Sequence[str]] | None,
+    ) -> None:
+        """This process serves the version from now on, sketching against `profile`; None:
+        it has none and forwards its rows (`learn`) until the judge adopts one."""
+
+    def send(self, model: str, version: str, sketch: bytes) -> bool:
+        """Pass one sketch on without blocking; False: dropped."""
+
+    def learn(self, model: str, version: str, batch: RawBatch) -> bool:
+        """Pass on rows to learn the version's reference from, without blocking; False:
+        dropped."""
 
     def forget(self, model: str, version: str) -> None:
         """This process no longer serves the version."""
@@ -73,6 +88,8 @@ class _Learning:
     batches: list[RawBatch] = field(default_factory=list)
     rows: int = 0
     building: bool = False
+    late: list[RawBatch] = field(default_factory=list)  # came while building
+    late_rows: int = 0
 
 
 _Tapped = tuple[Mapping[str, np.ndarray], Sequence[np.ndarray], tuple[str, ...]]
@@ -110,9 +127,11 @@ class DriftMonitor:
     the consumer task for every `DriftEvent`; its failures are logged and do not stop the
     monitor. `clock` times the windows (monotonic; tests inject their own).
 
-    With a `sink`, this monitor only sketches (and learns a reference when it has none):
-    its sketches go to the sink, windows are judged elsewhere, `report` answers what that
-    judge last published (`publish`), and its metrics are only the sketches it dropped.
+    With a `sink`, this monitor only sketches: its sketches go to the sink, windows are
+    judged elsewhere, `report` answers what that judge last published (`publish`), and its
+    metrics are only the sketches it dropped. A version without a reference forwards its
+    rows to the sink (at most `learn_rows`) until the judge hands it the reference it
+    learned from every process's rows (`adopt`).
     """
 
     def __init__(
@@ -170,6 +189,8 @@ class DriftMonitor:
         else:  # calibrated here if not yet for these settings (`prepare` does it off-loop)
             self._install(state, profile)
         self._versions[(model, version)] = state
+        if self._sink is not None:
+            self._sink.watch(model, version, profile, learned, names)
 
     def prepare(self, model: str, profile: ReferenceProfile) -> ReferenceProfile:
         """`profile` calibrated for `model`'s settings: for a worker thread before
@@ -359,10 +380,7 @@ class DriftMonitor:
             return []
         if self._sink is not None:
             assert isinstance(item, Sketch)  # a forwarding monitor is offered none as bytes
-            if not self._sink.send(
-                state.model, state.version, window.profile, state.source == "learned",
-                item.to_bytes(),
-            ):  # fmt: skip
+            if not self._sink.send(state.model, state.version, item.to_bytes()):
                 with self._lock:
                     state.dropped += 1
             return []
@@ -382,9 +400,25 @@ class DriftMonitor:
 
     def _learn(self, state: _Version, batch: RawBatch) -> None:
         learning = state.learning
-        if learning is None or learning.building:
+        if learning is None:
             return
         rows = _rows(batch)
+        if learning.building:  # folded once the reference is built (learn_rows at most)
+            if learning.late_rows < learning.needed:
+                learning.late.append(batch)
+                learning.late_rows += rows
+            else:
+                with self._lock:
+                    state.dropped += 1
+            return
+        if self._sink is not None:  # the judge learns from every process's rows
+            if self._sink.learn(state.model, state.version, batch):
+                learning.rows += rows
+                state.rows += rows
+            else:
+                with self._lock:
+                    state.dropped += 1
+            return
         learning.batches.append(batch)
         learning.rows += rows
         state.rows += rows
@@ -412,6 +446,9 @@ class DriftMonitor:
         if warning is not None:
             log.warning("%s/%s: %s", state.model, state.version, warning)
         await self._emit([DriftEvent(state.model, state.version, "learned", None)])
+        now = self._clock()
+        for batch in learning.late:
+            await self._fold_batch(state, batch, now)
 
     def _install(self, state: _Version, profile: ReferenceProfile) -> None:
         state.window = VersionMonitor(

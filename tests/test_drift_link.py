@@ -38,22 +38,38 @@ def _read(channel: Connection, handle: Callable[[tuple[object, ...]], None]) -> 
         return
 
 
-@pytest.fixture
-def plane() -> Iterator[tuple[DriftPlane, list[Connection]]]:
-    pairs = [multiprocessing.Pipe() for _ in range(2)]
-    ours = {i: pair[0] for i, pair in enumerate(pairs)}
-    settings = ServerSettings(models=ModelServingSettings(drift=DRIFT))
-    plane = DriftPlane(settings, CollectorRegistry(), None, lambda: ours)
-    plane.start()
-    for i, channel in ours.items():
+class _Supervisor:
+    """The supervisor's side: the plane, and a channel to each worker (`connect` replaces
+    worker `i`'s, as a restart does)."""
+
+    def __init__(self) -> None:
+        self.ours: dict[int, Connection] = {}
+        self._ends: list[Connection] = []
+        settings = ServerSettings(models=ModelServingSettings(drift=DRIFT))
+        self.plane = DriftPlane(settings, CollectorRegistry(), None, lambda: dict(self.ours))
+        self.plane.start()
+
+    def connect(self, i: int) -> Connection:
+        """A new channel for worker `i`; its worker end."""
+        ours, theirs = multiprocessing.Pipe()
+        self.ours[i] = ours
+        self._ends += [ours, theirs]
         threading.Thread(
-            target=_read, args=(channel, lambda m, i=i: plane.receive(i, m)), daemon=True
+            target=_read, args=(ours, lambda m: self.plane.receive(i, m)), daemon=True
         ).start()
-    yield plane, [pair[1] for pair in pairs]
-    plane.stop()
-    for pair in pairs:
-        for end in pair:
+        return theirs
+
+    def close(self) -> None:
+        self.plane.stop()
+        for end in self._ends:
             end.close()
+
+
+@pytest.fixture
+def supervisor() -> Iterator[_Supervisor]:
+    supervisor = _Supervisor()
+    yield supervisor
+    supervisor.close()
 
 
 async def _until(check: Callable[[], object]) -> None:
@@ -63,53 +79,112 @@ async def _until(check: Callable[[], object]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_workers_that_learned_apart_sketch_by_one_reference_into_one_window(
-    plane: tuple[DriftPlane, list[Connection]],
-) -> None:
-    judge, channels = plane
-    workers = []
-    for i, channel in enumerate(channels):
+class _Worker:
+    """A worker's monitor that sketches (and its uplink), on the test's event loop."""
+
+    def __init__(self, channel: Connection, seed: int) -> None:
         uplink = DriftUplink(channel, DRIFT.queue_size)
-        monitor = DriftMonitor(DRIFT, CollectorRegistry(), poll_seconds=0.01, sink=uplink)
-        uplink.attach(monitor, lambda model, version: "")
+        self.monitor = DriftMonitor(DRIFT, CollectorRegistry(), poll_seconds=0.01, sink=uplink)
+        uplink.attach(self.monitor, lambda model, version: "")
         threading.Thread(target=_read, args=(channel, uplink.receive), daemon=True).start()
-        monitor.register("m", "1", None)
-        workers.append((monitor, np.random.default_rng(10 + i)))
-    tasks = [asyncio.create_task(monitor.run()) for monitor, _ in workers]
+        self.rng = np.random.default_rng(seed)
+        self.task = asyncio.create_task(self.monitor.run())
+
+    def serve(self, rows: int) -> None:
+        assert self.monitor.observe("m", "1", *_rows(self.rng, rows))
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _fingerprint(monitor: DriftMonitor) -> str | None:
+    profile = monitor.profile_for("m", "1")
+    return None if profile is None else profile_fingerprint(profile)
+
+
+async def test_the_supervisor_learns_one_reference_from_learn_rows_of_all_workers_rows(
+    supervisor: _Supervisor,
+) -> None:
+    judge = supervisor.plane
+    workers = [_Worker(supervisor.connect(i), 10 + i) for i in range(2)]
     try:
-        # Each learns its own reference from its own rows; the first the supervisor hears of
-        # is the one everyone adopts.
-        for monitor, rng in workers:
-            assert monitor.observe("m", "1", *_rows(rng, DRIFT.learn_rows))
-        await _until(lambda: all(m.profile_for("m", "1") for m, _ in workers))
-
-        def fingerprints() -> set[str]:  # of the references the workers sketch against
-            profiles = [m.profile_for("m", "1") for m, _ in workers]
-            return {profile_fingerprint(p) for p in profiles if p is not None}
-
-        assert len(fingerprints()) == 2
-        for monitor, rng in workers:  # a sketch each: the supervisor hears of both references
-            monitor.observe("m", "1", *_rows(rng, 10))
+        for worker in workers:
+            worker.monitor.register("m", "1", None)
+        # Half of learn_rows each: together they are enough.
+        for worker in workers:
+            worker.serve(DRIFT.learn_rows // 2)
         await _until(lambda: judge.monitor.profile_for("m", "1") is not None)
-
-        await _until(lambda: len(fingerprints()) == 1)
-
-        # From now on every row counts in the one window, whichever worker served it.
-        start = (judge.monitor.report("m", "1") or {})["rows_seen"]
-        for _ in range(10):
-            for monitor, rng in workers:
-                assert monitor.observe("m", "1", *_rows(rng, 50))
-        await _until(lambda: (judge.monitor.report("m", "1") or {})["rows_seen"] >= start + 1000)
+        judged = _fingerprint(judge.monitor)
+        await _until(lambda: all(_fingerprint(w.monitor) == judged for w in workers))
         report = judge.monitor.report("m", "1")
         assert report is not None and report["reference"]["source"] == "learned"
-        assert len(report["windows"]) == 1
-        # And each worker answers with the supervisor's report.
-        await _until(lambda: all(m.report("m", "1") == judge.monitor.report("m", "1")
-                                 for m, _ in workers))  # fmt: skip
+        assert report["reference"]["rows"] == DRIFT.learn_rows
+        assert report["rows_seen"] == DRIFT.learn_rows
+
+        # From now on every row counts in the one window, whichever worker served it.
+        for _ in range(10):
+            for worker in workers:
+                worker.serve(50)
+        await _until(lambda: (judge.monitor.report("m", "1") or {})["rows_seen"] == 1400)
+        report = judge.monitor.report("m", "1")
+        assert report is not None and len(report["windows"]) == 1
+
+        # And each worker answers with the supervisor's report, which both feed.
+        def published(worker: _Worker) -> dict[str, object]:
+            return worker.monitor.report("m", "1") or {}
+
+        await _until(lambda: all(published(w) == {**report, "workers": 2} for w in workers))
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker in workers:
+            await worker.stop()
+
+
+async def test_a_version_is_monitored_while_a_live_worker_watches_it(
+    supervisor: _Supervisor, rng: np.random.Generator
+) -> None:
+    """Watched from registration (traffic or not) until retired or dead; a restarted worker
+    joins the same windows; with no watcher left the version's state goes."""
+    judge = supervisor.plane
+    profile = build_profile(*_rows(rng, 2000))
+    workers = [_Worker(supervisor.connect(i), 20 + i) for i in range(2)]
+    try:
+        for worker in workers:
+            worker.monitor.register("m", "1", profile)
+        workers[0].serve(300)  # only one of them serves traffic
+        await _until(lambda: (judge.monitor.report("m", "1") or {}).get("rows_seen") == 300)
+
+        def watching() -> int | None:
+            report = workers[1].monitor.report("m", "1")
+            return None if report is None else report.get("workers")
+
+        await _until(lambda: watching() == 2)
+        judge.lost(0)  # worker 0 died: worker 1 still serves the version, history and all
+        await _until(lambda: watching() == 1)
+        assert (judge.monitor.report("m", "1") or {}).get("rows_seen") == 300
+
+        await workers[0].stop()  # its replacement, on the same channel, joins the windows
+        workers[0] = _Worker(supervisor.connect(0), 30)
+        workers[0].monitor.register("m", "1", profile)
+        await _until(lambda: watching() == 2)
+        workers[0].serve(200)
+        await _until(lambda: (judge.monitor.report("m", "1") or {}).get("rows_seen") == 500)
+
+        judge.lost(0)
+        judge.lost(1)  # nobody serves it any more: monitoring stops
+        await _until(lambda: judge.monitor.report("m", "1") is None)
+        await _until(lambda: watching() is None)
+
+        for worker in workers:  # loaded again, then retired everywhere
+            worker.monitor.register("m", "1", profile)
+        await _until(lambda: watching() == 2)
+        workers[0].monitor.unregister("m", "1")
+        await _until(lambda: watching() == 1)
+        workers[1].monitor.unregister("m", "1")
+        await _until(lambda: judge.monitor.report("m", "1") is None)
+    finally:
+        for worker in workers:
+            await worker.stop()
 
 
 async def test_a_full_uplink_drops_and_counts_and_never_waits(rng: np.random.Generator) -> None:

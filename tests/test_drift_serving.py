@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -299,6 +301,74 @@ def test_a_gateway_killed_with_sigkill_delivers_its_pending_events_after_restart
         receiver.stop()
 
 
+class _TwoWorkers:
+    """`modelgate serve --workers 2` over `store`, drift settings from `config` (TOML lines),
+    webhooks to `receiver`; `report_when` reads the drift report on fresh connections (each
+    may reach either worker)."""
+
+    def __init__(self, tmp_path: Path, store: RegistryStore, receiver: Receiver, config: str):
+        path = tmp_path / "modelgate.toml"
+        path.write_text(f'retrain_webhook = "{receiver.url}"\n{config}')
+        argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
+                "--config", str(path), "--webhook-outbox", str(tmp_path / "outbox.db"),
+                "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                "--workers", "2"]  # fmt: skip
+        self.server = ServerProcess(
+            argv, tmp_path / "gateway.log", env={"MODELGATE_WEBHOOK_SECRET": SECRET}
+        )
+        found = self.server.wait_for_line(
+            r"modelgate listening http=(\S+) grpc=\S+ metrics=(\S+)", 60
+        )
+        self.http, self.metrics = f"http://{found.group(1)}", f"http://{found.group(2)}/metrics"
+        self.wait_ready()
+        self.drift = f"{self.http}/v2/models/clf/versions/1/drift"
+
+    def wait_ready(self) -> None:
+        for _ in range(20):
+            self.server.wait_http_ok(f"{self.http}/v2/health/ready", timeout=60)
+
+    def log(self) -> str:
+        return self.server.log_path.read_text()
+
+    def report_when(self, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            with httpx.Client(limits=FRESH) as client:
+                doc: dict[str, Any] = client.get(self.drift).json()
+            if check(doc):
+                return doc
+            assert time.monotonic() < deadline, (doc, self.server.log_tail())
+            time.sleep(0.05)
+
+    def send(self, rng: np.random.Generator, rows: int, shift: float = 0.0) -> None:
+        """`rows` rows in requests of 64, spread over both workers."""
+        with httpx.Client(limits=FRESH) as client:
+            for _ in range(rows // 64):
+                reply = client.post(f"{self.http}/v2/models/clf/infer", json=_rows(rng, 64, shift))
+                assert reply.is_success, reply.text
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """The supervisor's /metrics."""
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(httpx.get(self.metrics).text)
+            for s in family.samples
+        }
+
+    def wait_webhooks(self, receiver: Receiver) -> list[Any]:
+        """The events received, once one came and a second would have followed."""
+        deadline = time.monotonic() + 30
+        while not receiver.accepted():
+            assert time.monotonic() < deadline, self.server.log_tail()
+            time.sleep(0.1)
+        time.sleep(1.0)  # a second event would follow within its first attempt
+        return receiver.accepted()
+
+
+FRESH = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
+WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
 def test_two_workers_feed_one_monitor_that_sends_one_webhook_and_one_report(
     store: RegistryStore, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -306,75 +376,123 @@ def test_two_workers_feed_one_monitor_that_sends_one_webhook_and_one_report(
     after W rows spread over both workers, a drift is one webhook, the drift report is the
     same whichever worker answers, and /metrics counts each row once."""
     window = 1000
-    config = tmp_path / "modelgate.toml"
-    config.write_text(
-        f'retrain_webhook = "{receiver.url}"\nwindow_rows = {window}\nmin_window_rows = 100\n'
-        "window_seconds = 3600\nconsecutive_windows = 1\n"
-    )
-    argv = [sys.executable, "-m", "modelgate", "serve", "--store", str(store.root),
-            "--config", str(config), "--webhook-outbox", str(tmp_path / "outbox.db"),
-            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-            "--workers", "2"]  # fmt: skip
-    server = ServerProcess(argv, tmp_path / "gateway.log", env={"MODELGATE_WEBHOOK_SECRET": SECRET})
-    fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
+    config = f"window_rows = {window}\nmin_window_rows = 100\nwindow_seconds = 3600\n"
+    gateway = _TwoWorkers(tmp_path, store, receiver, config + "consecutive_windows = 1\n")
     try:
-        found = server.wait_for_line(r"modelgate listening http=(\S+) grpc=\S+ metrics=(\S+)", 60)
-        http, metrics = f"http://{found.group(1)}", f"http://{found.group(2)}/metrics"
-        for _ in range(20):
-            server.wait_http_ok(f"{http}/v2/health/ready", timeout=60)
-        workers = re.findall(r"worker listening .* metrics=(\S+)", server.log_path.read_text())
-        assert len(workers) == 2, server.log_tail()
-        drift = f"{http}/v2/models/clf/versions/1/drift"
-
-        def report_when(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-            deadline = time.monotonic() + 30
-            while True:
-                with httpx.Client(limits=fresh) as client:
-                    doc: dict[str, Any] = client.get(drift).json()
-                if check(doc):
-                    return doc
-                assert time.monotonic() < deadline, (doc, server.log_tail())
-                time.sleep(0.05)
-
+        workers = re.findall(r"worker listening .* metrics=(\S+)", gateway.log())
+        assert len(workers) == 2, gateway.server.log_tail()
         rng = np.random.default_rng(2)
-        sent = 0
-        with httpx.Client(limits=fresh) as client:
-            while sent < window:  # clean rows, spread over both workers
-                assert client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64)).is_success
-                sent += 64
+        sent = 1024  # clean rows, just over a window, spread over both workers
+        gateway.send(rng, sent)
         served = [_served_rows(w) for w in workers]
         assert sum(served) == sent and all(0 < rows < window for rows in served), served
-        doc = report_when(lambda d: d["rows_seen"] == sent)
+        doc = gateway.report_when(lambda d: d["rows_seen"] == sent)
         assert len(doc["windows"]) == 1 and doc["windows"][0]["rows"] >= window, doc
-        assert not doc["drifting"]
+        assert not doc["drifting"] and doc["workers"] == 2
 
-        with httpx.Client(limits=fresh) as client:
-            for _ in range(2 * window // 64):  # shifted rows: the next windows drift
-                reply = client.post(f"{http}/v2/models/clf/infer", json=_rows(rng, 64, 1.5))
-                assert reply.is_success
-                sent += 64
-        doc = report_when(lambda d: d["rows_seen"] == sent)
+        gateway.send(rng, 1984, shift=1.5)  # shifted rows: the next windows drift
+        sent += 1984
+        doc = gateway.report_when(lambda d: d["rows_seen"] == sent)
         assert doc["drifting"] and len(doc["windows"]) >= 2, doc
-        deadline = time.monotonic() + 30
-        while not receiver.accepted():
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.1)
-        time.sleep(1.0)  # a second event would follow within its first attempt
-        [event] = receiver.accepted()
+        [event] = gateway.wait_webhooks(receiver)
         assert orjson.loads(event.body)["type"] == "model.drift_detected"
 
-        with httpx.Client(limits=fresh) as client:  # whichever worker answers
-            answers = [client.get(drift).json() for _ in range(20)]
+        with httpx.Client(limits=FRESH) as client:  # whichever worker answers
+            answers = [client.get(gateway.drift).json() for _ in range(20)]
         assert all(answer == doc for answer in answers)
-        samples = {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(httpx.get(metrics).text)
-            for s in family.samples
-        }
+        samples = gateway.samples()
         assert sample(samples, "modelgate_drift_rows_total", model="clf", version="1") == sent
         assert sample(samples, "modelgate_drift_drifting", model="clf", version="1") == 1
     finally:
-        assert server.stop() == 0
+        assert gateway.server.stop() == 0
+
+
+def test_a_killed_worker_leaves_the_version_to_the_survivor_and_its_replacement(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    """SIGKILL one of two workers during a drift: the survivor keeps the version's windows
+    and history (one watcher left), the replacement joins the same windows, and the drift
+    stays one webhook."""
+    config = "window_rows = 500\nmin_window_rows = 100\nwindow_seconds = 3600\n"
+    gateway = _TwoWorkers(tmp_path, store, receiver, config + "consecutive_windows = 1\n")
+    try:
+        rng = np.random.default_rng(4)
+        gateway.report_when(lambda d: d.get("workers") == 2)  # both watch it, traffic or not
+        gateway.send(rng, 1280, shift=1.5)
+        before = gateway.report_when(lambda d: d["rows_seen"] == 1280 and d["drifting"])
+        [detected] = gateway.wait_webhooks(receiver)
+
+        pids = dict(WORKER_STARTED.findall(gateway.log()))
+        os.kill(int(pids["0"]), signal.SIGKILL)
+        survivor = gateway.report_when(lambda d: d.get("workers") == 1)
+        assert survivor["rows_seen"] == 1280 and survivor["drifting"]
+        assert survivor["windows"] == before["windows"]  # the same windows, not new ones
+
+        gateway.server.wait_for_line(r"worker 0 started \(pid (?!" + pids["0"] + r"\b)\d+", 60)
+        gateway.wait_ready()
+        gateway.report_when(lambda d: d.get("workers") == 2)
+        gateway.send(rng, 1280, shift=1.5)  # spread over the survivor and the replacement
+        after = gateway.report_when(lambda d: d["rows_seen"] == 2560)
+        assert after["drifting"] and len(after["windows"]) > len(before["windows"]), after
+        assert gateway.wait_webhooks(receiver) == [detected]  # the same drift: no new event
+    finally:
+        assert gateway.server.stop() == 0
+
+
+def test_a_retired_version_stops_being_monitored_even_after_its_workers_died(
+    store: RegistryStore, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Both workers killed (and replaced), then the version archived: the supervisor stops
+    monitoring it (its drift series leave /metrics)."""
+    gateway = _TwoWorkers(tmp_path, store, receiver, "window_rows = 500\npoll_interval = 0.2\n")
+    try:
+        rng = np.random.default_rng(6)
+        gateway.send(rng, 640)
+        gateway.report_when(lambda d: d["rows_seen"] == 640)
+        monitored = "modelgate_drift_rows_total", frozenset({("model", "clf"), ("version", "1")})
+        assert monitored in gateway.samples()
+
+        for _, pid in WORKER_STARTED.findall(gateway.log()):
+            os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(WORKER_STARTED.findall(gateway.log())) < 4:
+            assert time.monotonic() < deadline, gateway.server.log_tail()
+            time.sleep(0.1)
+        gateway.wait_ready()
+
+        store.transition("clf", 1, Stage.ARCHIVED)
+        deadline = time.monotonic() + 30
+        while monitored in gateway.samples():
+            assert time.monotonic() < deadline, gateway.server.log_tail()
+            time.sleep(0.1)
+        with httpx.Client(limits=FRESH) as client:
+            assert client.get(gateway.drift).status_code == 404
+    finally:
+        assert gateway.server.stop() == 0
+
+
+def test_two_workers_learn_one_reference_from_learn_rows_of_their_traffic(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A version without a reference: learn_rows rows in all, spread over two workers, make
+    the reference (not learn_rows on each), and every row counts in the report."""
+    registry = RegistryStore(tmp_path / "store", create=True)
+    registry.register("clf", modelzoo.classifier(), stage=Stage.PRODUCTION)
+    learn = 1024
+    gateway = _TwoWorkers(tmp_path, registry, receiver, f"learn_rows = {learn}\n")
+    try:
+        workers = re.findall(r"worker listening .* metrics=(\S+)", gateway.log())
+        rng = np.random.default_rng(7)
+        gateway.send(rng, learn)
+        served = [_served_rows(w) for w in workers]
+        assert sum(served) == learn and all(0 < rows < learn for rows in served), served
+        doc = gateway.report_when(lambda d: d["reference"]["source"] == "learned")
+        assert doc["reference"]["rows"] == learn and doc["rows_seen"] == learn, doc
+
+        gateway.send(rng, 640)  # sketched against it, whichever worker serves them
+        gateway.report_when(lambda d: d["rows_seen"] == learn + 640 and d["sketches"] > 0)
+    finally:
+        assert gateway.server.stop() == 0
 
 
 def _served_rows(metrics: str) -> float:
