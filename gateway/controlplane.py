@@ -1,10 +1,11 @@
 """What runs once over several workers: the rollout guard, judging their traffic together.
 
-Each worker serves, follows the registry and counts its own traffic; the supervisor's guard
+Each worker serves and counts its own traffic; the supervisor's guard
 reads the workers' merged metrics (gateway/metrics_view.py) once a second — requests by
 outcome, the latency histogram, the shadow comparisons and which versions take traffic —
-and archives a misbehaving canary or shadow once, through the registry, which every worker
-then follows. The workers run no guard of their own.
+and archives a misbehaving canary or shadow once, through the registry, whose change the
+supervisor then pushes to every worker (gateway/route_link.py). The workers run no guard
+of their own.
 """
 
 from __future__ import annotations

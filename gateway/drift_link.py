@@ -34,7 +34,8 @@ version, webhook URL) before the version's first sketch or rows, ("sketches", [(
 version, sketch bytes or (inputs, outputs) to learn from), ...]), ("forget", model, version).
 Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
 profile JSON): the reference the supervisor judges the version by, when the worker has none
-or another one.
+or another one. The same channel carries the stage changes the supervisor pushes
+(gateway/route_link.py): ("routes", ...), ("switch", ...) and the worker's ("prepared", ...).
 
 Statistics (the statistics extension answers for all workers): the worker that takes the
 call sends ("stats?", id, model, version); the supervisor asks the other workers
@@ -117,7 +118,7 @@ class DriftUplink:
         asked = next(self._asked)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[asked] = answer
-        self._enqueue(("stats?", asked, model, version))
+        self.enqueue(("stats?", asked, model, version))
         try:
             return await asyncio.wait_for(answer, 2 * STATS_SECONDS)
         except TimeoutError:  # the supervisor is stopping: this worker's own counts
@@ -131,14 +132,15 @@ class DriftUplink:
             stats = self._service.model_statistics(model, version)
         except InferenceError:  # not (or not yet) served here: nothing to add
             stats = []
-        self._enqueue(("stats", key, stats))
+        self.enqueue(("stats", key, stats))
 
     def _answered(self, asked: int, stats: list[ModelStatistics]) -> None:
         answer = self._waiting.get(asked)
         if answer is not None and not answer.done():
             answer.set_result(stats)
 
-    def _enqueue(self, message: Message) -> None:
+    def enqueue(self, message: Message) -> None:
+        """Queue a message for the sender thread (never blocks: for the event loop)."""
         self._control.append(message)
         self._wake.set()
 
@@ -156,7 +158,7 @@ class DriftUplink:
             self._loop = asyncio.get_running_loop()
         self._with_url.discard((model, version))
         as_json = None if profile is None else profile.to_json()
-        self._enqueue(("watch", model, version, as_json, learned, names))
+        self.enqueue(("watch", model, version, as_json, learned, names))
 
     def send(self, model: str, version: str, sketch: bytes) -> bool:
         return self._queue(model, version, sketch)
@@ -179,7 +181,7 @@ class DriftUplink:
 
     def forget(self, model: str, version: str) -> None:
         self._with_url.discard((model, version))
-        self._enqueue(("forget", model, version))
+        self.enqueue(("forget", model, version))
 
     # -- the channel ----------------------------------------------------------------------
 

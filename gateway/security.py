@@ -3,7 +3,8 @@
 HTTP and gRPC serve the certificate of `tls_cert_file` and, with `tls_client_ca_file`,
 require client certificates (mutual TLS); the metrics port serves the same certificate
 without asking for one (scrapers authenticate with a token, `protect_metrics`). Certificates
-are taken up again when their files change (modelgate/tls.py); tokens are read once.
+are taken up again when their files change (modelgate/tls.py), and so is the token file
+(modelgate/tokens.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from modelgate.gateway.core.access import Access, load_tokens
 from modelgate.gateway.settings import ServerSettings
 from modelgate.tls import ServerCertificate, tls_files
+from modelgate.tokens import TokenFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Security:
             metrics = api if files.client_ca is None else ServerCertificate(plain)
         access = None
         if settings.auth_tokens_file is not None:
-            access = Access(load_tokens(settings.auth_tokens_file))
+            access = Access(TokenFile(settings.auth_tokens_file, load_tokens))
         return cls(api, metrics, access, settings.protect_metrics)
 
     def http_context(self) -> ssl.SSLContext | None:

@@ -39,6 +39,7 @@ from modelgate.gateway.frontends.http_connections import (
 )
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.metrics_endpoint import MetricsEndpoint
+from modelgate.gateway.route_link import RouteReceiver
 from modelgate.gateway.security import Security
 from modelgate.gateway.settings import ServerSettings
 from modelgate.http_limits import start_serving
@@ -63,6 +64,8 @@ class Gateway:
     `shared_ports`: one of several serving processes under a supervisor (gateway/supervisor.py)
     that has reserved the HTTP and gRPC ports; this one listens on them beside the others.
     `drift_uplink`: the supervisor judges drift and sends the webhooks; this one sketches.
+    `pushed_routes`: the supervisor follows the registry and pushes the stages
+    (gateway/route_link.py); otherwise this gateway follows the registry itself.
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class Gateway:
         *,
         shared_ports: bool = False,
         drift_uplink: DriftUplink | None = None,
+        pushed_routes: RouteReceiver | None = None,
     ) -> None:
         self.settings = settings
+        self._pushed_routes = pushed_routes
         self._shared_ports = shared_ports
         self.security = Security.of(settings)  # first: a bad certificate stops nothing started
         self._drift_uplink = drift_uplink
@@ -194,7 +199,12 @@ class Gateway:
         )
         if self._drift_uplink is not None:
             self._drift_uplink.serving(self.service)
-        self._load_task = asyncio.create_task(self.deployments.follow())
+        following = (
+            self.deployments.follow()
+            if self._pushed_routes is None
+            else self._pushed_routes.run(self.deployments)
+        )
+        self._load_task = asyncio.create_task(following)
         self._background.append(asyncio.create_task(self.monitor.run()))
         if not self._shared_ports:  # under a supervisor, its guard sees every worker's traffic
             self._background.append(asyncio.create_task(self.guard.run()))
@@ -317,11 +327,18 @@ async def serve(
     shared_ports: bool = False,
     started: Callable[[Addresses], None] | None = None,
     drift_uplink: DriftUplink | None = None,
+    pushed_routes: RouteReceiver | None = None,
 ) -> None:
     """Run a gateway until SIGINT or SIGTERM, then drain and stop; `started` hears its
-    addresses once it listens (`shared_ports`, `drift_uplink`: see `Gateway`)."""
+    addresses once it listens (`shared_ports`, `drift_uplink`, `pushed_routes`: see
+    `Gateway`)."""
     try:
-        gateway = Gateway(settings, shared_ports=shared_ports, drift_uplink=drift_uplink)
+        gateway = Gateway(
+            settings,
+            shared_ports=shared_ports,
+            drift_uplink=drift_uplink,
+            pushed_routes=pushed_routes,
+        )
     except (RegistryError, ValueError, OSError) as exc:
         _refuse(str(exc))
     await _check_registry(gateway)
@@ -348,6 +365,7 @@ def run(
     shared_ports: bool = False,
     started: Callable[[Addresses], None] | None = None,
     drift_uplink: DriftUplink | None = None,
+    pushed_routes: RouteReceiver | None = None,
 ) -> None:
     """Entry point of one serving process: the uvloop event loop, then `serve`."""
     import uvloop
@@ -355,5 +373,11 @@ def run(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("modelgate serve must run in the main thread (signal handling)")
     uvloop.run(
-        serve(settings, shared_ports=shared_ports, started=started, drift_uplink=drift_uplink)
+        serve(
+            settings,
+            shared_ports=shared_ports,
+            started=started,
+            drift_uplink=drift_uplink,
+            pushed_routes=pushed_routes,
+        )
     )

@@ -4,7 +4,9 @@ The supervisor reserves the HTTP and gRPC ports (modelgate.listen.reserve), serv
 merged metrics view (gateway/metrics_view.py), runs the drift monitor over every worker's
 sketches (gateway/drift_link.py) and spawns N workers (gateway/worker.py),
 each a whole gateway listening on the shared ports with SO_REUSEPORT: the kernel spreads
-connections over them. It does no serving itself. A worker that dies is started again after
+connections over them. It does no serving itself. It follows the registry once, for all
+workers, and has them switch to each new set of stages at the same moment
+(gateway/route_link.py). A worker that dies is started again after
 a backoff (`RestartPolicy`, counted in `modelgate_worker_restarts`); one that keeps dying
 stops the server with status 1 and the reason. SIGTERM or SIGINT drains every worker at
 once (each turns not-ready, answers what it accepted, stops) and waits for them.
@@ -34,6 +36,7 @@ from modelgate.gateway.controlplane import ControlPlane, guard_wanted
 from modelgate.gateway.drift_link import DriftPlane, StatisticsRequests
 from modelgate.gateway.metrics_endpoint import MetricsThread
 from modelgate.gateway.metrics_view import WorkersView
+from modelgate.gateway.route_link import RegistryFollower, RouteSync
 from modelgate.gateway.security import Security
 from modelgate.gateway.server import _open_registry, _store_dir
 from modelgate.gateway.settings import ServerSettings
@@ -132,6 +135,16 @@ class Supervisor:
             ["model", "version", "rule"],
             registry=own,
         )
+        polls = Counter(
+            "modelgate_registry_polls",
+            "Registry change checks by outcome (ok, error: the gateway keeps serving).",
+            ["outcome"],
+            registry=own,
+        )
+        # The registry follower's records arrive on `_records`; `_routes` decides who gets what.
+        self._records, records_in = self._context.Pipe(duplex=False)
+        self._follower = RegistryFollower(registry, settings.poll_interval, polls, records_in)
+        self._routes = RouteSync()
         self._view = WorkersView(self._metrics_urls, own)
         self._drift = DriftPlane(settings, own, _store_dir(settings), self._channels)
         self._stats = StatisticsRequests(self._drift.send)
@@ -169,6 +182,8 @@ class Supervisor:
                 signal.signal(sig, self._on_signal)
             self._drift.start()
             stack.callback(self._drift.stop)
+            self._follower.start()
+            stack.callback(self._follower.stop)
             for slot in self._slots:
                 self._start(slot)
             if guard_wanted(s):
@@ -190,11 +205,15 @@ class Supervisor:
                 if slot.restart_at is not None and slot.restart_at <= now:
                     self._start(slot)
             wait(self._waitables(), timeout=_TICK)
+            while self._records.poll():
+                self._routes.read(*self._records.recv())
             for slot in self._slots:
                 self._read(slot)
                 dead = slot.process is not None and slot.process.exitcode is not None
                 if dead and not self._buried(slot):
                     return
+            for worker, message in self._routes.due(time.monotonic()):
+                self._drift.send(worker, message)
             self._stats.expire(time.monotonic())
             if not announced and all(slot.metrics for slot in self._slots):
                 log.info(
@@ -204,7 +223,7 @@ class Supervisor:
                 announced = True
 
     def _waitables(self) -> list[Any]:
-        found: list[Any] = []
+        found: list[Any] = [self._records]
         for slot in self._slots:
             if slot.process is not None:
                 found.append(slot.process.sentinel)
@@ -226,8 +245,9 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot.index, process.pid)
 
     def _read(self, slot: _Slot) -> None:
-        """The worker's messages: its metrics address once it listens, then drift
-        monitoring's (gateway/drift_link.py); a bounded number per turn."""
+        """The worker's messages: its metrics address once it listens, then its answers
+        to pushed stages (gateway/route_link.py) and drift monitoring's
+        (gateway/drift_link.py); a bounded number per turn."""
         for _ in range(_READS_PER_TURN):
             if slot.channel is None or not slot.channel.poll():
                 return
@@ -240,6 +260,9 @@ class Supervisor:
             if message[0] == "listening":
                 slot.metrics = _loopback(message[1])
                 slot.started_once = True
+                self._routes.joined(slot.index)
+            elif message[0] == "prepared":
+                self._routes.prepared(slot.index, message[1], time.monotonic())
             elif message[0] == "stats?":
                 self._stats.ask(slot.index, message, list(self._channels()), time.monotonic())
             elif message[0] == "stats":
@@ -254,6 +277,7 @@ class Supervisor:
         pid = slot.process.pid
         slot.process.close()
         self._drift.lost(slot.index)
+        self._routes.left(slot.index)
         if slot.channel is not None:
             slot.channel.close()
         slot.process, slot.channel, slot.metrics = None, None, None

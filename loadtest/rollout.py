@@ -12,9 +12,12 @@ and each stage change is judged from the record:
 - canary share: the fraction of unkeyed requests sent after the swap landed that the
   canary answered;
 - sticky: whether any routing key was answered by two versions among the requests sent
-  while the weights held (with several workers, from `sticky_from` seconds after the
-  change: each worker follows the registry on its own, and until all have, a key may be
-  answered by either routing table);
+  while the weights held (from `sticky_from` seconds after the change, if given);
+- flaps: routing keys whose version changed more than once within the step, the swap
+  included (A -> B -> A: some worker still routed by the old table after another had
+  switched). Only changes that follow one another are counted: a request sent after the
+  previous one was answered (`causal_changes`), so two requests of one key in flight
+  together never count;
 - dip: how much lower throughput was in the 3 s after the change than in the 3 s before
   (the stage-change process itself, e.g. the CLI starting up, competes for the same cores).
 
@@ -85,6 +88,7 @@ class StepResult:
     canary_share: float | None
     sticky_flips: int
     dip: float | None
+    sticky_flaps: int = 0
     shadow_answers: int = 0
 
 
@@ -110,9 +114,16 @@ class Load:
     """HTTP and gRPC clients sending single-row requests until stopped."""
 
     def __init__(
-        self, http: str, grpc_address: str, model: str, features: int, keyed: float = 0.5
+        self,
+        http: str,
+        grpc_address: str,
+        model: str,
+        features: int,
+        keyed: float = 0.5,
+        keys: int = STICKY_KEYS,
     ) -> None:
         self.http = http
+        self.keys = keys
         self.grpc = grpc_address
         self.model = model
         self.keyed = keyed
@@ -127,7 +138,7 @@ class Load:
         ]  # fmt: skip
 
     def _key(self) -> str | None:
-        return f"user-{random.randrange(STICKY_KEYS)}" if random.random() < self.keyed else None
+        return f"user-{random.randrange(self.keys)}" if random.random() < self.keyed else None
 
     def _record(
         self, sent: float, protocol: str, key: str | None, version: str | None, error: str = ""
@@ -245,6 +256,10 @@ def judge(
         if step.stage == "canary" and unkeyed:
             share = sum(a.version == str(step.version) for a in unkeyed) / len(unkeyed)
         by_key: dict[str, set[str]] = {}
+        chains: dict[str, list[Answer]] = {}
+        for a in window:
+            if a.key is not None and a.version is not None:
+                chains.setdefault(a.key, []).append(a)
         for a in settled:
             if a.key is not None and a.version is not None and a.sent >= changed + sticky_from:
                 by_key.setdefault(a.key, set()).add(a.version)
@@ -259,6 +274,7 @@ def judge(
                 canary_share=share,
                 sticky_flips=sum(len(v) > 1 for v in by_key.values()),
                 dip=_dip(answers, changed),
+                sticky_flaps=sum(causal_changes(chain) > 1 for chain in chains.values()),
                 shadow_answers=sum(
                     a.version == str(step.version) for a in settled if step.stage == "shadow"
                 ),
@@ -266,6 +282,29 @@ def judge(
         )
         live = step.live
     return results
+
+
+def causal_changes(answers: Sequence[Answer]) -> int:
+    """The most version changes along a chain of `answers` (of one key) in which each
+    request was sent after the one before it was answered."""
+    # Sweep sends and answers in time order: at a send, the longest chain it can extend
+    # ends in an answer already received; at an answer, that chain ends in its version.
+    events = sorted(
+        [(a.sent, 1, i) for i, a in enumerate(answers)]
+        + [(a.at, 0, i) for i, a in enumerate(answers)]
+    )  # answers before sends at the same instant: a chain needs `sent` after `at`
+    longest: dict[str, int] = {}  # version -> most changes of a chain ending on it
+    chain = [0] * len(answers)
+    for _, kind, i in events:
+        version = answers[i].version or ""
+        if kind == 1:
+            chain[i] = max(
+                (n + (v != version) for v, n in longest.items()),
+                default=0,
+            )
+        else:
+            longest[version] = max(longest.get(version, 0), chain[i])
+    return max(longest.values(), default=0)
 
 
 def _dip(answers: Sequence[Answer], changed: float, seconds: float = 3.0) -> float | None:
@@ -316,9 +355,11 @@ async def drive(
     step_timeout: float = 60.0,
     via: str = "cli",
     sticky_from: float = 0.0,
+    keys: int = STICKY_KEYS,
 ) -> tuple[Report, list[Answer]]:
-    """Run the load, apply `steps` one after another, and judge them."""
-    load = Load(http, grpc_address, model, features)
+    """Run the load (keyed requests spread over `keys` routing keys), apply `steps` one
+    after another, and judge them."""
+    load = Load(http, grpc_address, model, features, keys=keys)
     running = asyncio.create_task(load.run(http_clients, grpc_clients))
     changes: list[float] = []
     live = frozenset({"1"})
@@ -358,8 +399,8 @@ def prepare_store(root: Path, model: bytes, shadow_model: bytes | None = None) -
 def markdown(report: Report) -> str:
     lines = [
         "| stage change | swap (s) | failed requests | requests | canary share | "
-        "sticky keys flipped | throughput dip |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "sticky keys flipped | keys flapping | throughput dip |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report.steps:
         share = f"{s.canary_share:.1%}" if s.canary_share is not None else "-"
@@ -367,7 +408,7 @@ def markdown(report: Report) -> str:
         swap = f"{s.swap_seconds:.2f}" if s.swap_seconds is not None else "-"
         lines.append(
             f"| {s.label} | {swap} | {s.errors} | {s.requests} | {share} | "
-            f"{s.sticky_flips} | {dip} |"
+            f"{s.sticky_flips} | {s.sticky_flaps} | {dip} |"
         )
     return "\n".join(lines)
 

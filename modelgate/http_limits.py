@@ -8,7 +8,9 @@ after the connection opened) is answered 408 and closed, and so is a body not co
 `body_timeout` seconds after its head (time during which the server itself was not reading,
 because an earlier request of the connection was still being served, does not count).
 uvicorn has none of these: a slowloris client holds its connection forever, a slow body
-holds a request in flight too, and one header of any size is buffered whole.
+holds a request in flight too, and one header of any size is buffered whole. Over TLS, the
+handshake must be complete `head_timeout` seconds after the connection opened, before the
+head's own time starts (`LoopServer`; asyncio's default is 60 s).
 
 A subclass may answer a request itself as soon as its head is parsed (`early_answer`), with
 an answer prepared once (`PreparedAnswer`): no request cycle, task or application then. Its
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -322,12 +325,38 @@ def bounded(limits: ReadLimits, base: type[P], **shared: Any) -> type[P]:
 
 
 class LoopServer(uvicorn.Server):
-    """uvicorn inside a loop of ours: signals are ours to handle (uvicorn's own are
-    main-thread only)."""
+    """uvicorn inside a loop of ours, serving listening sockets of ours with a protocol from
+    `bounded`: signals are ours to handle (uvicorn's own are main-thread only), and a TLS
+    handshake must be complete within the head timeout (uvicorn passes asyncio none, whose
+    default holds a connection that never completes its handshake for 60 s; the head's
+    own timer only starts once the handshake is done)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup for the sockets given (the only way modelgate serves), with
+        the handshake timeout."""
+        if sockets is None:
+            raise ValueError("a LoopServer serves the listening sockets it is given")
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise RuntimeError("the application's startup failed")
+        config = self.config
+        protocol: Any = config.http_protocol_class  # uvicorn types it as a bare Protocol
+        factory = functools.partial(
+            protocol, config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        tls: dict[str, Any] = {}
+        if config.ssl is not None:
+            tls = {"ssl": config.ssl, "ssl_handshake_timeout": protocol.limits.head_timeout}
+        loop = asyncio.get_running_loop()
+        self.servers = [
+            await loop.create_server(factory, sock=sock, backlog=config.backlog, **tls)
+            for sock in sockets
+        ]
+        self.started = True
 
 
 async def start_serving(server: uvicorn.Server, listener: socket.socket) -> asyncio.Task[None]:

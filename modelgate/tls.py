@@ -4,9 +4,10 @@ taken up without a restart.
 The gateway (HTTP, gRPC, metrics) and the registry server serve one certificate chain and
 key from PEM files; with a client CA file, clients must present a certificate that chains to
 it (mutual TLS). A certificate renewed in place (cert-manager, a cron job) is taken up at the
-first handshake after the files change, at most one check per `RECHECK_SECONDS`: HTTP through
-the server context's SNI callback, which hands each new connection the newest context, and
-gRPC through its certificate configuration fetcher, which grpcio calls before each handshake.
+first handshake after the files change, at most one check a second (modelgate/watched.py,
+which token files use too): HTTP through the server context's SNI callback, which hands
+each new connection the newest context, and gRPC through its certificate configuration
+fetcher, which grpcio calls before each handshake.
 Connections already open keep the certificate they began with. Files that do not load
 (a key written before its certificate, say) leave the previous certificate serving and are
 tried again once they change again.
@@ -15,19 +16,15 @@ tried again once they change again.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-log = logging.getLogger(__name__)
+from modelgate.watched import Watched
 
-# Seconds between two looks at the files' modification times (a stat each, at a handshake).
-RECHECK_SECONDS = 1.0
+log = logging.getLogger(__name__)
 
 
 class TlsError(ValueError):
@@ -88,20 +85,26 @@ class ServerCertificate:
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
-        self._lock = threading.Lock()
-        self._stamp = _stamp(files)
-        self._current = _load(files)
-        self._checked = time.monotonic()
-        self.generation = 0  # how many times renewed files were taken up
+        self._loaded = Watched(
+            (files.cert, files.key, files.client_ca),
+            lambda: _load(files),
+            taken_up=f"took up the renewed TLS certificate {files.cert}",
+            keeping="still serving the previous certificate",
+        )
         # Every server is given this first context; its callback switches each new
         # connection to the newest one (the first one itself until files change).
-        self._first = self._current.context
+        self._first = self._loaded.value.context
         self._first.sni_callback = self._select
 
     @property
     def mutual(self) -> bool:
         """Whether clients must present a certificate (a client CA file is given)."""
         return self.files.client_ca is not None
+
+    @property
+    def generation(self) -> int:
+        """How many times renewed files were taken up."""
+        return self._loaded.generation
 
     def ssl_context(self) -> ssl.SSLContext:
         """The context to serve with (uvicorn, asyncio, `ssl.SSLContext.wrap_socket`)."""
@@ -123,56 +126,24 @@ class ServerCertificate:
         )
 
     def _grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
-        current = self._current
+        current = self._loaded.value
         return grpc.ssl_server_certificate_configuration(
             [(current.key, current.chain)], root_certificates=current.client_ca
         )
 
     def reload_if_changed(self) -> bool:
-        """Load the files again if they changed since the last look (at most one look per
-        `RECHECK_SECONDS`); True when a renewed certificate was taken up."""
-        now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
-            return False
-        with self._lock:
-            if now - self._checked < RECHECK_SECONDS:
-                return False
-            self._checked = now
-            stamp = _stamp(self.files)
-            if stamp == self._stamp:
-                return False
-            self._stamp = stamp  # a load that fails is tried again once the files change again
-            try:
-                loaded = _load(self.files)
-            except TlsError as exc:
-                log.warning("%s; still serving the previous certificate", exc)
-                return False
-            self._current = loaded
-            self.generation += 1
-        log.info("took up the renewed TLS certificate %s", self.files.cert)
-        return True
+        """Load the files again if they changed since the last look (at most one look a
+        second); True when a renewed certificate was taken up."""
+        return self._loaded.reload_if_changed()
 
     def _select(self, conn: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: object) -> None:
         try:
             self.reload_if_changed()
         except Exception as exc:  # a handshake must not fail for it: serve what we have
             log.warning("checking the TLS files failed: %s", exc)
-        current = self._current.context
+        current = self._loaded.value.context
         if current is not conn.context:
             conn.context = current
-
-
-def _stamp(files: TlsFiles) -> tuple[tuple[int, int, int] | None, ...]:
-    """What tells that a file changed: its inode, size and modification time (a renewal
-    that swaps a symlink, as Kubernetes does with mounted secrets, changes the inode)."""
-    stamps: list[tuple[int, int, int] | None] = []
-    for path in (files.cert, files.key, files.client_ca):
-        try:
-            st = os.stat(path) if path is not None else None
-        except OSError:
-            st = None
-        stamps.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(stamps)
 
 
 def _read(path: Path, setting: str) -> bytes:

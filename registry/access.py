@@ -14,19 +14,21 @@ before scopes keep working:
     read[:PATTERN]     read the models PATTERN matches (only when reads need a token)
 
 PATTERN is a model name, a name prefix ending in `*` (`fraud-*`), or `*` (every model, the
-default). Secrets are compared in constant time, all of them on every request, and appear
-in no log line, error or audit record: a caller is known by its token's name.
+default). Secrets are kept as digests and compared in constant time, all of them on every
+request (modelgate/tokens.py, shared with the gateway; the server also takes a changed
+token file up from there), and appear in no log line, error or audit record: a caller is
+known by its token's name.
 """
 
 from __future__ import annotations
 
 import enum
-import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelgate.registry.types import is_model_name
+from modelgate.tokens import TokenTable, bearer_secret, find, secret_digest
 
 _REALM = b'Bearer realm="modelgate-registry"'
 
@@ -97,10 +99,10 @@ ADMIN = (Scope(Action.ADMIN),)
 
 @dataclass(frozen=True, slots=True)
 class ApiToken:
-    """A bearer token: its name (for the audit trail), its secret and its scopes."""
+    """A bearer token: its name (for the audit trail), its secret's digest and its scopes."""
 
     name: str
-    secret: str
+    digest: bytes
     scopes: tuple[Scope, ...] = ADMIN
 
     def allows(self, action: Action, model: str | None = None) -> bool:
@@ -111,8 +113,12 @@ class ApiToken:
 def load_tokens(path: Path) -> tuple[ApiToken, ...]:
     """The tokens of a token file (see the module's docstring); ValueError naming the line
     of a mistake (never showing a secret)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
     tokens: list[ApiToken] = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -130,21 +136,29 @@ def load_tokens(path: Path) -> tuple[ApiToken, ...]:
             scopes = tuple(Scope.parse(word) for word in words) or ADMIN
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-        if any(hmac.compare_digest(secret.encode(), t.secret.encode()) for t in tokens):
+        digest = secret_digest(secret)
+        if find(tokens, digest) is not None:
             raise ValueError(f"{where}: this secret is already listed")
-        tokens.append(ApiToken(name, secret, scopes))
+        tokens.append(ApiToken(name, digest, scopes))
     if not tokens:
         raise ValueError(f"{path}: no tokens in the file")
     return tuple(tokens)
 
 
 class Access:
-    """Checks a request's bearer token and its scopes: `caller`, then `require`."""
+    """Checks a request's bearer token and its scopes: `caller`, then `require`.
 
-    def __init__(self, tokens: Sequence[ApiToken], *, protect_reads: bool) -> None:
-        if protect_reads and not tokens:
+    `tokens`: a `TokenFile` follows its file; none (empty): the registry is read-only.
+    """
+
+    def __init__(
+        self, tokens: TokenTable[ApiToken] | Sequence[ApiToken], *, protect_reads: bool
+    ) -> None:
+        if not isinstance(tokens, TokenTable):
+            tokens = TokenTable(tokens)
+        if protect_reads and not tokens.tokens():
             raise ValueError("protecting reads needs tokens (--token-file)")
-        self._tokens = tuple(tokens)
+        self._tokens = tokens if tokens.tokens() else None
         self._protect_reads = protect_reads
 
     def caller(self, authorization: bytes | None, *, write: bool) -> ApiToken | None:
@@ -153,22 +167,17 @@ class Access:
         AccessError: 403 for a write to a registry without tokens (read-only), 401 without
         a bearer token where one is needed, 403 for a token that is not listed.
         """
-        if write and not self._tokens:
+        if write and self._tokens is None:
             raise AccessError(403, "this registry is read-only: start it with --token-file")
         if not write and not self._protect_reads:
             return None
-        scheme, _, secret = (authorization or b"").decode("latin-1").partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
+        secret = bearer_secret(authorization)
+        if secret is None:
             what = "writes" if write else "reads"
             raise AccessError(
                 401, f"this registry needs a bearer token for {what} (Authorization: Bearer ...)"
             )
-        found = None
-        # No early exit: every token is compared, so timing tells nothing about which matched.
-        for token in self._tokens:
-            if hmac.compare_digest(secret.encode(), token.secret.encode()):
-                found = token
+        found = self._tokens.find(secret) if self._tokens is not None else None
         if found is None:
             raise AccessError(
                 403,

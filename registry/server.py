@@ -28,9 +28,10 @@ upload (HEAD tells).
 
 Authentication is a bearer token from `--token-file` (registry/access.py: one `name:secret
 [scope ...]` or bare `secret` a line; scopes `admin`, `write[:PATTERN]`, `read[:PATTERN]`
-with PATTERN a model name, a prefix ending in `*`, or `*`; no scope means admin). Writes
-always need one; without a token file the registry is read-only. `--protect-reads` needs
-one for reads too, and then listings hold only the models the token may read.
+with PATTERN a model name, a prefix ending in `*`, or `*`; no scope means admin), taken up
+again when the file changes (modelgate/tokens.py). Writes always need one; without a token
+file the registry is read-only. `--protect-reads` needs one for reads too, and then listings
+hold only the models the token may read.
 The audit actor of a write is the token's name; a client's `actor` field, when it names
 someone else, is recorded as "token-name (on behalf of actor)": the token is who
 authenticated, the rest is what that caller claims.
@@ -95,6 +96,7 @@ from modelgate.registry.signature import InvalidModelError
 from modelgate.registry.types import ModelVersion, Stage, check_model_name, parse_version
 from modelgate.registry.uploads import INCOMING_PREFIX, incoming_folders, sweep_uploads
 from modelgate.tls import ServerCertificate, TlsFiles
+from modelgate.tokens import TokenFile, TokenTable
 
 log = logging.getLogger(__name__)
 
@@ -453,14 +455,14 @@ def build_app(
     registry: RegistryClient,
     incoming: Path,
     *,
-    tokens: Sequence[ApiToken] = (),
+    tokens: TokenTable[ApiToken] | Sequence[ApiToken] = (),
     protect_reads: bool = False,
     max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
     max_json_bytes: int = MAX_JSON_BYTES,
     upload_ttl: float = UPLOAD_TTL,
 ) -> RegistryApp:
     """The ASGI app serving `registry`; uploads wait in `incoming` until registered, or
-    until they are `upload_ttl` seconds old."""
+    until they are `upload_ttl` seconds old. `tokens`: a `TokenFile` follows its file."""
     return RegistryApp(
         registry,
         incoming,
@@ -701,7 +703,7 @@ def run(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the registry server must run in the main thread (signal handling)")
     certificate = ServerCertificate(tls) if tls is not None else None
-    tokens = load_tokens(token_file) if token_file is not None else ()
+    tokens = TokenFile(token_file, load_tokens) if token_file is not None else ()
     if protect_reads and not tokens:
         raise ValueError("--protect-reads needs --token-file")
     if not logging.getLogger().handlers:

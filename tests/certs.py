@@ -1,10 +1,13 @@
 """Certificates made for the TLS tests: a CA, server and client certificates it issues
-(valid, expired), and a second CA whose certificates the servers must refuse."""
+(valid, expired), and a second CA whose certificates the servers must refuse; and a client
+that never completes its handshake."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +130,24 @@ def make_pki(folder: Path) -> Pki:
         ca.issue("expired-client", client=True, expired=True),
         other.issue("stranger", client=True),
     )
+
+
+# The start of a ClientHello: a TLS record announcing 512 bytes, of which a few come.
+PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(32)
+
+
+async def closed_before(address: str, sent: bytes, seconds: float) -> bool:
+    """Whether the server at `address` (host:port) closes a TCP connection that sends
+    `sent` (nothing, or the start of a handshake) and then waits, within `seconds`."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    try:
+        writer.write(sent)
+        await asyncio.wait_for(reader.read(), seconds)  # until the server closes
+    except TimeoutError:
+        return False
+    except ConnectionError:  # closed with a reset
+        pass
+    finally:
+        writer.close()
+    return True

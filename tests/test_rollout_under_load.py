@@ -1,10 +1,16 @@
 """Stage changes under continuous load, with real processes: a gateway subprocess on its
 default poll interval, HTTP and gRPC clients, and `modelgate registry transition` run as a
-script would — canary 20%, promotion, rollback, shadow (loadtest/rollout.py drives it)."""
+script would — canary 20%, promotion, rollback, shadow (loadtest/rollout.py drives it).
+
+With two workers, every worker must switch together (gateway/route_link.py): a routing key
+is answered by one version whichever worker takes it, and changes version at most once per
+stage change. Each worker's log line shows when it routed the new table."""
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -14,6 +20,25 @@ from prometheus_client.parser import text_string_to_metric_families
 import modelzoo
 from loadtest.procs import ServerProcess
 from loadtest.rollout import LISTENING, default_steps, drive, prepare_store
+
+KEYS = 50  # sticky routing keys: each is asked often enough to show a flap
+
+# Each step's routing table, as a worker logs it when it switches to it.
+TABLES = {
+    "canary v2 at 20%": "v1 primary 80%, v2 canary 20%",
+    "promote v2": "v2 primary 100%",
+    "roll back to v1": "v1 primary 100%",
+    "shadow v3 at 100%": "v1 primary 100%, v3 shadow 100%",
+}
+ROUTING = re.compile(r"^(\S+ \S+) INFO worker (\d+) \S+: model light routing: (.*)$", re.MULTILINE)
+
+
+def _switches(log: str) -> list[tuple[float, int, str]]:
+    """(when, worker, table) for each time a worker switched its routes for `light`."""
+    return [
+        (datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(worker), table)
+        for at, worker, table in ROUTING.findall(log)
+    ]
 
 
 @pytest.fixture(params=["1", "2"], ids=["1 worker", "2 workers"])
@@ -40,14 +65,12 @@ async def test_stage_changes_under_load_fail_nothing(
     gateway: tuple[ServerProcess, Path, dict[str, str], int],
 ) -> None:
     server, root, addresses, workers = gateway
-    steps = default_steps()
     report, answers = await drive(
-        root, "light", addresses["http"], addresses["grpc"], modelzoo.FEATURES, steps,
-        http_clients=6, grpc_clients=2, baseline=2.0, step_timeout=120,
-        # Workers follow the registry each on its own: a key is judged once every worker
-        # must have (the 2 s a stage change may take to reach them all).
-        sticky_from=0.0 if workers == 1 else 2.0,
+        root, "light", addresses["http"], addresses["grpc"], modelzoo.FEATURES,
+        default_steps(), http_clients=6, grpc_clients=2, baseline=2.0, step_timeout=120,
+        keys=KEYS,
     )  # fmt: skip
+    switches = _switches(server.log_path.read_text()) if workers > 1 else []
     by_label = {s.label: s for s in report.steps}
 
     assert report.errors == 0, report.error_samples
@@ -59,8 +82,18 @@ async def test_stage_changes_under_load_fail_nothing(
     assert abs(canary.canary_share - 0.20) <= 0.05, canary.canary_share
 
     for step in report.steps:
+        # A key changes version at most once per stage change, whichever worker answers.
+        assert step.sticky_flaps == 0, step
         assert step.sticky_flips == 0, step
         assert step.swap_seconds is not None and step.swap_seconds < 2.0, step
+        if workers > 1:  # each worker routed the new table within 2 s of the change
+            switched = {
+                worker: at - step.changed_at
+                for at, worker, table in reversed(switches)
+                if at >= step.changed_at and table == TABLES[step.label]
+            }
+            assert sorted(switched) == list(range(workers)), (step, switches)
+            assert max(switched.values()) < 2.0, (step, switched)
 
     shadow = by_label["shadow v3 at 100%"]
     assert shadow.shadow_answers == 0

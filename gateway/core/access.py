@@ -8,16 +8,17 @@ PERMISSION_DENIED (403). Secrets appear in no message: a token is named by its n
 
 The token file has one token a line, `name:secret` (every model) or
 `name:secret:model,model` (those models only); blank lines and `#` comments are ignored.
+How secrets are presented, compared and the file taken up again when it changes is
+modelgate/tokens.py, shared with the registry server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
+from modelgate.tokens import TokenTable, bearer_secret, find, secret_digest
 
 # What the HTTP front end sends with a 401 (RFC 6750), so that clients know what to present.
 CHALLENGE = 'Bearer realm="modelgate"'
@@ -38,12 +39,6 @@ class ApiToken:
         if self.models is None:
             return True
         return model is not None and model in self.models
-
-
-def _digest(secret: bytes) -> bytes:
-    # Digests have one length whatever was presented: compare_digest then leaks nothing,
-    # not even the length of the real secret.
-    return hashlib.sha256(secret).digest()
 
 
 def load_tokens(path: Path, setting: str = "auth_tokens_file") -> tuple[ApiToken, ...]:
@@ -68,8 +63,8 @@ def load_tokens(path: Path, setting: str = "auth_tokens_file") -> tuple[ApiToken
                 f"{setting} {path}, line {number}: expected name:secret or "
                 "name:secret:model,model (secrets cannot contain ':')"
             )
-        digest = _digest(parts[1].encode())
-        if any(hmac.compare_digest(digest, t.digest) for t in tokens):
+        digest = secret_digest(parts[1])
+        if find(tokens, digest) is not None:
             raise ValueError(f"{setting} {path}, line {number}: this secret is already listed")
         tokens.append(ApiToken(parts[0], digest, models))
     if not tokens:
@@ -80,28 +75,20 @@ def load_tokens(path: Path, setting: str = "auth_tokens_file") -> tuple[ApiToken
 class Access:
     """Checks what callers present against the tokens; one per process, both front ends."""
 
-    def __init__(self, tokens: tuple[ApiToken, ...]) -> None:
-        self._tokens = tokens
+    def __init__(self, tokens: TokenTable[ApiToken]) -> None:
+        self._tokens = tokens  # a `TokenFile` for `auth_tokens_file`: it follows the file
 
     def authenticate(self, authorization: str | bytes | None) -> ApiToken:
         """The token an `Authorization` value (`Bearer <secret>`) presents; UNAUTHENTICATED
         when there is none or it is not one of ours."""
-        if isinstance(authorization, str):
-            authorization = authorization.encode("latin-1", "replace")
-        scheme, _, secret = (authorization or b"").strip().partition(b" ")
-        secret = secret.strip()
-        if scheme.lower() != b"bearer" or not secret:
+        secret = bearer_secret(authorization)
+        if secret is None:
             raise InferenceError(
                 ErrorCode.UNAUTHENTICATED,
                 "this server needs a token: send 'Authorization: Bearer <token>' "
                 "(gRPC: metadata 'authorization')",
             )
-        digest = _digest(secret)
-        found = None
-        # No early exit: every token is compared, so timing tells nothing of which matched.
-        for token in self._tokens:
-            if hmac.compare_digest(digest, token.digest):
-                found = token
+        found = self._tokens.find(secret)
         if found is None:
             raise InferenceError(ErrorCode.UNAUTHENTICATED, "the token is not valid here")
         return found

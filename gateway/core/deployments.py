@@ -11,6 +11,15 @@ never half of each. A version that left its stage is drained (in-flight requests
 and unloaded. While a new production version loads, or if it fails to load, the previous
 one keeps serving.
 
+A change of stages comes in two steps: `prepare(records)` loads and warms up what entered
+while routing stays as it is, `commit()` reroutes to the new stages and drains what left.
+A lone gateway follows the registry itself (`follow`, `core.registry_watch`) and commits
+each read at once (`apply`). Under a supervisor (`--workers N`) the supervisor follows the
+registry once and pushes the records to every worker; each worker prepares, says so, and
+commits when the supervisor tells every worker to, at the same moment
+(gateway/route_link.py), so that a routing key lands on one version whichever worker
+takes the request.
+
 A canary or shadow takes production's traffic only if its loaded model's inputs and
 outputs fit the primary's (`registry.signature.signature_differences`) or the version's
 tag `modelgate.signature_change` allows the difference: registries such as MLflow change
@@ -24,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from typing import Any
 from modelgate.gateway.core.batcher import BatchObserver, MicroBatcher
 from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.readiness import ModelHealth, ModelReport, Readiness, ServerReadiness
+from modelgate.gateway.core.registry_watch import RegistryWatch
 from modelgate.gateway.core.router import TrafficSplit
 from modelgate.gateway.core.runtime import ModelLoadError, OnnxModel
 from modelgate.gateway.core.types import VersionStatus
@@ -41,7 +50,6 @@ from modelgate.gateway.settings import BatchSettings, ServerSettings
 from modelgate.monitor.monitor import DriftMonitor
 from modelgate.monitor.profile import ReferenceProfile
 from modelgate.registry.client import SERVED_STAGES, RegistryClient
-from modelgate.registry.errors import UnavailableError
 from modelgate.registry.signature import listing, signature_differences
 from modelgate.registry.types import (
     MODEL_NAME_SYNTAX,
@@ -58,7 +66,6 @@ log = logging.getLogger(__name__)
 # (a gRPC server on its own loop may be between routing and queueing).
 DRAIN_GRACE = 0.25
 _RETRY_MAX = 300.0  # longest wait before retrying a version that failed to load
-_POLL_BACKOFF_MAX = 30.0  # longest wait between registry reads while they fail
 
 
 class ModelState(enum.Enum):
@@ -122,11 +129,14 @@ class Deployments:
         self._all: dict[str, dict[str, Deployment]] = {}  # every deployment, any state
         # The registry's served versions at the last read: name -> version -> record.
         self._desired: dict[str, dict[str, ModelVersion]] = {}
-        self._synced = False  # until the registry has been read once, no name is unknown
+        # Prepared but not committed yet (see `prepare`): the same shape as `_desired`.
+        self._staged: dict[str, dict[str, ModelVersion]] = {}
+        self._synced = False  # until stages were committed once, no name is unknown
         self._read = asyncio.Event()  # set with `_synced`, for those who wait for it
-        self._registry_error = ""  # why the last registry read failed ("" when it did not)
+        polls = metrics.registry_polls
+        self._registry_watch = RegistryWatch(registry, settings.poll_interval, polls)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._generation: str | None = None
+        self._loading: dict[Deployment, asyncio.Task[None]] = {}
         self._stopping = False
         self._retiring: set[Deployment] = set()  # retirements under way, never two per copy
         self._readiness = ServerReadiness(metrics.model_state, strict=settings.strict_readiness)
@@ -211,7 +221,7 @@ class Deployments:
 
     def _unknown(self, name: str) -> InferenceError:
         if not self._synced:
-            why = f": {self._registry_error}" if self._registry_error else ""
+            why = f": {self._registry_watch.error}" if self._registry_watch.error else ""
             return InferenceError(
                 ErrorCode.UNAVAILABLE,
                 f"server is starting: the model registry is not read yet{why}",
@@ -259,14 +269,21 @@ class Deployments:
 
     async def refresh(self) -> None:
         """Read the registry once and reconcile: load what entered, route, drain what left."""
-        generation = await asyncio.to_thread(self._registry.generation)
-        records = await asyncio.to_thread(self._registry.list_versions)
+        await self._registry_watch.refresh(self._applied)
+
+    def _applied(self, generation: str, records: list[ModelVersion]) -> None:
         self.apply(records)
-        self._generation = generation  # only once applied: a failed apply is retried
 
     def apply(self, records: Iterable[ModelVersion]) -> None:
-        """Reconcile with the registry's current records (the served stages among them)."""
-        desired: dict[str, dict[str, ModelVersion]] = {}
+        """Reconcile with the registry's current records (the served stages among them):
+        `prepare` them and `commit` at once, each version routed as soon as it is READY."""
+        self.prepare(records)
+        self.commit()
+
+    def prepare(self, records: Iterable[ModelVersion]) -> None:
+        """Load and warm up what the records serve and is not loaded yet, in the background;
+        routing stays as it is until `commit`. Replaces an earlier prepare not committed."""
+        staged: dict[str, dict[str, ModelVersion]] = {}
         refused: set[str] = set()
         for record in records:
             if record.stage not in SERVED_STAGES:
@@ -274,11 +291,11 @@ class Deployments:
             if not is_model_name(record.name):
                 refused.add(record.name)
                 continue
-            desired.setdefault(record.name, {})[str(record.version)] = record
+            staged.setdefault(record.name, {})[str(record.version)] = record
         self._refuse_names(refused)
-        self._desired = desired
+        self._staged = staged
         now = time.monotonic()
-        for name, versions in desired.items():
+        for name, versions in staged.items():
             for version, record in versions.items():
                 current = self._all.get(name, {}).get(version)
                 if (
@@ -288,11 +305,37 @@ class Deployments:
                     or (current.state is ModelState.FAILED and now >= current.retry_at)
                 ):
                     self._start_load(record, current)
-                else:
+                # Otherwise the record's stage and traffic take effect at `commit`.
+
+    async def prepared(self) -> None:
+        """Until every version of the last `prepare` has loaded or failed."""
+        while True:
+            loading = [
+                task
+                for d, task in self._loading.items()
+                if self._staged.get(d.name, {}).get(d.version) is not None and self._current(d)
+            ]
+            if not loading:
+                return
+            await asyncio.wait(loading)
+
+    def commit(self) -> None:
+        """Serve the stages of the last `prepare`: reroute every model now (a version
+        still loading joins its stage when it is READY), drain what left."""
+        for name, versions in self._staged.items():
+            for version, record in versions.items():
+                current = self._all.get(name, {}).get(version)
+                if current is not None and current.record.sha256 == record.sha256:
                     current.record = record
+        self._desired = self._staged
         self._synced = True
         self._read.set()
         self._reroute()
+
+    @property
+    def synced(self) -> bool:
+        """Whether stages were committed once (before that, no name is unknown)."""
+        return self._synced
 
     def _refuse_names(self, refused: set[str]) -> None:
         """Log each served name outside the name syntax once, escaped: such names come from
@@ -311,54 +354,15 @@ class Deployments:
         await self._read.wait()
 
     async def follow(self) -> None:
-        """Read the registry, then poll its generation and reconcile on change, until
-        cancelled. A failing registry is retried with exponential backoff and jitter while
-        the gateway serves what it has (before the first read: nothing, and not ready).
+        """Follow the registry on its own (a lone gateway; under a supervisor the supervisor
+        follows and pushes, see gateway/route_link.py): read it, then poll its generation
+        and reconcile on change, until cancelled (`core.registry_watch`). A failing registry
+        is retried with backoff while the gateway serves what it has (before the first
+        read: nothing, and not ready)."""
+        await self._registry_watch.run(self._applied, self.retry_due)
 
-        Polls log only what changes: the first failure of a streak and the recovery, never
-        one line per failed poll (the `registry_polls` counter counts every one)."""
-        interval = self._settings.poll_interval
-        delay = 0.0  # the first read at once
-        failures = 0
-        polls = self._metrics.registry_polls
-        while True:
-            if delay > 0:
-                await asyncio.sleep(delay * random.uniform(0.9, 1.1))
-            try:
-                if not self._synced:
-                    await self.refresh()
-                else:
-                    generation = await asyncio.to_thread(self._registry.generation)
-                    if generation != self._generation or self._retry_due():
-                        await self.refresh()
-            except Exception as exc:  # the registry's problem must never stop serving
-                polls.labels("error").inc()
-                delay = min(max(delay * 2, interval), _POLL_BACKOFF_MAX)
-                self._registry_error = str(exc)
-                if failures == 0:
-                    self._log_failure(exc)
-                failures += 1
-                continue
-            polls.labels("ok").inc()
-            if failures:
-                log.info("registry readable again after %d failed attempt(s)", failures)
-            failures, delay, self._registry_error = 0, interval, ""
-
-    def _log_failure(self, exc: Exception) -> None:
-        level = logging.WARNING if isinstance(exc, UnavailableError) else logging.ERROR
-        if self._synced:
-            what = "registry poll failed; serving the versions loaded"
-        else:
-            what = "registry not readable yet; not ready until it is"
-        log.log(
-            level,
-            "%s: %s (retrying with backoff up to %g s; logged again when it recovers)",
-            what,
-            exc,
-            _POLL_BACKOFF_MAX,
-        )
-
-    def _retry_due(self) -> bool:
+    def retry_due(self) -> bool:
+        """Whether a version that failed to load is due for another try."""
         now = time.monotonic()
         return any(
             d.state is ModelState.FAILED and now >= d.retry_at
@@ -389,6 +393,9 @@ class Deployments:
                 if deployment is not None:
                     retained.add(deployment)
                     by_stage.setdefault(record.stage, []).append(deployment)
+            for version in self._staged.get(name, {}):  # prepared for the next commit
+                if version in versions:
+                    retained.add(versions[version])
             production = by_stage.get(Stage.PRODUCTION, [])
             primary = next((d for d in production if d.ready), None)
             previous = self._routes.get(name)
@@ -490,10 +497,11 @@ class Deployments:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _start_load(self, record: ModelVersion, previous: Deployment | None) -> None:
         version = str(record.version)
@@ -506,7 +514,9 @@ class Deployments:
         versions = {**self._all.get(record.name, {}), version: deployment}
         self._all = {**self._all, record.name: versions}
         replaced = previous if previous is not None and previous.ready else None
-        self._spawn(self._load(deployment, replaced))
+        task = self._spawn(self._load(deployment, replaced))
+        self._loading[deployment] = task
+        task.add_done_callback(lambda _: self._loading.pop(deployment, None))
 
     def _current(self, deployment: Deployment) -> bool:
         """Whether `deployment` is still the copy of its version the gateway keeps."""

@@ -5,6 +5,7 @@ no secret shows in an answer or in the log."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -231,3 +232,76 @@ async def test_grpc_streams_need_a_token_and_answer_other_models_with_an_error(
     assert not answers["mine"].error_message
     got = np.frombuffer(answers["mine"].infer_response.raw_output_contents[0], np.float32)
     assert got.tolist() == X.ravel().tolist()
+
+
+async def _statuses_until(
+    gateway: Gateway, want: dict[str, tuple[int, str]], seconds: float = 30.0
+) -> dict[str, tuple[int, str]]:
+    """The HTTP status and gRPC code of an inference with each secret, asked again until
+    they are `want` (or `seconds` have passed): the server looks at the file at most once a
+    second."""
+    assert gateway.addresses is not None
+    url = f"http://{gateway.addresses.http}/v2/models/echo_fp32/infer"
+    got: dict[str, tuple[int, str]] = {}
+    async with (
+        httpx.AsyncClient() as http,
+        grpc.aio.insecure_channel(gateway.addresses.grpc) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(max(1, round(seconds / 0.2))):
+            for secret in want:
+                status = (await http.post(url, json=BODY, headers=_bearer(secret))).status_code
+                code = grpc.StatusCode.OK
+                try:
+                    await stub.ModelInfer(
+                        _infer("echo_fp32"), metadata=tuple(_bearer(secret).items())
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                got[secret] = (status, code.name)
+            if got == want:
+                break
+            await asyncio.sleep(0.2)
+    return got
+
+
+async def test_a_changed_token_file_is_taken_up_without_a_restart(
+    guarded: Gateway, tokens_file: Path, debug_log: pytest.LogCaptureFixture
+) -> None:
+    new = "new-7f6e5d4c3b2a1908"
+    ok, refused = (200, "OK"), (401, "UNAUTHENTICATED")
+    assert await _statuses_until(guarded, {new: refused}, seconds=0) == {new: refused}
+    # A token added: it works, on both protocols, and the others still do.
+    tokens_file.write_text(f"admin:{ADMIN}\necho-team:{ECHO}:echo_fp32\nnew:{new}\n")
+    want = {new: ok, ADMIN: ok, ECHO: ok}
+    assert await _statuses_until(guarded, want) == want
+    # A token removed: refused from then on.
+    tokens_file.write_text(f"admin:{ADMIN}\nnew:{new}:echo_fp32\n")
+    want = {new: ok, ADMIN: ok, ECHO: refused}
+    assert await _statuses_until(guarded, want) == want
+    # An invalid edit: one line in the log, and the last good tokens keep serving.
+    debug_log.clear()
+    tokens_file.write_text(f"admin:{ADMIN}\n{ECHO}\n")
+    for _ in range(150):
+        await _statuses_until(guarded, want, seconds=0)
+        if "still using the previous tokens" in debug_log.text:
+            break
+        await asyncio.sleep(0.2)
+    warnings = [
+        r.getMessage()
+        for r in debug_log.records
+        if r.levelno >= logging.WARNING and r.name == "modelgate.watched"
+    ]
+    assert warnings == [
+        f"auth_tokens_file {tokens_file}, line 2: expected name:secret or name:secret:model,model "
+        "(secrets cannot contain ':'); still using the previous tokens"
+    ]
+    assert await _statuses_until(guarded, want, seconds=2) == want
+    # The metrics port follows the same file.
+    assert guarded.addresses is not None
+    async with httpx.AsyncClient() as http:
+        metrics = f"http://{guarded.addresses.metrics}/metrics"
+        assert (await http.get(metrics, headers=_bearer(new))).status_code == 403
+        assert (await http.get(metrics, headers=_bearer(ADMIN))).status_code == 200
+    for secret in (*SECRETS, new):
+        assert secret not in debug_log.text

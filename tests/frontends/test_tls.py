@@ -26,7 +26,7 @@ import tritonclient.http as triton_http
 from sync_clients import in_thread
 from test_cli import LISTENING, Process
 
-from certs import Pair, Pki
+from certs import PARTIAL_CLIENT_HELLO, Pair, Pki, closed_before
 from conftest import running
 from loadtest.procs import clean_environment
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -242,6 +242,24 @@ async def test_renewed_certificate_files_are_taken_up_without_a_restart(
         assert now == (want, want, want)
         assert await _https_infer(gateway, pki, pki.client) == 200
         assert await _grpc_infer(gateway, _grpc_credentials(pki, pki.client)) == "OK"
+
+
+async def test_a_handshake_that_never_completes_is_closed_after_the_header_timeout(
+    settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path
+) -> None:
+    """asyncio's own handshake timeout is 60 s: a silent client (or one that stops in the
+    middle of its ClientHello) is closed within `header_timeout` on every port instead."""
+    quick = dataclasses.replace(settings, header_timeout=0.5)
+    async with _tls_gateway(quick, store, _served(pki, tmp_path / "live"), None) as gateway:
+        assert gateway.addresses is not None
+        ports = (gateway.addresses.http, gateway.addresses.metrics, gateway.addresses.grpc)
+        stalled = [
+            closed_before(address, sent, seconds=20)
+            for address in ports
+            for sent in (b"", PARTIAL_CLIENT_HELLO)
+        ]
+        assert await asyncio.gather(*stalled) == [True] * 6
+        assert await _https_infer(gateway, pki, None) == 200  # and the server still serves
 
 
 def test_certificate_files_that_cannot_serve_stop_startup_with_one_line(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from conftest import serving_registry
+from loadtest.procs import ServerProcess
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import Stage
@@ -156,3 +159,50 @@ def test_token_file_mistakes_name_the_line_and_never_the_secret(
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("*", r"\*")) as e:
         load_tokens(tmp_path / "tokens")
     assert "pw" not in str(e.value).replace(str(tmp_path), "")
+
+
+def _statuses_until(url: str, want: dict[str, int], seconds: float = 30.0) -> dict[str, int]:
+    """The status of a listing with each secret, asked again until they are `want` (or
+    `seconds` have passed): the server looks at the file at most once a second."""
+    got: dict[str, int] = {}
+    with httpx.Client(base_url=f"{url}/api/v1/", timeout=10) as client:
+        for _ in range(max(1, round(seconds / 0.2))):
+            got = {s: client.get("models", headers=bearer(s)).status_code for s in want}
+            if got == want:
+                break
+            time.sleep(0.2)
+    return got
+
+
+def test_the_server_takes_up_a_changed_token_file_without_a_restart(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops:pw-ops\n")
+    argv = [sys.executable, "-m", "modelgate", "registry", "--store", str(tmp_path / "store"),
+            "serve", "--port", "0", "--create-store", "--protect-reads",
+            "--token-file", str(tokens)]  # fmt: skip
+    server = ServerProcess(argv, tmp_path / "registry.log")
+    try:
+        url = server.wait_for_line(r"modelgate registry listening on (http://\S+)", 60).group(1)
+        assert _statuses_until(url, {"pw-ops": 200, "pw-new": 403}, seconds=0) == {
+            "pw-ops": 200,
+            "pw-new": 403,
+        }
+        tokens.write_text("ops:pw-ops\nnew:pw-new read\n")  # added
+        want = {"pw-ops": 200, "pw-new": 200}
+        assert _statuses_until(url, want) == want
+        tokens.write_text("new:pw-new read\n")  # removed
+        want = {"pw-ops": 403, "pw-new": 200}
+        assert _statuses_until(url, want) == want
+        tokens.write_text("new:pw-new read\nops:pw-ops reed\n")  # invalid: kept as it was
+        for _ in range(150):
+            if "still using the previous tokens" in server.log_tail(50):
+                break
+            _statuses_until(url, want, seconds=0)
+            time.sleep(0.2)
+        assert _statuses_until(url, want, seconds=2) == want
+        log = (tmp_path / "registry.log").read_text()
+        assert log.count("still using the previous tokens") == 1
+        assert f"{tokens}:2: unknown scope 'reed'" in log
+        assert "pw-" not in log
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ from modelgate.registry.remote import RemoteRegistry
 from modelgate.registry.server import build_app, load_tokens
 from modelgate.registry.store import RegistryStore
 from modelgate.registry.types import ModelVersion, Stage
+from modelgate.tokens import secret_digest
 
 WRITER = "s3cret-ci"
 TOKENS = f"# who may write\nci:{WRITER}\n\nalice : pw-alice\n"
@@ -248,10 +249,10 @@ def load_tokens_from(tmp_path: Path, text: str) -> Any:
 
 def test_token_files(tmp_path: Path) -> None:
     tokens = load_tokens_from(tmp_path, "# comment\n\nci:abc\nbare-secret\n  ops : x:y  \n")
-    assert [(t.name, t.secret) for t in tokens] == [
-        ("ci", "abc"),
-        ("token", "bare-secret"),
-        ("ops", "x:y"),
+    assert [(t.name, t.digest) for t in tokens] == [
+        ("ci", secret_digest("abc")),
+        ("token", secret_digest("bare-secret")),
+        ("ops", secret_digest("x:y")),
     ]
     with pytest.raises(ValueError, match="no tokens"):
         load_tokens_from(tmp_path, "# nothing\n")

@@ -3,6 +3,8 @@ its clients (the gateway, `modelgate registry`) trust a private CA through SSL_C
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from certs import Pki
-from conftest import filled_store, serving_registry
+from certs import PARTIAL_CLIENT_HELLO, Pki, closed_before
+from conftest import filled_store, loop_thread, serving_registry
 from loadtest.procs import clean_environment
 from modelgate.registry.client import open_registry
 from modelgate.registry.errors import LocationError
-from modelgate.registry.server import build_app
+from modelgate.registry.server import READ_LIMITS, RegistryServer, build_app
+from modelgate.registry.store import RegistryStore
 from modelgate.tls import ServerCertificate, TlsFiles
 
 
@@ -46,3 +49,24 @@ def test_a_certificate_without_its_key_is_one_line(tmp_path: Path, pki: Pki) -> 
     assert done.stderr.strip() == (
         "error: --tls-cert-file is set but --tls-key-file is not: TLS needs both"
     )
+
+
+def test_a_handshake_that_never_completes_is_closed_after_the_head_timeout(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """Not after asyncio's 60 s: a silent client, or one that stops in its ClientHello."""
+    app = build_app(RegistryStore(tmp_path / "store", create=True), tmp_path / "incoming")
+    tls = ServerCertificate(TlsFiles(pki.server.cert, pki.server.key))
+    limits = dataclasses.replace(READ_LIMITS, head_timeout=0.5)
+    with loop_thread() as run:
+        server = RegistryServer(app, "127.0.0.1", 0, limits=limits, tls=tls)
+        url = run(server.start())
+        try:
+            address = url.removeprefix("https://")
+            for sent in (b"", PARTIAL_CLIENT_HELLO):
+                assert run(closed_before(address, sent, seconds=20))
+            trust = ssl.create_default_context(cafile=pki.ca.cert)
+            answer = httpx.get(f"{url}/api/v1/generation", verify=trust, timeout=10)
+            assert answer.status_code == 200
+        finally:
+            run(server.stop())
