@@ -174,7 +174,7 @@ class Gateway:
         metrics_port = self._metrics_endpoint.port
         config = uvicorn.Config(
             HttpFrontend(self.service, s),
-            http=protocol_for(self._http_drain, read_limits(s)),
+            http=protocol_for(self._http_drain, read_limits(s), self.service.admission),
             loop="none",
             lifespan="off",
             access_log=False,

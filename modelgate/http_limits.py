@@ -12,6 +12,12 @@ holds a request in flight too, and one header of any size is buffered whole. Ove
 handshake must be complete `head_timeout` seconds after the connection opened, before the
 head's own time starts (`LoopServer`; asyncio's default is 60 s).
 
+A subclass may answer a request itself as soon as its head is parsed (`early_answer`), with
+an answer prepared once (`PreparedAnswer`): no request cycle, task or application then. Its
+body is parsed and dropped as it arrives, never buffered, within `body_timeout` like any
+body, and the connection serves its next request. This is how a server at capacity refuses
+at a small part of the cost of serving (docs/hardening.md, "Admission control").
+
 At most `connections` connections are open: a connection beyond the limit closes the
 connection idle the longest (no request on it, none arriving), or, when every connection is
 busy, is answered 503 and closed at once. Idle connections are cheap for a client to open,
@@ -47,16 +53,32 @@ class ReadLimits:
     connections: int
 
 
-def answer(status: str, message: str, extra: str = "") -> bytes:
+def answer(status: str, message: str, extra: str = "", close: bool = True) -> bytes:
     """A whole HTTP answer: `status` ("503 Service Unavailable"), the `extra` header lines
-    (each ending in CRLF), a JSON error, and close."""
+    (each ending in CRLF), a JSON error, and (unless not `close`) `connection: close`."""
     body = orjson.dumps({"error": message})
-    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+    if close:
+        head += "connection: close\r\n"
     return f"{head}{extra}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedAnswer:
+    """An error answer encoded once, for a connection kept open and for one closing after it."""
+
+    keep_open: bytes
+    closing: bytes
+
+    @classmethod
+    def of(cls, status: str, message: str, extra: str = "") -> PreparedAnswer:
+        """The answer `status` with the JSON error `message` and the `extra` header lines."""
+        return cls(answer(status, message, extra, close=False), answer(status, message, extra))
+
+
 class _HeadRefused(Exception):
-    """Raised in a parser callback to stop parsing a head that was answered 431."""
+    """Raised in a parser callback to stop parsing once the connection was answered and is
+    closing (431, or an early answer on a connection that does not stay open)."""
 
 
 class IdleConnections:
@@ -94,6 +116,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The deadline of the head or body arriving (one at a time on a connection).
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._dropping_body = False  # answered by `early_answer`: the body is parsed, dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -176,22 +199,68 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._head_exact > self.limits.head_bytes:  # a whole head within one chunk
             self._too_large()
             raise _HeadRefused  # stops the parser; no request is started
-        super().on_headers_complete()
+        early = self.early_answer() if self._nothing_unanswered() else None
+        if early is None:
+            super().on_headers_complete()
+        else:
+            self._answer_early(early)
+        if self._refused:  # answered and closing: the rest of the input is not parsed
+            raise _HeadRefused
         # Armed for every request: one without a body completes in this same parse.
         self._timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
+    def early_answer(self) -> PreparedAnswer | None:
+        """The answer to give the request whose head was just parsed without handing it to
+        the application, or None (the default): the application answers it. Asked only when
+        no earlier request of the connection is unanswered (a pipelined request waits for
+        its turn, and the application answers it)."""
+        return None
+
+    def _nothing_unanswered(self) -> bool:
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _answer_early(self, early: PreparedAnswer) -> None:
+        self._dropping_body = True
+        if self.transport.is_closing():
+            return
+        parser = self.parser
+        if parser.get_http_version() == "1.0" or not parser.should_keep_alive():
+            self._close_with(early.closing)
+            return
+        self.transport.write(early.keep_open)
+        if self.flow.write_paused:
+            # The client does not read its answers: read no more requests until it does.
+            self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._nothing_unanswered():  # reading paused above, not for a request in flight
+            self.flow.resume_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._dropping_body:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._cancel_timer()
+        if self._dropping_body:
+            self._dropping_body = False
+            if not self.transport.is_closing():
+                self._wait_for_next_request()
+            return
         super().on_message_complete()
         cycle = self.cycle
         if cycle.response_complete and not self.pipeline and not self.transport.is_closing():
             # Answered before its body was read (refused at once): the body's arrival
             # cancelled uvicorn's keep-alive timeout, which nothing would arm again.
-            self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-            self.idle.add(self)
+            self._wait_for_next_request()
+
+    def _wait_for_next_request(self) -> None:
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        self.idle.add(self)
 
     def _arm_head_timer(self) -> None:
         self._timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
@@ -215,7 +284,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         self._timer = None
         cycle = self.cycle
-        if cycle.response_started:
+        if self._dropping_body or cycle.response_started:
             # Answered already (refused before its body was read): nothing more to say.
             self._refused = True
             self.transport.close()
@@ -228,11 +297,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: str, message: str) -> None:
         """Answer `status` and close: the rest of what this connection sends is ignored."""
+        self._close_with(answer(status, message))
+
+    def _close_with(self, data: bytes) -> None:
+        """Write `data` (an answer saying `connection: close`) and close."""
         self._refused = True
         self._cancel_timer()
         if self.transport.is_closing():
             return
-        self.transport.write(answer(status, message))
+        self.transport.write(data)
         if not self.transport.can_write_eof():
             self.transport.close()
             return

@@ -44,16 +44,28 @@ class Admission:
             self._inflight += 1
             return True
 
+    @property
+    def refusal(self) -> str:
+        """What a refused client is told."""
+        return f"server at capacity ({self.limit} requests in flight); retry later"
+
+    def refuses(self) -> bool:
+        """Whether a request arriving now is refused (every place taken), the refusal then
+        counted as `enter` counts its own: for a front end that answers a refusal itself,
+        sooner and more cheaply than a request that would call `enter`."""
+        if self._inflight < self.limit:
+            return False
+        if self._on_refuse is not None:
+            self._on_refuse()
+        return True
+
     def enter(self) -> None:
         """Take a place, or raise RESOURCE_EXHAUSTED at once; every `enter` that returns
         must be paired with one `leave`."""
         if not self.try_enter():
             if self._on_refuse is not None:
                 self._on_refuse()
-            raise InferenceError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"server at capacity ({self.limit} requests in flight); retry later",
-            )
+            raise InferenceError(ErrorCode.RESOURCE_EXHAUSTED, self.refusal)
 
     def leave(self) -> None:
         """Give back the place taken by `enter`."""

@@ -81,6 +81,8 @@ _METHOD = {
     "v1_status": "GET",
     "v1_predict": "POST",
 }
+# The endpoints that hold an admission place (core/admission.py) while they are served.
+_INFERENCE = frozenset(("infer", "v1_predict"))
 # Open to callers without a token (probes), when tokens are required.
 _OPEN = frozenset(("live", "ready"))
 # /v2/models/{m}[/versions/{v}]/<action> -> endpoint
@@ -157,7 +159,7 @@ class HttpFrontend:
                 self._access.authenticate(headers.get(b"authorization"))
             else:
                 self._access.check(headers.get(b"authorization"), model)
-        if endpoint in ("infer", "v1_predict"):
+        if endpoint in _INFERENCE:
             assert model is not None
             # Before the body is read: a refused request costs no memory nor decoding.
             # uvicorn hands a connection's pipelined requests to the app one at a time
@@ -262,6 +264,16 @@ class HttpFrontend:
         key = headers.get(self._routing_key)
         if key is not None:
             request.routing_key = key.decode("latin-1")
+
+
+def is_inference(method: str, path: str) -> bool:
+    """Whether a request is one that holds an admission place (V2 infer, V1 predict)."""
+    if method != "POST":
+        return False
+    try:
+        return _endpoint(path)[0] in _INFERENCE
+    except HttpError:
+        return False
 
 
 def _endpoint(path: str) -> tuple[str, str | None, str | None]:

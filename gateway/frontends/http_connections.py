@@ -1,6 +1,7 @@
 """HTTP/1.1 connections for the gateway's data port: bounded (`modelgate.http_limits`,
 from the `max_header_bytes`, `header_timeout`, `body_timeout` and `max_connections`
-settings) and with a drain that loses no request.
+settings), refusing inference early under load (`http_admission`) and with a drain that
+loses no request.
 
 uvicorn's own shutdown closes every idle keep-alive connection at once and drops requests
 queued behind the one in flight. A client that sent a request a moment before cannot tell
@@ -30,10 +31,12 @@ from typing import Any, ClassVar
 import uvicorn
 
 from modelgate.gateway.codecs import v2_http
+from modelgate.gateway.core.admission import Admission
 from modelgate.gateway.frontends.http import Send
+from modelgate.gateway.frontends.http_admission import AdmittingHttpProtocol, admitting_state
 from modelgate.gateway.frontends.http_wire import Receive
 from modelgate.gateway.settings import ServerSettings
-from modelgate.http_limits import BoundedHttpProtocol, LoopServer, ReadLimits, bounded
+from modelgate.http_limits import LoopServer, PreparedAnswer, ReadLimits, bounded
 
 # Long enough for a request already on its way (sent before the client could see the
 # listener close) to arrive and be answered 503; short so that stopping stays quick.
@@ -73,10 +76,14 @@ async def refuse(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": _REFUSAL})
 
 
-class DrainingHttpProtocol(BoundedHttpProtocol):
-    """The bounded protocol with the drain above; `protocol_for` binds its state."""
+class DrainingHttpProtocol(AdmittingHttpProtocol):
+    """The admitting protocol with the drain above; `protocol_for` binds its state."""
 
     drain: ClassVar[HttpDrain]
+
+    def early_answer(self) -> PreparedAnswer | None:
+        # While draining, every answer closes its connection; the application's path does it.
+        return None if self.drain.closing else super().early_answer()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -108,10 +115,12 @@ class DrainingHttpProtocol(BoundedHttpProtocol):
         self.transport.close()
 
 
-def protocol_for(drain: HttpDrain, limits: ReadLimits) -> type[DrainingHttpProtocol]:
-    """A protocol class whose connections share `drain` and `limits` (uvicorn instantiates
-    the class)."""
-    return bounded(limits, DrainingHttpProtocol, drain=drain)
+def protocol_for(
+    drain: HttpDrain, limits: ReadLimits, admission: Admission
+) -> type[DrainingHttpProtocol]:
+    """A protocol class whose connections share `drain`, `limits` and `admission` (uvicorn
+    instantiates the class)."""
+    return bounded(limits, DrainingHttpProtocol, drain=drain, **admitting_state(admission))
 
 
 class DrainingServer(LoopServer):

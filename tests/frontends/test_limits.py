@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,155 @@ async def test_a_request_that_would_wait_past_its_deadline_or_the_budget_is_refu
         assert (await http.post("/v2/models/slow/infer", json=_body(x))).status_code == 200
         # The refused requests were never computed.
         assert await _batches(gateway) == 3
+
+
+def _infer_request(x: np.ndarray, model: str = "slow", close: bool = False) -> bytes:
+    body = json.dumps(_body(x)).encode()
+    connection = b"connection: close\r\n" if close else b""
+    return (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nhost: test\r\n".encode()
+        + connection
+        + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Status line, headers (lower-case names) and body of one answer."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    status, *lines = head[:-4].split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    if b"content-length" in headers:
+        length = int(headers[b"content-length"])
+        return status, headers, await asyncio.wait_for(reader.readexactly(length), 10)
+    assert headers[b"transfer-encoding"] == b"chunked"
+    body = b""
+    while size := int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16):
+        body += (await asyncio.wait_for(reader.readexactly(size + 2), 10))[:-2]
+    await reader.readexactly(2)
+    return status, headers, body
+
+
+async def test_at_capacity_keep_alive_and_pipelined_requests_are_refused_and_the_next_served(
+    settings: ServerSettings, slow_store: RegistryStore, rng: np.random.Generator
+) -> None:
+    # Kept alive for as long as the slow model may take on a busy machine.
+    limited = dataclasses.replace(_limited(settings, slow_store), keep_alive_timeout=120.0)
+    async with running(limited, slow_store) as gateway, _clients(gateway) as (http, _):
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        computing = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _computing(gateway)
+        queued = asyncio.create_task(http.post("/v2/models/slow/infer", json=_body(x)))
+        await _queue_depth_reaches(gateway, 1)  # two in flight: the limit
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        # Three requests in one write: two refused, then one that is not inference.
+        writer.write(
+            _infer_request(x)
+            + _infer_request(x)
+            + b"GET /v2/health/ready HTTP/1.1\r\nhost: test\r\n\r\n"
+        )
+        for _ in range(2):
+            status, headers, body = await _read_answer(reader)
+            assert status == b"HTTP/1.1 503 Service Unavailable"
+            assert headers[b"retry-after"] == b"1"
+            assert headers.get(b"connection") != b"close"
+            assert "capacity" in json.loads(body)["error"]
+        assert (await _read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+        # Refused on its head, the body still to come: answered, the body then dropped.
+        request = _infer_request(x)
+        split = request.index(b"\r\n\r\n") + 10
+        writer.write(request[:split])
+        status, headers, _ = await _read_answer(reader)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert headers[b"retry-after"] == b"1"
+        writer.write(request[split:])
+        # A client that asks to close gets `connection: close`, and the connection closes.
+        closing_reader, closing_writer = await asyncio.open_connection(host, int(port))
+        closing_writer.write(_infer_request(x, close=True))
+        status, headers, _ = await _read_answer(closing_reader)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert headers[b"connection"] == b"close"
+        assert await asyncio.wait_for(closing_reader.read(), 10) == b""
+        closing_writer.close()
+
+        assert (await computing).status_code == 200
+        assert (await queued).status_code == 200
+        assert await _refused(gateway) == 4
+        # The same keep-alive connection is served once places are free, pipelined too.
+        writer.write(_infer_request(x) + _infer_request(x, "classifier"))
+        status, _, body = await _read_answer(reader)
+        assert status == b"HTTP/1.1 200 OK", body
+        assert json.loads(body)["outputs"]
+        status, _, body = await _read_answer(reader)
+        assert status == b"HTTP/1.1 400 Bad Request", body  # the classifier takes 8 columns
+        writer.close()
+        assert await _batches(gateway) == 3
+
+
+async def _slow_body(
+    address: str, source: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from `source` that sends an inference request's head and a first byte of
+    its body, then nothing."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    writer.write(
+        b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
+        b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_one_client_with_slow_bodies_cannot_take_every_place(
+    settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
+) -> None:
+    # 8 places, so one client's bodies may hold 2 of them.
+    limited = dataclasses.replace(settings, max_inflight=8, body_timeout=60.0)
+    async with running(limited, store) as gateway:
+        assert gateway.addresses is not None
+        address = gateway.addresses.http
+        slow = [await _slow_body(address, "127.0.0.1") for _ in range(8)]
+        answered = []
+        for reader, _ in slow:
+            with contextlib.suppress(TimeoutError):
+                answered.append(await asyncio.wait_for(_read_answer(reader), 1))
+        # All but the client's share answered at once, 503 with Retry-After.
+        assert len(answered) == 6
+        for status, headers, body in answered:
+            assert status == b"HTTP/1.1 503 Service Unavailable"
+            assert headers[b"retry-after"] == b"1"
+            assert "body is still arriving" in json.loads(body)["error"]
+
+        # Another client (another address) is served, slow bodies of its own too.
+        others = [await _slow_body(address, "127.0.0.2") for _ in range(2)]
+        x = rng.normal(size=(1, 8)).astype(np.float32)
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]
+        }
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.3", 0))
+        data = json.dumps(body).encode()
+        writer.write(
+            b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
+            + f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        status, _, answer = await _read_answer(reader)
+        assert status == b"HTTP/1.1 200 OK", answer
+
+        # Once the first client's bodies are gone, its new requests are served again.
+        for _, slow_writer in slow + others:
+            slow_writer.close()
+        await asyncio.sleep(0.5)
+        for _ in range(3):
+            writer.write(
+                b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
+                + f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
+            assert (await _read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+        writer.close()

@@ -1,0 +1,126 @@
+"""Admission of HTTP inference requests in the connection protocol, before the application.
+
+Two rules, applied as soon as a request's head is parsed, before uvicorn builds a request
+cycle or a task for it, so that refusing costs a small part of serving:
+
+1. At capacity (every `max_inflight` place taken, `core/admission.py`), an inference request
+   is answered 503 with `Retry-After` from bytes prepared once; its body is dropped as it
+   arrives and the connection stays open for its next request (`modelgate.http_limits`).
+   Counted like the application's own refusals.
+2. Slow bodies: an inference request holds its place from its head on, while its body
+   arrives (at most `body_timeout`). So that one client cannot hold every place with bodies
+   it sends slowly, the inference requests whose body is still arriving from one client
+   (peer address) hold at most a quarter of `max_inflight` places; beyond, 503 at once too.
+
+Neither rule applies to a request pipelined behind an unanswered one on its connection:
+uvicorn reads no more of the connection until its turn, when places may have come free,
+and the application's admission count decides then (one such request per connection).
+
+The application's admission count stays the one that takes and gives back places; these
+rules only refuse sooner.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any, ClassVar
+
+import httptools
+
+from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS, Admission
+from modelgate.gateway.frontends.http import is_inference
+from modelgate.http_limits import BoundedHttpProtocol, PreparedAnswer
+
+# The share of `max_inflight` that one client's arriving bodies may hold.
+CLIENT_SHARE_OF_BODIES = 0.25
+
+_RETRY = f"retry-after: {RETRY_AFTER_SECONDS}\r\n"
+_UNAVAILABLE = "503 Service Unavailable"
+
+
+class ArrivingBodies:
+    """The inference requests whose body is still arriving, counted by client; each client
+    may have at most `share` of them."""
+
+    def __init__(self, share: int) -> None:
+        self.share = share
+        self._by_client: dict[str, int] = {}
+
+    def begin(self, client: str) -> bool:
+        """Count one more body arriving from `client`; False (nothing counted) when it
+        already has its share."""
+        count = self._by_client.get(client, 0)
+        if count >= self.share:
+            return False
+        self._by_client[client] = count + 1
+        return True
+
+    def end(self, client: str) -> None:
+        """A body counted by `begin` is complete (or will never be)."""
+        count = self._by_client[client] - 1
+        if count:
+            self._by_client[client] = count
+        else:
+            del self._by_client[client]
+
+    def of(self, client: str) -> int:
+        """How many bodies are arriving from `client`."""
+        return self._by_client.get(client, 0)
+
+
+class AdmittingHttpProtocol(BoundedHttpProtocol):
+    """The bounded protocol with the two rules above; `admitting` binds their state."""
+
+    admission: ClassVar[Admission]
+    bodies: ClassVar[ArrivingBodies]
+    at_capacity: ClassVar[PreparedAnswer]
+    over_share: ClassVar[PreparedAnswer]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._body_from: str | None = None  # the client whose arriving body this one counts
+
+    def early_answer(self) -> PreparedAnswer | None:
+        if self.parser.get_method() != b"POST" or not self._inference():
+            return None
+        if self.admission.refuses():
+            return self.at_capacity
+        client = self.client[0] if self.client else ""
+        if not self.bodies.begin(client):
+            return self.over_share
+        self._body_from = client
+        return None
+
+    def _inference(self) -> bool:
+        path = httptools.parse_url(self.url).path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        return is_inference("POST", path)
+
+    def on_message_complete(self) -> None:
+        self._body_arrived()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._body_arrived()
+        super().connection_lost(exc)
+
+    def _body_arrived(self) -> None:
+        if self._body_from is not None:
+            self.bodies.end(self._body_from)
+            self._body_from = None
+
+
+def admitting_state(admission: Admission) -> dict[str, Any]:
+    """The class attributes of `AdmittingHttpProtocol` for one server's `admission`."""
+    share = max(1, int(admission.limit * CLIENT_SHARE_OF_BODIES))
+    return {
+        "admission": admission,
+        "bodies": ArrivingBodies(share),
+        "at_capacity": PreparedAnswer.of(_UNAVAILABLE, admission.refusal, _RETRY),
+        "over_share": PreparedAnswer.of(
+            _UNAVAILABLE,
+            f"this client already has {share} requests whose body is still arriving; retry",
+            _RETRY,
+        ),
+    }
