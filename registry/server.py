@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -361,11 +362,9 @@ class RegistryApp:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise InvalidRequestError("'tags' must map strings to strings")
         stage = _stage(fields["stage"])
-        source = await self._artifact_source(sha)
-        version = await asyncio.to_thread(
+        register = functools.partial(
             self._registry.register,
             name,
-            source,
             stage=stage,
             traffic=_traffic(fields["traffic"]),
             description=fields["description"],
@@ -375,6 +374,12 @@ class RegistryApp:
             reason=fields["reason"],
             allow_signature_change=fields["allow_signature_change"],
         )
+        try:
+            version = await asyncio.to_thread(register, await self._artifact_source(sha))
+        except FileNotFoundError:
+            # A concurrent registration of the same artifact was done first and took the
+            # upload away: the artifact is registered now, so register from the stored copy.
+            version = await asyncio.to_thread(register, await self._artifact_source(sha))
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self._incoming / sha)
         log.info("registered %s v%d (%s) by %s", name, version.version, stage.value, caller)

@@ -178,6 +178,19 @@ def test_concurrent_writers_get_distinct_versions(
         assert writer.read_artifact(version) == models[0 if version.sha256 == sha(models[0]) else 1]
 
 
+def test_concurrent_registrations_of_one_upload_all_succeed(
+    writer: RemoteRegistry, model_files: dict[str, bytes]
+) -> None:
+    # The first registration takes the upload away; the others register the stored copy
+    # (a FileNotFoundError answered 500 before).
+    model = model_files["classifier"]
+    for name in ("same0", "same1", "same2"):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            versions = list(pool.map(writer.register, [name] * 8, [model] * 8))
+        assert sorted(v.version for v in versions) == list(range(1, 9))
+        assert {v.sha256 for v in versions} == {sha(model)}
+
+
 # --- authentication -----------------------------------------------------------------------
 
 
