@@ -101,6 +101,7 @@ class BatchPolicy:
         self.inline_max = settings.inline_max_us / 1e6
         self.batchable = batchable
         self.batch_seconds = batch_seconds
+        self.last_batch_seconds = batch_seconds  # the latest batch's own time
         self.company = 2.0
         self._probe = 0
         # Whether the next batch should run on the event loop rather than the worker, and
@@ -117,6 +118,7 @@ class BatchPolicy:
 
     def observe(self, seconds: float) -> None:
         """Fold one batch's compute time into the average."""
+        self.last_batch_seconds = seconds
         self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
         inline = self._inline()
         if inline != self.inline:  # rare: only then can eagerness change with it
@@ -158,9 +160,13 @@ class BatchPolicy:
 
     def overdue(self, waited: float) -> bool:
         """Whether a request whose batch is being formed `waited` seconds after it arrived
-        has waited past the queue budget, and is refused rather than computed. The wait for
-        company (`max_delay`) was asked for by the settings, so it does not count."""
-        return self.queue_budget > 0 and waited > self.queue_budget + self.max_delay
+        has waited past the queue budget, and is refused rather than computed. Two waits do
+        not count, as in `expected_wait`: the batch computing when it arrived (at most the
+        latest batch's time, or the average when longer), and the wait for company
+        (`max_delay`) that the settings ask for."""
+        ahead = max(self.batch_seconds, self.last_batch_seconds)
+        allowed = self.queue_budget + ahead + self.max_delay
+        return self.queue_budget > 0 and waited > allowed
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
