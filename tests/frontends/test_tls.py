@@ -265,18 +265,19 @@ async def test_a_handshake_that_never_completes_is_closed_after_the_header_timeo
 async def test_handshakes_under_way_count_toward_max_connections(
     settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path
 ) -> None:
-    """Silent TLS clients cannot hold more than `max_connections` sockets: one beyond the
-    limit is closed at once, not after its own handshake timeout; once theirs run out, a
-    good client is served."""
+    """Silent TLS clients cannot hold more than `max_connections` sockets (the metrics
+    port's 32): one beyond the limit is closed at once, not after its own handshake timeout;
+    once theirs run out, a good client is served."""
     limited = dataclasses.replace(settings, max_connections=3, header_timeout=8.0)
     async with _tls_gateway(limited, store, _served(pki, tmp_path / "live"), None) as gateway:
         assert gateway.addresses is not None
-        address = gateway.addresses.http
-        held = await stalled_handshakes(address, 3)
-        await asyncio.sleep(0.3)  # all three accepted
-        for _ in range(3):  # each newcomer is closed at once while the three are held
+        address, metrics = gateway.addresses.http, gateway.addresses.metrics
+        held = await stalled_handshakes(address, 3) + await stalled_handshakes(metrics, 32)
+        await asyncio.sleep(0.3)  # all accepted
+        for _ in range(3):  # each newcomer is closed at once while the others are held
             assert await closed_before(address, b"", seconds=3)
             assert await closed_before(address, PARTIAL_CLIENT_HELLO, seconds=3)
+            assert await closed_before(metrics, b"", seconds=3)
         for reader, writer in held:  # the held ones are closed after their handshake time
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(reader.read(), 30) == b""
