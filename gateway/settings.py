@@ -77,8 +77,8 @@ class BatchSettings:
         50,
         "milliseconds a request may wait in the queue: refused at once when the full batches "
         "ahead of it times the batch time exceed it, and, if it has waited longer than that "
-        "(beyond the batch computing when it came) when its batch forms, refused then "
-        "instead of computed; 0: no budget",
+        "(beyond the batch computing when it came) when its batch forms while waits have "
+        "stayed past the budget for 0.1 s, refused then instead of computed; 0: no budget",
         minimum=0,
     )
     inline_max_us: int = setting(

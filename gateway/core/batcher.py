@@ -29,7 +29,10 @@ ahead of it, and again when its batch is formed, against the time it has really 
 Under overload the event loop itself falls behind (decoding, refusing, answering), so a
 request can wait far longer than the queue ahead of it predicted; one that has, is refused
 with RESOURCE_EXHAUSTED instead of computed: its client may already be gone, and computing
-it would only push later requests past their budget too.
+it would only push later requests past their budget too. Only a standing queue is shed, as
+in CoDel: waits must have stayed past the budget for `BatchPolicy.STANDING` seconds. A
+short stall (a descheduled process, a model swap's warm-up) delays the requests behind it
+but fails none; overload keeps every wait long and is shed.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ class BatchPolicy:
     COMPANY_SMOOTHING = 0.2
     ALONE = 1.25
     PROBE_EVERY = 64  # a probe costs a queued round trip (~20 µs in a warm loop)
+    # Seconds waits must stay past the queue budget, none within it, before they are refused
+    # (CoDel's interval): longer than a stall, shorter than overload.
+    STANDING = 0.1
 
     def __init__(
         self, settings: BatchSettings, batchable: bool, batch_seconds: float = 0.0
@@ -104,6 +110,10 @@ class BatchPolicy:
         self.last_batch_seconds = batch_seconds  # the latest batch's own time
         self.company = 2.0
         self._probe = 0
+        # Since when waits have been past the budget with none within it (None: not now).
+        # Read and written by the loop and the worker thread; a lost update only moves the
+        # start of shedding by one batch.
+        self._over_since: float | None = None
         # Whether the next batch should run on the event loop rather than the worker, and
         # whether a lone request may skip the queue; plain attributes: every request reads them.
         self.inline = self._inline()
@@ -154,19 +164,33 @@ class BatchPolicy:
         wait = self.expected_wait(queued_rows)
         if deadline is not None and now + wait >= deadline:
             return ErrorCode.DEADLINE_EXCEEDED
-        if self.queue_budget > 0 and waited + wait > self.queue_budget:
+        if self.queue_budget > 0 and (
+            wait > self.queue_budget or self._standing(waited + wait > self.queue_budget, now)
+        ):
             return ErrorCode.RESOURCE_EXHAUSTED
         return None
 
-    def overdue(self, waited: float) -> bool:
+    def overdue(self, waited: float, now: float) -> bool:
         """Whether a request whose batch is being formed `waited` seconds after it arrived
-        has waited past the queue budget, and is refused rather than computed. Two waits do
-        not count, as in `expected_wait`: the batch computing when it arrived (at most the
-        latest batch's time, or the average when longer), and the wait for company
-        (`max_delay`) that the settings ask for."""
+        has waited past the queue budget in a standing queue, and is refused rather than
+        computed. Two waits do not count, as in `expected_wait`: the batch computing when it
+        arrived (at most the latest batch's time, or the average when longer), and the wait
+        for company (`max_delay`) that the settings ask for."""
+        if self.queue_budget <= 0:
+            return False
         ahead = max(self.batch_seconds, self.last_batch_seconds)
         allowed = self.queue_budget + ahead + self.max_delay
-        return self.queue_budget > 0 and waited > allowed
+        return self._standing(waited > allowed, now)
+
+    def _standing(self, over: bool, now: float) -> bool:
+        """Whether a wait just seen past the budget (`over`) belongs to a standing queue:
+        waits have been past the budget for `STANDING` seconds, none within it."""
+        if not over:
+            self._over_since = None
+            return False
+        if self._over_since is None:
+            self._over_since = now
+        return now - self._over_since >= self.STANDING
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
@@ -318,7 +342,7 @@ class MicroBatcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise _deadline_error()
-        if arrived is not None and self._policy.overdue(now - arrived):
+        if arrived is not None and self._policy.overdue(now - arrived, now):
             raise self._overdue(now - arrived)
         self._metrics.queue_wait.observe(0.0)
         return self._compute(feeds, rows, 1)
@@ -443,7 +467,7 @@ class MicroBatcher:
                 continue
             if request.deadline is not None and request.deadline <= now:
                 results.append((request, None, _deadline_error()))
-            elif overdue(now - request.arrived):
+            elif overdue(now - request.arrived, now):
                 results.append((request, None, self._overdue(now - request.arrived)))
             else:
                 live.append(request)
