@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,7 +213,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Bytes of the parsed head: its target and each header line (with ": " and CRLF;
         trailing blanks of a value, which the parser drops and nothing holds, not counted).
         """
-        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        headers = self.headers
+        parts = itertools.chain.from_iterable(headers)  # summed in C: no frame per header
+        return len(self.url) + 4 * len(headers) + sum(map(len, parts))
 
     def early_answer(self) -> PreparedAnswer | None:
         """The answer to give the request whose head was just parsed without handing it to
