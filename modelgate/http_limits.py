@@ -286,6 +286,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
+        """Nothing is awaited any more (the armed timer, when it fires, does nothing)."""
         self._on_deadline = None
 
     def _deadline_passed(self) -> None:
