@@ -75,8 +75,10 @@ class BatchSettings:
     )
     queue_budget_ms: int = setting(
         50,
-        "milliseconds a request may expect to wait in the queue (the full batches ahead of "
-        "it times the batch time); beyond, it is refused at once; 0: no budget",
+        "milliseconds a request may wait in the queue: refused at once when the full batches "
+        "ahead of it times the batch time exceed it, and, if it has waited longer than that "
+        "(beyond the batch computing when it came) when its batch forms, refused then "
+        "instead of computed; 0: no budget",
         minimum=0,
     )
     inline_max_us: int = setting(

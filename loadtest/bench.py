@@ -101,13 +101,20 @@ def build_plan(quick: bool, only: str | None, protocols: set[str]) -> list[Serve
     return result
 
 
-def server_argv(plan: ServerPlan, stores: dict[str, Path]) -> list[str]:
-    """The command line that starts `plan`'s server on free ports of 127.0.0.1."""
+def server_argv(plan: ServerPlan, stores: dict[str, Path], queue_budget: bool = False) -> list[str]:
+    """The command line that starts `plan`'s server on free ports of 127.0.0.1.
+
+    A gateway runs without its queue budget unless `queue_budget`: perf_analyzer stops at
+    the first refused request, and on a loaded machine a closed loop of 64 users can make a
+    request wait past the budget on the event loop. Throughput benchmarks measure serving,
+    not shedding; the overload tools keep the budget."""
     python = sys.executable
     if plan.server.startswith("gateway"):
         argv = [python, "-m", "modelgate", "serve", "--store", str(stores[plan.model])]
         argv += ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
         argv += ["--metrics-port", "0", "--drain-delay", "0"]
+        if not queue_budget:
+            argv += ["--queue-budget-ms", "0"]
         if plan.server.endswith("/monitoring-off"):
             argv += ["--monitoring", "off"]
         return argv + (["--max-batch-size", "1"] if plan.batching == "off" else [])
@@ -130,12 +137,18 @@ def wait_ready(plan: ServerPlan, server: ServerProcess) -> dict[str, str]:
 
 @contextlib.contextmanager
 def gateway(
-    stores: dict[str, Path], log: Path, flags: Sequence[str] = (), model: str = "light"
+    stores: dict[str, Path],
+    log: Path,
+    flags: Sequence[str] = (),
+    model: str = "light",
+    queue_budget: bool = True,
 ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     """A gateway serving `model` (registered by `prepare_models`) with the benchmark's flags
-    plus `flags` (a flag given again wins), ready; its host:port per protocol. Always stopped."""
+    plus `flags` (a flag given again wins), ready; its host:port per protocol. Always stopped.
+    `queue_budget` False for a tool that drives it with perf_analyzer (see `server_argv`)."""
     plan = ServerPlan(model, "gateway", "on", ())
-    with running([*server_argv(plan, stores), *flags], log, cwd=REPO) as server:
+    argv = [*server_argv(plan, stores, queue_budget), *flags]
+    with running(argv, log, cwd=REPO) as server:
         yield server, wait_ready(plan, server)
 
 

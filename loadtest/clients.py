@@ -59,6 +59,7 @@ class Record:
         n = len(scheduled)
         self.scheduled = scheduled
         self.dispatched = [math.nan] * n
+        self.sent = [math.nan] * n  # written to a connection (HTTP) or its call started (gRPC)
         self.finished = [math.nan] * n
         self.outcome = [0] * n
         self.details: Counter[str] = Counter()
@@ -67,6 +68,7 @@ class Record:
         """A closed-loop request scheduled now; its index."""
         self.scheduled.append(at)
         self.dispatched.append(math.nan)
+        self.sent.append(math.nan)
         self.finished.append(math.nan)
         self.outcome.append(0)
         return len(self.outcome) - 1
@@ -225,6 +227,7 @@ class HttpPool:
 
     def _send(self, connection: _HttpConnection, index: int) -> None:
         connection.transport.write(self._requests[index % len(self._requests)])
+        self._record.sent[index] = time.monotonic()
         connection.outstanding.append(index)
         self._carrier[index] = connection
 
@@ -323,18 +326,27 @@ class HttpPool:
 
 
 class GrpcCalls:
-    """Unary ModelInfer calls on one grpc.aio channel (one HTTP/2 connection)."""
+    """Unary ModelInfer calls on `channels` grpc.aio channels, each its own HTTP/2 connection,
+    taken in turn. One connection carries at most the server's `max_concurrent_streams` calls
+    at once and holds the rest back in the client: a generator that stands for many clients
+    needs several, or that client-side queue is what it measures."""
 
-    def __init__(self, address: str, record: Record, requests: list[bytes], timeout: float):
-        self._channel = grpc.aio.insecure_channel(address)
-        self._call = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
+    def __init__(
+        self, address: str, record: Record, requests: list[bytes], timeout: float, channels: int = 1
+    ):
+        # A local subchannel pool each: channels to one address would share a connection.
+        self._channels = [
+            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(max(1, channels))
+        ]
+        self._calls = [c.unary_unary(GRPC_METHOD) for c in self._channels]  # bytes in and out
         self._record = record
         self._requests = requests
         self._timeout = timeout
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.on_finish: Callable[[int], None] | None = None
         self.pool_waits = 0
-        self.connections = 1
+        self.connections = len(self._channels)
 
     def submit(self, index: int) -> None:
         self._tasks[index] = asyncio.get_running_loop().create_task(self._one(index))
@@ -347,10 +359,11 @@ class GrpcCalls:
     async def _one(self, index: int) -> None:
         record = self._record
         now = time.monotonic()
-        record.dispatched[index] = now
+        record.dispatched[index] = record.sent[index] = now
         left = max(record.scheduled[index] + self._timeout - now, 0.001)
+        call = self._calls[index % len(self._calls)]
         try:
-            await self._call(self._requests[index % len(self._requests)], timeout=left)
+            await call(self._requests[index % len(self._requests)], timeout=left)
             outcome, detail = Outcome.OK, None
         except grpc.aio.AioRpcError as exc:
             code, text = exc.code(), exc.details() or ""
@@ -365,7 +378,8 @@ class GrpcCalls:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 class HttpProbe:

@@ -3,7 +3,9 @@
 Open loop: arrival times are drawn before the run (Poisson, or evenly spaced) and each
 request is sent at its time whatever happened to earlier ones, with a deadline `timeout`
 seconds after that time. Latency counts from the scheduled time, so any wait on the client
-side (a late generator, a full connection pool) is part of it; `dispatched` tells them apart.
+side (a late generator, a full connection pool) is part of it; `dispatched` (the generator
+handled it) and `sent` (it went on a connection) tell them apart: from `sent` on, the wait is
+the server's (its socket buffers, its event loop, its queue).
 Closed loop: `concurrency` users each send their next request when the last one is answered.
 
 The workers are processes of their own (`Generators`), apart from the driver and the server;
@@ -47,6 +49,7 @@ class Job:
     poisson: bool = True  # open loop: exponential gaps, else even spacing
     connections: int = 512  # HTTP: the pool's bound
     pipeline: int = 1  # HTTP: requests a connection may carry unanswered
+    channels: int = 1  # gRPC: connections, taken in turn
     seed: int = 0
 
 
@@ -57,6 +60,7 @@ class Outcomes:
 
     scheduled: np.ndarray  # monotonic seconds
     dispatched: np.ndarray  # when the generator handled it (NaN: never, it stopped first)
+    sent: np.ndarray  # when it went on a connection (HTTP: after any wait for one in the pool)
     finished: np.ndarray
     outcome: np.ndarray  # Outcome values, int8
     details: Counter[str]  # what the failures said (texts, digits folded)
@@ -75,6 +79,7 @@ class Outcomes:
         return Outcomes(
             scheduled[order],
             np.concatenate([p.dispatched for p in parts])[order],
+            np.concatenate([p.sent for p in parts])[order],
             np.concatenate([p.finished for p in parts])[order],
             np.concatenate([p.outcome for p in parts])[order],
             details,
@@ -94,6 +99,7 @@ def _outcomes(record: Record, upto: int, cpu: float) -> Outcomes:
     return Outcomes(
         np.array(record.scheduled[:upto], dtype=np.float64),
         np.array(record.dispatched[:upto], dtype=np.float64),
+        np.array(record.sent[:upto], dtype=np.float64),
         np.array(record.finished[:upto], dtype=np.float64),
         np.array(record.outcome[:upto], dtype=np.int8),
         record.details,
@@ -129,7 +135,7 @@ async def run_job(job: Job, stop: asyncio.Event | None = None) -> Outcomes:
             job.pipeline if job.rate > 0 else 1,
         )  # fmt: skip
     else:
-        client = GrpcCalls(job.address, record, grpc_requests(job.seed), job.timeout)
+        client = GrpcCalls(job.address, record, grpc_requests(job.seed), job.timeout, job.channels)
     inflight: deque[int] = deque()  # dispatched requests, oldest first
 
     def dispatch(index: int) -> None:

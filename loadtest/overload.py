@@ -14,7 +14,9 @@ Per phase it reports:
 - refused, timeout, lost: shares of the scheduled requests answered 503/RESOURCE_EXHAUSTED/
   UNAVAILABLE, not answered within the deadline, or lost (connection closed or reset without
   an answer, CANCELLED); "other" statuses are listed under the table;
-- p50/p99 of the accepted (OK) requests, from their scheduled time, and p99 of the refusals;
+- p50/p99 of the accepted (OK) requests, from their scheduled time (the client's view, with
+  any wait in the generator), the p99 from when each went on a connection (the server's
+  share: kernel buffers, event loop, queue, compute), and p99 of the refusals;
 - server RSS at its peak (polled every 0.1 s from /proc) and `--rss-after` (5) seconds after
   sending stopped;
 - recovery: from the end of sending until a probe request (one at a time, every 0.1 s)
@@ -82,6 +84,7 @@ class Settings:
     rss_after: float  # seconds after sending stopped
     workers: int
     connections: int  # HTTP connection pool bound, all workers together
+    grpc_channels: int  # gRPC connections, all workers together
     pipeline: int
     poisson: bool
     gateway_args: tuple[str, ...]
@@ -129,6 +132,7 @@ class Phase:
     generator_cpu_percent: float
     pool_waits: int
     connections: int
+    sent_p99_ms: float = NAN  # accepted requests, from when each went on a connection
     details: dict[str, int] = field(default_factory=dict)
     recovery_probes: list[tuple[float, str, float]] = field(default_factory=list)
 
@@ -259,7 +263,8 @@ class Run:
         jobs = [
             Job(protocol, address, start, s.seconds, s.timeout, rate=rate / s.workers,
                 poisson=s.poisson, connections=max(1, s.connections // s.workers),
-                pipeline=s.pipeline, seed=100 + i)
+                pipeline=s.pipeline, channels=max(1, s.grpc_channels // s.workers),
+                seed=100 + i)
             for i in range(s.workers)
         ]  # fmt: skip
         rss_start = rss_bytes(server.pid)
@@ -321,6 +326,7 @@ def summarize(
         error=o.count(Outcome.ERROR),
         p50_ms=percentile_ms(latency[ok], 50),
         p99_ms=percentile_ms(latency[ok], 99),
+        sent_p99_ms=percentile_ms((o.finished - o.sent)[ok], 99),
         refused_p99_ms=percentile_ms(latency[refused], 99),
         idle_ms=idle * 1000,
         recovery_seconds=recovery_seconds,
@@ -340,7 +346,8 @@ def summarize(
 
 HEADERS = (
     "proto", "load", "offered/s", "sent/s", "goodput/s", "of capacity", "refused", "timeout",
-    "lost", "p50 ms", "p99 ms", "refused p99 ms", "RSS peak MB", "RSS after MB", "recovery s",
+    "lost", "p50 ms", "p99 ms", "p99 from send ms", "refused p99 ms", "RSS peak MB",
+    "RSS after MB", "recovery s",
     "server CPU %", "gen lag p99 ms", "gen CPU %", "waited for conn",
 )  # fmt: skip
 LEFT = 2
@@ -361,7 +368,8 @@ def cells(p: Phase, limit: float) -> list[str]:
         p.protocol, f"{p.load:g}x", _num(p.offered_per_second), sent,
         _num(p.goodput_per_second), _pct(p.goodput_share), _pct(p.share(p.refused)),
         _pct(p.share(p.timeout)), _pct(p.share(p.lost)), _num(p.p50_ms, 1), _num(p.p99_ms, 1),
-        _num(p.refused_p99_ms, 1), _num(p.rss_peak_mb), _num(p.rss_after_mb), recovered,
+        _num(p.sent_p99_ms, 1), _num(p.refused_p99_ms, 1), _num(p.rss_peak_mb),
+        _num(p.rss_after_mb), recovered,
         _num(p.server_cpu_percent), _num(p.generator_lag_p99_ms, 1), _num(p.generator_cpu_percent),
         _pct(p.share(p.pool_waits)),
     ]  # fmt: skip
@@ -401,6 +409,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     cli.add_argument(
         "--connections", type=int, default=1024, help="HTTP connection pool bound (all workers)"
     )
+    cli.add_argument("--grpc-channels", type=int, default=32, help="gRPC connections (all workers)")
     cli.add_argument("--pipeline", type=int, default=1, help="HTTP requests in a row per conn.")
     cli.add_argument("--even", action="store_true", help="constant rate instead of Poisson")
     cli.add_argument("--gateway-args", default="", help="extra `modelgate serve` flags")
@@ -416,13 +425,16 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         cli.error("--protocols takes http and/or grpc")
     positive = (args.seconds, args.capacity_seconds, args.timeout, args.recovery_limit, *loads)
     positive += (args.rss_after,)
-    counts = (args.capacity_concurrency, args.workers, args.connections, args.pipeline)
+    counts = (
+        args.capacity_concurrency, args.workers, args.connections, args.pipeline,
+        args.grpc_channels,
+    )  # fmt: skip
     if min(positive) <= 0 or min(counts) < 1 or args.connections < args.workers:
         cli.error("times and loads must be positive; counts at least 1 (connections >= workers)")
     settings = Settings(
         protocols, loads, args.seconds, args.capacity_seconds, args.capacity_concurrency,
         args.timeout, args.recovery_limit, args.rss_after, args.workers, args.connections,
-        args.pipeline,
+        args.grpc_channels, args.pipeline,
         not args.even, tuple(shlex.split(args.gateway_args)),
     )  # fmt: skip
     return settings, args
@@ -460,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases": f"{settings.seconds:g} s open loop ("
         f"{'Poisson' if settings.poisson else 'constant rate'}), deadline {settings.timeout:g} s,"
         f" {settings.workers} generator processes, HTTP pool {settings.connections}"
-        f" connections x {settings.pipeline} in a row",
+        f" connections x {settings.pipeline} in a row, {settings.grpc_channels} gRPC connections",
         "gateway": "light model, loadtest defaults "
         + (shlex.join(settings.gateway_args) if settings.gateway_args else "(no extra flags)"),
     }

@@ -184,7 +184,7 @@ def started(
     if server.kind == "modelgate":
         log = workdir / f"modelgate-{server.processes}-{server.monitoring}.log"
         flags = ["--workers", str(server.processes), "--monitoring", server.monitoring]
-        with bench.gateway(stores, log, flags) as (gateway, urls):
+        with bench.gateway(stores, log, flags, queue_budget=False) as (gateway, urls):
             for _ in range(20):  # every worker: each new connection may reach another
                 gateway.wait_http_ok(f"http://{urls['http']}/v2/models/light/ready", 60)
             yield [gateway], {"stream": urls["grpc"], "grpc": urls["grpc"], "http": urls["http"]}

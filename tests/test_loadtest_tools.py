@@ -108,6 +108,7 @@ def test_overload_reports_its_phase(ran: dict[str, Ran], protocol: str) -> None:
     run = ran[f"overload-{protocol}"]
     assert run.code == 0, run.output
     assert "goodput/s" in run.output and f"capacity {protocol}:" in run.output, run.output
+    assert "p99 from send ms" in run.output, run.output
     phases = run.results["phases"]
     assert [(p["protocol"], p["load"]) for p in phases] == [(protocol, 2.0)]
     for p in phases:

@@ -22,6 +22,14 @@ much company requests have and goes back to batching when it grows.
 
 Requests may come from any asyncio loop: each carries its loop, and results go back with one
 `call_soon_threadsafe` per loop (or directly, when the batch ran on that very loop).
+
+The queue budget bounds the wait a request is admitted into, counted from when it `arrived`
+(the front end took it in): it is checked when a request queues, against the full batches
+ahead of it, and again when its batch is formed, against the time it has really waited.
+Under overload the event loop itself falls behind (decoding, refusing, answering), so a
+request can wait far longer than the queue ahead of it predicted; one that has, is refused
+with RESOURCE_EXHAUSTED instead of computed: its client may already be gone, and computing
+it would only push later requests past their budget too.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class PendingRequest:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Outputs]
     enqueued: float
+    arrived: float  # when the front end took it in: the queue budget counts from here
     abandoned: bool = False
 
 
@@ -92,6 +101,7 @@ class BatchPolicy:
         self.inline_max = settings.inline_max_us / 1e6
         self.batchable = batchable
         self.batch_seconds = batch_seconds
+        self.last_batch_seconds = batch_seconds  # the latest batch's own time
         self.company = 2.0
         self._probe = 0
         # Whether the next batch should run on the event loop rather than the worker, and
@@ -108,6 +118,7 @@ class BatchPolicy:
 
     def observe(self, seconds: float) -> None:
         """Fold one batch's compute time into the average."""
+        self.last_batch_seconds = seconds
         self.batch_seconds += self.SMOOTHING * (seconds - self.batch_seconds)
         inline = self._inline()
         if inline != self.inline:  # rare: only then can eagerness change with it
@@ -133,16 +144,29 @@ class BatchPolicy:
         counted (how far it has got is unknown), so this errs towards admitting."""
         return (queued_rows // self.max_rows) * self.batch_seconds
 
-    def refusal(self, queued_rows: int, deadline: float | None, now: float) -> ErrorCode | None:
-        """Why a request arriving now is refused before it queues, or None to queue it:
-        DEADLINE_EXCEEDED when its deadline will have passed before its batch can start,
-        RESOURCE_EXHAUSTED when its expected wait exceeds the queue budget."""
+    def refusal(
+        self, queued_rows: int, deadline: float | None, now: float, waited: float = 0.0
+    ) -> ErrorCode | None:
+        """Why a request queueing now, `waited` seconds after it arrived, is refused before
+        it queues, or None to queue it: DEADLINE_EXCEEDED when its deadline will have passed
+        before its batch can start, RESOURCE_EXHAUSTED when the wait it has had plus the one
+        it can expect exceed the queue budget."""
         wait = self.expected_wait(queued_rows)
         if deadline is not None and now + wait >= deadline:
             return ErrorCode.DEADLINE_EXCEEDED
-        if self.queue_budget > 0 and wait > self.queue_budget:
+        if self.queue_budget > 0 and waited + wait > self.queue_budget:
             return ErrorCode.RESOURCE_EXHAUSTED
         return None
+
+    def overdue(self, waited: float) -> bool:
+        """Whether a request whose batch is being formed `waited` seconds after it arrived
+        has waited past the queue budget, and is refused rather than computed. Two waits do
+        not count, as in `expected_wait`: the batch computing when it arrived (at most the
+        latest batch's time, or the average when longer), and the wait for company
+        (`max_delay`) that the settings ask for."""
+        ahead = max(self.batch_seconds, self.last_batch_seconds)
+        allowed = self.queue_budget + ahead + self.max_delay
+        return self.queue_budget > 0 and waited > allowed
 
     def wait_time(self, queued_rows: int, oldest_enqueued: float, now: float) -> float:
         """Seconds to wait for more company before the next batch goes; <= 0 means now."""
@@ -227,18 +251,26 @@ class MicroBatcher:
         return self._queued_rows
 
     def submit(
-        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None,
+        arrived: float | None = None,
     ) -> asyncio.Future[Outputs]:
         """Queue validated `feeds` of `rows` rows; the future resolves to all model outputs.
 
         Must be called from a running event loop. Raises at once (never queues) when the
-        batcher is stopping (UNAVAILABLE), the queue is full or the expected wait exceeds
-        the queue budget (RESOURCE_EXHAUSTED), or `deadline` cannot be met
-        (DEADLINE_EXCEEDED): see `BatchPolicy.refusal`.
+        batcher is stopping (UNAVAILABLE), the queue is full or the wait since `arrived`
+        (monotonic; None: now) plus the expected one exceeds the queue budget
+        (RESOURCE_EXHAUSTED), or `deadline` cannot be met (DEADLINE_EXCEEDED): see
+        `BatchPolicy.refusal`. A queued request that has waited past the budget when its
+        batch is formed fails with RESOURCE_EXHAUSTED, not computed (`BatchPolicy.overdue`).
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        request = PendingRequest(feeds, rows, deadline, loop, loop.create_future(), now)
+        if arrived is None or arrived > now:
+            arrived = now
+        request = PendingRequest(feeds, rows, deadline, loop, loop.create_future(), now, arrived)
         with self._cond:
             if not self._accepting:
                 raise InferenceError(ErrorCode.UNAVAILABLE, "model version is shutting down")
@@ -247,7 +279,7 @@ class MicroBatcher:
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"queue full ({self._queued_rows} rows waiting, limit {self._max_queue})",
                 )
-            refusal = self._policy.refusal(self._queued_rows, deadline, now)
+            refusal = self._policy.refusal(self._queued_rows, deadline, now, now - arrived)
             if refusal is not None:
                 raise self._refuse(refusal)
             self._queue.append(request)
@@ -266,20 +298,28 @@ class MicroBatcher:
         return request.future
 
     def try_now(
-        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None,
+        arrived: float | None = None,
     ) -> Outputs | None:
         """Run validated `feeds` at once, in the caller, when the request would have batched
         alone anyway (see the module docstring); None means `submit` it instead.
 
         Raises `InferenceError` for this request only: UNAVAILABLE when the batcher is
-        stopping, DEADLINE_EXCEEDED when `deadline` has passed, or the run's own error.
+        stopping, DEADLINE_EXCEEDED when `deadline` has passed, RESOURCE_EXHAUSTED when it
+        has waited past the queue budget since `arrived`, or the run's own error.
         """
         if self._queue or not self._policy.run_alone():
             return None
         if not self._accepting:
             raise InferenceError(ErrorCode.UNAVAILABLE, "model version is shutting down")
-        if deadline is not None and deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
             raise _deadline_error()
+        if arrived is not None and self._policy.overdue(now - arrived):
+            raise self._overdue(now - arrived)
         self._metrics.queue_wait.observe(0.0)
         return self._compute(feeds, rows, 1)
 
@@ -295,6 +335,16 @@ class MicroBatcher:
         return InferenceError(
             code, f"queue budget exceeded: about {wait:.0f} ms of queued work ahead "
             f"(queue_budget_ms {budget:.0f}); retry later",
+        )  # fmt: skip
+
+    def _overdue(self, waited: float) -> InferenceError:
+        """The error failing a request that waited past the budget before its batch, counted
+        with the budget's other refusals."""
+        self._metrics.refused[ErrorCode.RESOURCE_EXHAUSTED].inc()
+        budget = self._policy.queue_budget * 1000
+        return InferenceError(
+            ErrorCode.RESOURCE_EXHAUSTED, f"queue budget exceeded: waited {waited * 1000:.0f} ms "
+            f"before its batch (queue_budget_ms {budget:.0f}); retry later",
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -387,11 +437,14 @@ class MicroBatcher:
         now = time.monotonic()
         live: list[PendingRequest] = []
         results: list[Result] = []
+        overdue = self._policy.overdue
         for request in batch:
             if request.abandoned:
                 continue
             if request.deadline is not None and request.deadline <= now:
                 results.append((request, None, _deadline_error()))
+            elif overdue(now - request.arrived):
+                results.append((request, None, self._overdue(now - request.arrived)))
             else:
                 live.append(request)
         if live:

@@ -235,9 +235,11 @@ class InferenceService:
             feeds, rows = model_feeds(request.inputs, model)
             wanted = _output_indices(request.outputs, model)
             deadline = None if request.timeout is None else started + request.timeout
-            results = batcher.try_now(feeds, rows, deadline)
+            # The queue budget counts from here: a request that waited on a busy event
+            # loop after this is refused rather than computed (core/batcher.py).
+            results = batcher.try_now(feeds, rows, deadline, started)
             if results is None:
-                results = await batcher.submit(feeds, rows, deadline)
+                results = await batcher.submit(feeds, rows, deadline, started)
             if shadows:
                 self._mirror.mirror(request.inputs, deployment, results, shadows)
             specs = model.outputs

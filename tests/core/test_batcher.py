@@ -19,7 +19,7 @@ from modelgate.gateway.settings import BatchSettings
 def _pending(rows: int, enqueued: float = 0.0) -> PendingRequest:
     loop = asyncio.new_event_loop()
     try:
-        return PendingRequest({}, rows, None, loop, loop.create_future(), enqueued)
+        return PendingRequest({}, rows, None, loop, loop.create_future(), enqueued, enqueued)
     finally:
         loop.close()
 
@@ -244,6 +244,54 @@ async def test_requests_that_would_wait_too_long_are_refused_before_queueing() -
     batcher.stop()
     assert batcher.join(5)
     assert run.batches == [1, 1]
+
+
+async def test_a_request_that_waited_past_the_queue_budget_is_refused_not_computed() -> None:
+    # The queue ahead predicted no wait (no batch time known yet), but the request waited
+    # behind two batches, the first far longer than the budget. Waiting out the batch that
+    # computed when it arrived is excused (`expected_wait` does not count it either); the
+    # rest is not: the request is refused when its batch is formed, and never computed.
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    settings = BatchSettings(max_batch_size=1, queue_budget_ms=20, inline_max_us=0)
+    metrics = Metrics().for_version("m", "1")
+    batcher = MicroBatcher(run, ["x"], settings, True, metrics)  # type: ignore[arg-type]
+    blocker = batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    assert await asyncio.to_thread(run.entered.wait, 5)
+    ahead = batcher.submit({"x": np.ones((1, 3))}, 1, None)  # the batch in front of `late`
+    late = batcher.submit({"x": np.ones((1, 3))}, 1, None)  # admitted: no wait known
+    await asyncio.sleep(0.2)  # ten budgets
+    gate.set()
+    await blocker
+    await asyncio.gather(ahead, return_exceptions=True)  # quick, after its long wait
+    with pytest.raises(InferenceError) as err:
+        await late
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert "queue budget" in err.value.message
+    batcher.stop()
+    assert batcher.join(5)
+    assert len(run.batches) <= 2  # `late` was never computed
+
+
+async def test_the_queue_budget_counts_from_arrival_at_the_front_end() -> None:
+    run = Recorder()
+    batcher = _batcher(run, queue_budget_ms=20, inline_max_us=250)
+    arrived = time.monotonic() - 0.1  # e.g. it waited on a busy event loop before the core
+    with pytest.raises(InferenceError) as err:
+        batcher.submit({"x": np.ones((1, 3))}, 1, None, arrived)
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    # Inline batches on the event loop: a loop busy past the budget between queueing and
+    # the flush (here a blocking sleep stands for it) refuses the request too.
+    late = batcher.submit({"x": np.ones((1, 3))}, 1, None)
+    time.sleep(0.1)
+    with pytest.raises(InferenceError) as err:
+        await late
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    fresh = await batcher.submit({"x": np.ones((1, 3))}, 1, None, time.monotonic())
+    np.testing.assert_array_equal(fresh[0], np.full((1, 3), 2.0))
+    batcher.stop()
+    assert batcher.join(5)
+    assert run.batches == [1]  # only the fresh one was computed
 
 
 async def test_stop_refuses_new_work_and_drains_the_queue() -> None:
