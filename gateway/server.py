@@ -183,6 +183,10 @@ class Gateway:
             loop="none",
             lifespan="off",
             access_log=False,
+            # uvicorn's X-Forwarded-* middleware would rewrite the client and scheme of
+            # every request; nothing here reads them (the per-client limits take the
+            # connection's peer), so it would be a layer of work per request for nothing.
+            proxy_headers=False,
             log_level="warning",
             timeout_keep_alive=s.keep_alive_timeout,  # type: ignore[arg-type]  # float works
             timeout_graceful_shutdown=max(1, round(s.drain_seconds)),

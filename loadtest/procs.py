@@ -200,10 +200,14 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def running(
-    argv: Sequence[str], log_path: Path, cwd: Path | None = None
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Start a server for the duration of a `with` block; it is always stopped after."""
-    server = ServerProcess(argv, log_path, cwd)
+    """Start a server for the duration of a `with` block (`env` as for `ServerProcess`);
+    it is always stopped after."""
+    server = ServerProcess(argv, log_path, cwd, env)
     try:
         yield server
     finally:

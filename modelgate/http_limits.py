@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -117,9 +118,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_arriving = False
         self._head_bytes = 0  # bytes received since the head began: bounds a head arriving
-        self._head_exact = 0  # bytes of the head's parsed parts: checked once it is whole
-        # The deadline of the head or body arriving (one at a time on a connection).
+        # The deadline of the head or body arriving (one at a time on a connection), and
+        # what to do when it passes (None: nothing is awaited). Every request moves the
+        # deadline twice; a timer per move would cost two timers per request, so one timer
+        # stays armed, and when it fires at a deadline since moved later it is armed again.
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._refused = False
         self._dropping_body = False  # answered by `early_answer`: the body is parsed, dropped
 
@@ -147,6 +153,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._timer is not None:  # not left holding the connection until it fires
+            self._timer.cancel()
+            self._timer = None
         self.idle.discard(self)
         super().connection_lost(exc)
 
@@ -185,23 +194,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.idle.discard(self)
         self._head_arriving = True
         self._head_bytes = 0
-        self._head_exact = 0
-        if self._timer is None:
+        if self._on_deadline is None:
             self._arm_head_timer()
         super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._head_exact += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_exact += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._head_arriving = False
         self._cancel_timer()
-        if self._head_exact > self.limits.head_bytes:  # a whole head within one chunk
+        if self._head_size() > self.limits.head_bytes:  # a whole head within one chunk
             self._too_large()
             raise _HeadRefused  # stops the parser; no request is started
         early = self.early_answer() if self._nothing_unanswered() else None
@@ -212,7 +212,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._refused:  # answered and closing: the rest of the input is not parsed
             raise _HeadRefused
         # Armed for every request: one without a body completes in this same parse.
-        self._timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+        self._expect(self.limits.body_timeout, self._body_timed_out)
+
+    def _head_size(self) -> int:
+        """Bytes of the parsed head: its target and each header line (with ": " and CRLF;
+        trailing blanks of a value, which the parser drops and nothing holds, not counted).
+        """
+        headers = self.headers
+        parts = itertools.chain.from_iterable(headers)  # summed in C: no frame per header
+        return len(self.url) + 4 * len(headers) + sum(map(len, parts))
 
     def early_answer(self) -> PreparedAnswer | None:
         """The answer to give the request whose head was just parsed without handing it to
@@ -268,15 +276,37 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.idle.add(self)
 
     def _arm_head_timer(self) -> None:
-        self._timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+        self._expect(self.limits.head_timeout, self._head_timed_out)
+
+    def _expect(self, seconds: float, on_deadline: Callable[[], None]) -> None:
+        """Call `on_deadline` in `seconds` unless `_cancel_timer` (or another `_expect`)
+        comes first."""
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        self._on_deadline = on_deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._deadline_passed)
+            self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Nothing is awaited any more (the armed timer, when it fires, does nothing)."""
+        self._on_deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        on_deadline = self._on_deadline
+        if on_deadline is None:
+            return
+        if self._deadline > self._timer_at:  # moved since the timer was armed
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
+            self._timer_at = self._deadline
+            return
+        self._on_deadline = None
+        on_deadline()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         seconds = self.limits.head_timeout
         self._refuse("408 Request Timeout", f"request head not complete within {seconds:g} s")
 
@@ -285,9 +315,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.flow.read_paused:
             # The server is not reading (an earlier request is being served, or the app has
             # not taken what came): not the client's delay; it gets the time again.
-            self._timer = self.loop.call_later(seconds, self._body_timed_out)
+            self._expect(seconds, self._body_timed_out)
             return
-        self._timer = None
         cycle = self.cycle
         if self._dropping_body or cycle.response_started:
             # Answered already (refused before its body was read): nothing more to say.

@@ -12,6 +12,7 @@ serving budget (see docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -276,6 +277,10 @@ def is_inference(method: str, path: str) -> bool:
         return False
 
 
+# Clients call the same few paths again and again (one model's infer path), and each request
+# is routed twice (admission in the connection protocol, then here): the routes of recent
+# paths are remembered. Bounded, so a client sending ever new paths only evicts them.
+@functools.lru_cache(maxsize=1024)
 def _endpoint(path: str) -> tuple[str, str | None, str | None]:
     """(endpoint, model, version) of a request path; 404 for a path that names none."""
     parts = path.strip("/").split("/")

@@ -26,6 +26,7 @@ rules only refuse sooner.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -92,7 +93,7 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
         self._body_from: str | None = None  # the client whose arriving body this one counts
 
     def early_answer(self) -> PreparedAnswer | None:
-        if self.parser.get_method() != b"POST" or not self._inference():
+        if self.parser.get_method() != b"POST" or not _names_inference(self.url):
             return None
         if self.admission.refuses():
             return self.at_capacity
@@ -101,12 +102,6 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
             return self.over_share
         self._body_from = client
         return None
-
-    def _inference(self) -> bool:
-        path = httptools.parse_url(self.url).path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        return is_inference("POST", path)
 
     def on_message_complete(self) -> None:
         self._body_arrived()
@@ -139,6 +134,17 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
         if self._body_from is not None:
             self.bodies.end(self._body_from)
             self._body_from = None
+
+
+# Remembered like the application's routes (the same few URLs again and again), bounded.
+@functools.lru_cache(maxsize=1024)
+def _names_inference(url: bytes) -> bool:
+    """Whether a POST to the request target `url` is an inference request, its path read
+    as uvicorn reads it for the application."""
+    path = httptools.parse_url(url).path.decode("ascii")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return is_inference("POST", path)
 
 
 def refusing_app(message: str) -> Callable[[dict[str, Any], Receive, Send], Any]:

@@ -207,6 +207,41 @@ async def test_a_body_not_complete_in_time_is_408_and_gives_its_place_back(
         await gateway.stop()
 
 
+async def test_each_timeout_holds_when_the_other_is_much_longer(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    # A connection keeps one deadline timer that each head and body moves: a deadline moved
+    # earlier than the timer (a body's after a long head timeout, the next head's after a
+    # long body timeout) must still be kept, not wait for the other's.
+    for head_seconds, body_seconds in ((60.0, 0.5), (0.5, 60.0)):
+        limited = dataclasses.replace(
+            settings,
+            header_timeout=head_seconds,
+            body_timeout=body_seconds,
+            keep_alive_timeout=60.0,
+        )
+        gateway = Gateway(limited, store)
+        await gateway.start()
+        try:
+            await gateway.wait_loaded()
+            assert gateway.addresses is not None
+            host, port = gateway.addresses.http.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            assert await _infer(reader, writer) == 200
+            if body_seconds < head_seconds:
+                writer.write(_infer_head(len(_ROW)) + _ROW[:10])  # a body that stalls
+            else:
+                writer.write(b"GET /v2/health/live HTTP/1.1\r\n")  # a head that stalls
+            started = asyncio.get_running_loop().time()
+            status, _ = await _answer(reader)
+            assert status == 408
+            assert asyncio.get_running_loop().time() - started < 10
+            assert await _closed(reader)
+            writer.close()
+        finally:
+            await gateway.stop()
+
+
 async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_503(
     settings: ServerSettings, store: RegistryStore
 ) -> None:
