@@ -28,7 +28,6 @@ itself and joins that worker's routes when it loads (as in a lone gateway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -41,6 +40,7 @@ from prometheus_client import Counter
 
 from modelgate.gateway.core.deployments import Deployments
 from modelgate.gateway.core.registry_watch import RegistryWatch
+from modelgate.gateway.loop_thread import LoopThread
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.types import ModelVersion
 
@@ -147,8 +147,7 @@ class RegistryFollower:
     ) -> None:
         self._watch = RegistryWatch(registry, interval, polls)
         self._out = out
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="registry-follower", daemon=True)
+        self._thread = LoopThread("registry-follower", self._follow)
 
     def start(self) -> None:
         self._thread.start()
@@ -156,22 +155,12 @@ class RegistryFollower:
     def _send(self, generation: str, records: list[ModelVersion]) -> None:
         self._out.send((generation, records))
 
-    def _run(self) -> None:
-        task = self._loop.create_task(self._watch.run(self._send))
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(task)
-        self._loop.close()
+    async def _follow(self) -> None:
+        await self._watch.run(self._send)
 
     def stop(self) -> None:
         """Stop following and wait for the thread."""
-        if self._thread.is_alive():
-
-            def cancel() -> None:
-                for task in asyncio.all_tasks(self._loop):
-                    task.cancel()
-
-            self._loop.call_soon_threadsafe(cancel)
-            self._thread.join()
+        self._thread.stop()
 
 
 class RouteReceiver:
