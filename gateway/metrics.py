@@ -243,7 +243,8 @@ class Metrics:
             "Inference requests refused at the front door before any work, by reason "
             "(inflight: max_inflight requests were already in flight; queue_budget: the "
             "expected queue wait exceeded queue_budget_ms; deadline: the client's deadline "
-            "could not be met).",
+            "could not be met; slow_body: the client's address already had a quarter of "
+            "max_inflight requests whose body was still arriving).",
             ["reason"],
             registry=r,
         )

@@ -174,7 +174,12 @@ class Gateway:
         metrics_port = self._metrics_endpoint.port
         config = uvicorn.Config(
             HttpFrontend(self.service, s),
-            http=protocol_for(self._http_drain, read_limits(s), self.service.admission),
+            http=protocol_for(
+                self._http_drain,
+                read_limits(s),
+                self.service.admission,
+                self.metrics.requests_refused.labels("slow_body").inc,
+            ),
             loop="none",
             lifespan="off",
             access_log=False,

@@ -35,6 +35,28 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (utime + stime) / _CLOCK_TICKS
 
 
+def connections_by_process(pids: Sequence[int], port: int) -> dict[int, int]:
+    """How many established TCP connections to local `port` each of `pids` holds (from
+    /proc/net/tcp{,6} and each process's descriptors); a process that has gone counts 0."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+                    inodes.add(f"socket:[{inode}]")
+    counts = {}
+    for pid in pids:
+        held = 0
+        with contextlib.suppress(OSError):  # gone, or a descriptor closed while listed
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd.path) in inodes
+        counts[pid] = held
+    return counts
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a live process (VmRSS in /proc/<pid>/status); 0 once it is gone."""
     try:

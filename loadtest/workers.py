@@ -18,7 +18,10 @@ order above and the next one in reverse, so a busy machine's swings hit gateway 
 reference alike. Server CPU is the whole server: the supervisor and its workers, or every
 bare process (100% = one core).
 
-It reports each point's medians (req/s, p50, p99, server CPU and CPU time per request) and
+It reports each point's medians (req/s, p50, p99, server CPU and CPU time per request,
+perf_analyzer's own CPU on the same cores, and the busiest serving process's share of the
+connections: SO_REUSEPORT hashes connections, and perf_analyzer opens only about one gRPC
+connection per 6 concurrency slots, so 2 processes often split them 7/4 or 8/3) and
 the issue's targets: each ratio is the median over repeats of gateway / reference measured
 in the same repeat (>= 0.9 against the bare servers, >= 0.95 monitoring on / off), p99
 below 25 ms, and 2 workers against 1 (no target).
@@ -42,13 +45,14 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtest import bench, perf, report
-from loadtest.procs import ServerProcess, cpu_seconds, running
+from loadtest.procs import ServerProcess, connections_by_process, cpu_seconds, running
 
 PROTOCOLS = ("stream", "grpc", "http")  # stream: gRPC ModelStreamInfer
 P99_TARGET_MS = 25.0
@@ -122,14 +126,54 @@ class Point:
     p50_ms: float = report.NAN
     p99_ms: float = report.NAN
     server_cpu_percent: float = report.NAN
+    loadgen_cpu_percent: float = report.NAN  # perf_analyzer's, on the same cores
+    # The share of perf_analyzer's connections held by the serving process holding most
+    # (SO_REUSEPORT hashes connections, it does not balance them): 0.5 is an even split
+    # between 2 processes, 1.0 one process; sampled while the load runs.
+    busiest_share: float = report.NAN
     load_average: float = report.NAN  # the machine's 1-minute load average after the run
     error: str = ""
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (a supervisor's workers)."""
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
 def _tree_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and its children (a supervisor's workers), while they run."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+    """CPU seconds of `pid` and its children, while they run."""
+    return sum(cpu_seconds(each) for each in _tree(pid))
+
+
+class ConnectionSampler:
+    """Counts, while the load runs, how the serving processes `pids` share the connections
+    to `port`; `busiest_share` is the busiest one's share at the moment most were open."""
+
+    def __init__(self, pids: Sequence[int], port: int) -> None:
+        self._pids = pids
+        self._port = port
+        self._most: dict[int, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.25):
+            counts = connections_by_process(self._pids, self._port)
+            if sum(counts.values()) > sum(self._most.values()):
+                self._most = counts
+
+    @property
+    def busiest_share(self) -> float:
+        total = sum(self._most.values())
+        return max(self._most.values()) / total if total else report.NAN
 
 
 @contextlib.contextmanager
@@ -172,6 +216,7 @@ def measure_point(
     protocol: str,
     url: str,
     cpu: Callable[[], float],
+    pids: Sequence[int],
     analyzer: perf.PerfAnalyzer,
     args: argparse.Namespace,
     workdir: Path,
@@ -182,7 +227,8 @@ def measure_point(
     for _ in range(2):
         before = cpu()
         try:
-            load = perf.run(analyzer, spec, workdir, workdir / "input.json")
+            with ConnectionSampler(pids, int(url.rsplit(":", 1)[1])) as connections:
+                load = perf.run(analyzer, spec, workdir, workdir / "input.json")
         except perf.LoadGeneratorError as exc:
             failure = str(exc).replace("\n", " | ")
             print(f"  {protocol} {server.label}: {failure:.120}", flush=True)
@@ -194,6 +240,8 @@ def measure_point(
             load.p50_us / 1000,
             load.p99_us / 1000,
             100 * (cpu() - before) / load.wall_seconds,
+            100 * load.cpu_seconds / load.wall_seconds,
+            connections.busiest_share,
             os.getloadavg()[0],
         )
     return Point(server.label, protocol, error=failure)
@@ -213,12 +261,16 @@ def measure_server(
         def cpu() -> float:
             return sum(_tree_cpu(p.pid) for p in processes)
 
+        pids = [pid for p in processes for pid in _tree(p.pid)]
+
         warmup = load_spec(protocols[0], urls[protocols[0]], args, 500)
         with contextlib.suppress(perf.LoadGeneratorError):  # a failed warm-up: points tell
             perf.run(analyzer, warmup, workdir, workdir / "input.json")
         points = []
         for protocol in protocols:
-            point = measure_point(server, protocol, urls[protocol], cpu, analyzer, args, workdir)
+            point = measure_point(
+                server, protocol, urls[protocol], cpu, pids, analyzer, args, workdir
+            )
             print(f"  {_progress(point)}", flush=True)
             points.append(point)
     return points
@@ -229,7 +281,8 @@ def _progress(p: Point) -> str:
         return f"{p.protocol} {p.server}: error"
     return (
         f"{p.protocol} {p.server}: {p.requests_per_second:,.0f} req/s, p50 {p.p50_ms:.1f} ms, "
-        f"p99 {p.p99_ms:.1f} ms, cpu {p.server_cpu_percent:.0f}%, load {p.load_average:.1f}"
+        f"p99 {p.p99_ms:.1f} ms, cpu {p.server_cpu_percent:.0f}% (perf_analyzer "
+        f"{p.loadgen_cpu_percent:.0f}%), busiest {p.busiest_share:.2f}, load {p.load_average:.1f}"
     )
 
 
@@ -254,7 +307,14 @@ def median_points(runs: Sequence[Sequence[Point]]) -> list[Point]:
         errors = "; ".join(p.error for p in same if p.error)
         figures = {
             field: _median([getattr(p, field) for p in same])
-            for field in ("requests_per_second", "p50_ms", "p99_ms", "server_cpu_percent")
+            for field in (
+                "requests_per_second",
+                "p50_ms",
+                "p99_ms",
+                "server_cpu_percent",
+                "loadgen_cpu_percent",
+                "busiest_share",
+            )
         }
         loads = _median([p.load_average for p in same])
         medians.append(Point(server, protocol, **figures, load_average=loads, error=errors))
@@ -307,6 +367,7 @@ def point_table(points: Sequence[Point], runs: Sequence[Sequence[Point]]) -> tup
     """(headers, rows, left columns) of the points' medians, with each run's req/s."""
     headers = ["protocol", "server", "req/s", "runs req/s", "p50 ms", "p99 ms", "server CPU"]
     headers.append("CPU us/req")  # on a busy machine the steadier figure: cost, not rate
+    headers += ["perf_analyzer CPU", "busiest share"]
     rows = []
     for p in points:
         each = [q.requests_per_second for run in runs for q in run if q.server == p.server
@@ -320,6 +381,8 @@ def point_table(points: Sequence[Point], runs: Sequence[Sequence[Point]]) -> tup
             _num(p.p99_ms, ".1f"),
             _num(p.server_cpu_percent, ".0f") + "%",
             _num(p.server_cpu_percent * 10_000 / p.requests_per_second, ".0f"),
+            _num(p.loadgen_cpu_percent, ".0f") + "%",
+            _num(p.busiest_share, ".2f"),
         ])  # fmt: skip
     return headers, rows, 2
 

@@ -23,6 +23,10 @@ connection idle the longest (no request on it, none arriving), or, when every co
 busy, is answered 503 and closed at once. Idle connections are cheap for a client to open,
 so they go first; a busy one is never closed for a newcomer. (uvicorn's `limit_concurrency`
 instead answers 503 to every request, established connections' too, while over its limit.)
+Over TLS a connection counts from accept, its handshake included (`TlsAccept`): asyncio
+hands a connection to its protocol only once the handshake is done, so clients that never
+complete one would each hold a socket for `head_timeout` uncounted. One beyond the limit
+whose handshake cannot be answered (no idle connection to close) is closed at once.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import asyncio
 import contextlib
 import functools
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -315,6 +320,79 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.loop.call_later(_REFUSED_LINGER, self.transport.close)
 
 
+class TlsAccept:
+    """Accepts the connections of one TLS listening socket and counts each toward the
+    connection limit from accept on, while its handshake runs (at most the head timeout),
+    handing it to a protocol from `factory` once the handshake is done. Stands in for the
+    `asyncio.Server` that uvicorn closes when it stops."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        factory: Callable[[], BoundedHttpProtocol],
+        context: ssl.SSLContext,
+        limits: ReadLimits,
+        idle: IdleConnections,
+        connections: set[Any],
+    ) -> None:
+        self._listener = listener
+        self._factory = factory
+        self._context = context
+        self._limits = limits
+        self._idle = idle
+        self._connections = connections  # uvicorn's: the connections past their handshake
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except OSError:  # out of descriptors, or the connection went away already
+                await asyncio.sleep(0.1)
+                continue
+            if not self._room():
+                conn.close()  # over the limit, all busy: no handshake, so no 503 possible
+                continue
+            conn.setblocking(False)
+            handshake = loop.create_task(self._handshake(conn))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshakes.discard)
+
+    def _room(self) -> bool:
+        """Whether a connection just accepted may open: below the limit, counting those in
+        a handshake, or once the connection idle the longest is closed for it."""
+        if len(self._connections) + len(self._handshakes) < self._limits.connections:
+            return True
+        oldest = self._idle.pop_oldest()
+        if oldest is None:
+            return False
+        oldest.transport.close()
+        return True
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        # On success the protocol is connected (and counted by uvicorn) before this returns.
+        with contextlib.suppress(Exception):  # timed out, not TLS, reset: closed by asyncio
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory,
+                conn,
+                ssl=self._context,
+                ssl_handshake_timeout=self._limits.head_timeout,
+            )
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (what `asyncio.Server.close` does);
+        handshakes under way go on, each within its timeout."""
+        self._accepting.cancel()
+        self._listener.close()
+
+    async def wait_closed(self) -> None:
+        """Stop the handshakes still under way (the server has stopped)."""
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+
+
 P = TypeVar("P", bound=BoundedHttpProtocol)
 
 
@@ -329,7 +407,8 @@ class LoopServer(uvicorn.Server):
     `bounded`: signals are ours to handle (uvicorn's own are main-thread only), and a TLS
     handshake must be complete within the head timeout (uvicorn passes asyncio none, whose
     default holds a connection that never completes its handshake for 60 s; the head's
-    own timer only starts once the handshake is done)."""
+    own timer only starts once the handshake is done) and counts toward the connection
+    limit (`TlsAccept`)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -337,7 +416,7 @@ class LoopServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup for the sockets given (the only way modelgate serves), with
-        the handshake timeout."""
+        TLS connections counted from accept (`TlsAccept`)."""
         if sockets is None:
             raise ValueError("a LoopServer serves the listening sockets it is given")
         await self.lifespan.startup()
@@ -345,17 +424,22 @@ class LoopServer(uvicorn.Server):
             raise RuntimeError("the application's startup failed")
         config = self.config
         protocol: Any = config.http_protocol_class  # uvicorn types it as a bare Protocol
-        factory = functools.partial(
+        factory: Callable[[], Any] = functools.partial(
             protocol, config=config, server_state=self.server_state, app_state=self.lifespan.state
         )
-        tls: dict[str, Any] = {}
-        if config.ssl is not None:
-            tls = {"ssl": config.ssl, "ssl_handshake_timeout": protocol.limits.head_timeout}
         loop = asyncio.get_running_loop()
-        self.servers = [
-            await loop.create_server(factory, sock=sock, backlog=config.backlog, **tls)
-            for sock in sockets
-        ]
+        if config.ssl is not None:
+            connections = self.server_state.connections
+            accepting: list[Any] = [  # an `asyncio.Server` in what uvicorn uses of one
+                TlsAccept(sock, factory, config.ssl, protocol.limits, protocol.idle, connections)
+                for sock in sockets
+            ]
+            self.servers = accepting
+        else:
+            self.servers = [
+                await loop.create_server(factory, sock=sock, backlog=config.backlog)
+                for sock in sockets
+            ]
         self.started = True
 
 

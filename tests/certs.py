@@ -1,6 +1,6 @@
 """Certificates made for the TLS tests: a CA, server and client certificates it issues
 (valid, expired), and a second CA whose certificates the servers must refuse; and a client
-that never completes its handshake."""
+that never completes its handshake, alone or many at once."""
 
 from __future__ import annotations
 
@@ -151,3 +151,18 @@ async def closed_before(address: str, sent: bytes, seconds: float) -> bool:
     finally:
         writer.close()
     return True
+
+
+async def stalled_handshakes(
+    address: str, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` TCP connections to `address` that each send the start of a ClientHello and
+    then nothing: TLS handshakes the server holds until its timeout."""
+    host, _, port = address.rpartition(":")
+    held = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        writer.write(PARTIAL_CLIENT_HELLO)
+        await writer.drain()
+        held.append((reader, writer))
+    return held

@@ -10,6 +10,8 @@ slowest of them."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,6 +173,23 @@ def test_statuses_map_to_outcomes() -> None:
     assert grpc_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, "") is Outcome.TIMEOUT
 
 
+def test_connections_by_process_counts_the_served_end_only() -> None:
+    """The benchmark's connection split: accepted connections on the port count for the
+    process holding them; the clients' ends (another local port) and other pids do not."""
+    from loadtest.procs import connections_by_process
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        served = [listener.accept()[0] for _ in clients]
+        try:
+            counts = connections_by_process([os.getpid(), os.getppid()], port)
+        finally:
+            for each in clients + served:
+                each.close()
+    assert counts == {os.getpid(): 3, os.getppid(): 0}
+
+
 def test_workers_benchmark_reports_every_row(tmp_path: Path) -> None:
     """loadtest.workers in one tiny run: every server, protocol and target row, in its JSON
     (skipped where perf_analyzer is missing; no figure is judged)."""
@@ -196,6 +215,7 @@ def test_workers_benchmark_reports_every_row(tmp_path: Path) -> None:
     expected = {(s.label, p) for s in workers.PLAN for p in s.protocols}
     assert measured == expected
     assert all(p["requests_per_second"] > 0 for p in results["median"]), results["median"]
+    assert all("loadgen_cpu_percent" in p and "busiest_share" in p for p in results["median"])
     checks = [(c["check"], c["protocol"]) for c in results["checks"]]
     assert checks == [(c.name, c.protocol) for c in workers.CHECKS]
     assert all(c["median"] is not None for c in results["checks"]), results["checks"]

@@ -12,9 +12,13 @@ cycle or a task for it, so that refusing costs a small part of serving:
    it sends slowly, the inference requests whose body is still arriving from one client
    (peer address) hold at most a quarter of `max_inflight` places; beyond, 503 at once too.
 
-Neither rule applies to a request pipelined behind an unanswered one on its connection:
-uvicorn reads no more of the connection until its turn, when places may have come free,
-and the application's admission count decides then (one such request per connection).
+Neither rule applies to a request pipelined behind an unanswered one on its connection
+when its head is parsed: uvicorn reads no more of the connection until its turn, when places
+may have come free, and the application's admission count decides then (one such request
+per connection). Its body may still be arriving when its turn comes, though, and then it
+holds a place like any slow body: it is counted in its client's share from its turn on, and
+beyond the share answered 503 by a small application instead of the real one
+(`AdmittingHttpProtocol.admit_pipelined`).
 
 The application's admission count stays the one that takes and gives back places; these
 rules only refuse sooner.
@@ -23,12 +27,15 @@ rules only refuse sooner.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
+import orjson
 
 from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS, Admission
-from modelgate.gateway.frontends.http import is_inference
+from modelgate.gateway.frontends.http import Send, is_inference
+from modelgate.gateway.frontends.http_wire import Receive
 from modelgate.http_limits import BoundedHttpProtocol, PreparedAnswer
 
 # The share of `max_inflight` that one client's arriving bodies may hold.
@@ -42,15 +49,18 @@ class ArrivingBodies:
     """The inference requests whose body is still arriving, counted by client; each client
     may have at most `share` of them."""
 
-    def __init__(self, share: int) -> None:
+    def __init__(self, share: int, on_refuse: Callable[[], object] | None = None) -> None:
         self.share = share
         self._by_client: dict[str, int] = {}
+        self._on_refuse = on_refuse  # counts a refusal (the metric's `slow_body` reason)
 
     def begin(self, client: str) -> bool:
-        """Count one more body arriving from `client`; False (nothing counted) when it
-        already has its share."""
+        """Count one more body arriving from `client`; False (nothing counted, the refusal
+        counted by `on_refuse`) when it already has its share."""
         count = self._by_client.get(client, 0)
         if count >= self.share:
+            if self._on_refuse is not None:
+                self._on_refuse()
             return False
         self._by_client[client] = count + 1
         return True
@@ -75,6 +85,7 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
     bodies: ClassVar[ArrivingBodies]
     at_capacity: ClassVar[PreparedAnswer]
     over_share: ClassVar[PreparedAnswer]
+    over_share_app: ClassVar[Callable[..., Any]]  # the same answer for a pipelined request
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,22 +116,58 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
         self._body_arrived()
         super().connection_lost(exc)
 
+    def on_response_complete(self) -> None:
+        if self.pipeline and not self.transport.is_closing():
+            self.admit_pipelined()
+        super().on_response_complete()  # starts the next pipelined request
+
+    def admit_pipelined(self) -> None:
+        """The slow-body rule for the pipelined request whose turn comes now (the oldest):
+        if it is an inference request whose body is still arriving, it is counted in its
+        client's share, or, the share being full, answered 503 instead of by the app."""
+        cycle, _ = self.pipeline[-1]
+        method, path = cycle.scope["method"], cycle.scope["path"]
+        if not cycle.more_body or method != "POST" or not is_inference(method, path):
+            return
+        client = self.client[0] if self.client else ""
+        if self.bodies.begin(client):
+            self._body_from = client
+        else:
+            self.pipeline[-1] = (cycle, self.over_share_app)
+
     def _body_arrived(self) -> None:
         if self._body_from is not None:
             self.bodies.end(self._body_from)
             self._body_from = None
 
 
-def admitting_state(admission: Admission) -> dict[str, Any]:
-    """The class attributes of `AdmittingHttpProtocol` for one server's `admission`."""
+def refusing_app(message: str) -> Callable[[dict[str, Any], Receive, Send], Any]:
+    """An ASGI app answering 503 with `Retry-After` and the JSON error `message`, without
+    reading the body (uvicorn drops what still arrives)."""
+    body = orjson.dumps({"error": message})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+    ]
+
+    async def refuse(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse
+
+
+def admitting_state(
+    admission: Admission, on_slow_body: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """The class attributes of `AdmittingHttpProtocol` for one server's `admission`;
+    `on_slow_body` counts each request refused for its client's share of arriving bodies."""
     share = max(1, int(admission.limit * CLIENT_SHARE_OF_BODIES))
+    over_share = f"this client already has {share} requests whose body is still arriving; retry"
     return {
         "admission": admission,
-        "bodies": ArrivingBodies(share),
+        "bodies": ArrivingBodies(share, on_slow_body),
         "at_capacity": PreparedAnswer.of(_UNAVAILABLE, admission.refusal, _RETRY),
-        "over_share": PreparedAnswer.of(
-            _UNAVAILABLE,
-            f"this client already has {share} requests whose body is still arriving; retry",
-            _RETRY,
-        ),
+        "over_share": PreparedAnswer.of(_UNAVAILABLE, over_share, _RETRY),
+        "over_share_app": staticmethod(refusing_app(over_share)),  # not a method: an app
     }

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import uvicorn
@@ -116,11 +117,16 @@ class DrainingHttpProtocol(AdmittingHttpProtocol):
 
 
 def protocol_for(
-    drain: HttpDrain, limits: ReadLimits, admission: Admission
+    drain: HttpDrain,
+    limits: ReadLimits,
+    admission: Admission,
+    on_slow_body: Callable[[], object] | None = None,
 ) -> type[DrainingHttpProtocol]:
     """A protocol class whose connections share `drain`, `limits` and `admission` (uvicorn
-    instantiates the class)."""
-    return bounded(limits, DrainingHttpProtocol, drain=drain, **admitting_state(admission))
+    instantiates the class); `on_slow_body` counts the refusals for a client's share of
+    arriving bodies."""
+    state = admitting_state(admission, on_slow_body)
+    return bounded(limits, DrainingHttpProtocol, drain=drain, **state)
 
 
 class DrainingServer(LoopServer):

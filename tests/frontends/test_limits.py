@@ -425,6 +425,21 @@ async def _slow_body(
     return reader, writer
 
 
+async def _slow_body_refusals(gateway: Gateway) -> float:
+    return sample(await scrape(gateway), "modelgate_requests_refused_total", reason="slow_body")
+
+
+def _classifier_request(x: np.ndarray) -> bytes:
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.tolist()}]}  # fmt: skip
+    data = json.dumps(body).encode()
+    return (
+        b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
+        + f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+
+
 async def test_one_client_with_slow_bodies_cannot_take_every_place(
     settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
 ) -> None:
@@ -444,6 +459,7 @@ async def test_one_client_with_slow_bodies_cannot_take_every_place(
             assert status == b"HTTP/1.1 503 Service Unavailable"
             assert headers[b"retry-after"] == b"1"
             assert "body is still arriving" in json.loads(body)["error"]
+        assert await _slow_body_refusals(gateway) == 6  # a reason of their own
 
         # Another client (another address) is served, slow bodies of its own too.
         others = [await _slow_body(address, "127.0.0.2") for _ in range(2)]
@@ -473,4 +489,59 @@ async def test_one_client_with_slow_bodies_cannot_take_every_place(
                 + data
             )
             assert (await _read_answer(reader))[0] == b"HTTP/1.1 200 OK"
+        writer.close()
+
+
+async def test_pipelined_slow_bodies_count_in_the_client_share(
+    settings: ServerSettings, store: RegistryStore, rng: np.random.Generator
+) -> None:
+    # 8 places, so one client's bodies may hold 2. Each connection pipelines an inference
+    # request whose body never completes behind a quick one: its turn comes once the quick
+    # one is answered, and from then on it holds a place like any slow body.
+    limited = dataclasses.replace(settings, max_inflight=8, body_timeout=60.0)
+    async with running(limited, store) as gateway:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        slow = []
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection(
+                host, int(port), local_addr=("127.0.0.1", 0)
+            )
+            writer.write(
+                b"GET /v2/health/ready HTTP/1.1\r\nhost: test\r\n\r\n"
+                b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
+                b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+            )
+            slow.append((reader, writer))
+        answered = []
+        for reader, _ in slow:
+            assert (await _read_answer(reader))[0] == b"HTTP/1.1 200 OK"  # the quick one
+            with contextlib.suppress(TimeoutError):
+                answered.append(await asyncio.wait_for(_read_answer(reader), 1))
+        # All but the client's share answered at once, 503 with Retry-After.
+        assert len(answered) == 6
+        for status, headers, body in answered:
+            assert status == b"HTTP/1.1 503 Service Unavailable"
+            assert headers[b"retry-after"] == b"1"
+            assert "body is still arriving" in json.loads(body)["error"]
+        assert await _slow_body_refusals(gateway) == 6
+
+        # Another client is served: the first one's bodies hold 2 places, not all 8.
+        x = rng.normal(size=(1, 8)).astype(np.float32)
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.3", 0))
+        writer.write(_classifier_request(x))
+        status, _, answer = await _read_answer(reader)
+        assert status == b"HTTP/1.1 200 OK", answer
+
+        # Once the first client's bodies are gone, its requests are served again.
+        for _, slow_writer in slow:
+            slow_writer.close()
+        await asyncio.sleep(0.5)
+        again, again_writer = await asyncio.open_connection(
+            host, int(port), local_addr=("127.0.0.1", 0)
+        )
+        for _ in range(3):
+            again_writer.write(_classifier_request(x))
+            assert (await _read_answer(again))[0] == b"HTTP/1.1 200 OK"
+        again_writer.close()
         writer.close()

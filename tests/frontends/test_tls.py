@@ -26,7 +26,7 @@ import tritonclient.http as triton_http
 from sync_clients import in_thread
 from test_cli import LISTENING, Process
 
-from certs import PARTIAL_CLIENT_HELLO, Pair, Pki, closed_before
+from certs import PARTIAL_CLIENT_HELLO, Pair, Pki, closed_before, stalled_handshakes
 from conftest import running
 from loadtest.procs import clean_environment
 from modelgate.gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -260,6 +260,29 @@ async def test_a_handshake_that_never_completes_is_closed_after_the_header_timeo
         ]
         assert await asyncio.gather(*stalled) == [True] * 6
         assert await _https_infer(gateway, pki, None) == 200  # and the server still serves
+
+
+async def test_handshakes_under_way_count_toward_max_connections(
+    settings: ServerSettings, store: RegistryStore, pki: Pki, tmp_path: Path
+) -> None:
+    """Silent TLS clients cannot hold more than `max_connections` sockets (the metrics
+    port's 32): one beyond the limit is closed at once, not after its own handshake timeout;
+    once theirs run out, a good client is served."""
+    limited = dataclasses.replace(settings, max_connections=3, header_timeout=8.0)
+    async with _tls_gateway(limited, store, _served(pki, tmp_path / "live"), None) as gateway:
+        assert gateway.addresses is not None
+        address, metrics = gateway.addresses.http, gateway.addresses.metrics
+        held = await stalled_handshakes(address, 3) + await stalled_handshakes(metrics, 32)
+        await asyncio.sleep(0.3)  # all accepted
+        for _ in range(3):  # each newcomer is closed at once while the others are held
+            assert await closed_before(address, b"", seconds=3)
+            assert await closed_before(address, PARTIAL_CLIENT_HELLO, seconds=3)
+            assert await closed_before(metrics, b"", seconds=3)
+        for reader, writer in held:  # the held ones are closed after their handshake time
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 30) == b""
+            writer.close()
+        assert await _https_infer(gateway, pki, None) == 200
 
 
 def test_certificate_files_that_cannot_serve_stop_startup_with_one_line(

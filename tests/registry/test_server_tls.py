@@ -3,6 +3,8 @@ its clients (the gateway, `modelgate registry`) trust a private CA through SSL_C
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import ssl
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from certs import PARTIAL_CLIENT_HELLO, Pki, closed_before
+from certs import PARTIAL_CLIENT_HELLO, Pki, closed_before, stalled_handshakes
 from conftest import filled_store, loop_thread, serving_registry
 from loadtest.procs import clean_environment
 from modelgate.registry.client import open_registry
@@ -65,6 +67,35 @@ def test_a_handshake_that_never_completes_is_closed_after_the_head_timeout(
             address = url.removeprefix("https://")
             for sent in (b"", PARTIAL_CLIENT_HELLO):
                 assert run(closed_before(address, sent, seconds=20))
+            trust = ssl.create_default_context(cafile=pki.ca.cert)
+            answer = httpx.get(f"{url}/api/v1/generation", verify=trust, timeout=10)
+            assert answer.status_code == 200
+        finally:
+            run(server.stop())
+
+
+def test_handshakes_under_way_count_toward_the_connection_limit(tmp_path: Path, pki: Pki) -> None:
+    """With every place held by a silent TLS client, a newcomer is closed at once; once
+    their handshake time has run out, a good client is served."""
+    app = build_app(RegistryStore(tmp_path / "store", create=True), tmp_path / "incoming")
+    tls = ServerCertificate(TlsFiles(pki.server.cert, pki.server.key))
+    limits = dataclasses.replace(READ_LIMITS, head_timeout=8.0, connections=2)
+
+    async def hold_then_knock(address: str) -> list[bool]:
+        held = await stalled_handshakes(address, 2)
+        await asyncio.sleep(0.3)  # both accepted
+        knocks = [await closed_before(address, b"", seconds=3) for _ in range(3)]
+        for reader, writer in held:  # closed by the server after their handshake time
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+        return knocks
+
+    with loop_thread() as run:
+        server = RegistryServer(app, "127.0.0.1", 0, limits=limits, tls=tls)
+        url = run(server.start())
+        try:
+            assert run(hold_then_knock(url.removeprefix("https://"))) == [True] * 3
             trust = ssl.create_default_context(cafile=pki.ca.cert)
             answer = httpx.get(f"{url}/api/v1/generation", verify=trust, timeout=10)
             assert answer.status_code == 200
