@@ -10,10 +10,7 @@ of their own.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -22,6 +19,7 @@ from prometheus_client import Counter
 from prometheus_client.metrics_core import Metric
 
 from modelgate.gateway.core.guard import Counts, Live, RolloutGuard, VersionRef
+from modelgate.gateway.loop_thread import LoopThread
 from modelgate.gateway.metrics import LATENCY_BUCKETS
 from modelgate.gateway.settings import ServerSettings
 from modelgate.registry.client import RegistryClient
@@ -135,20 +133,11 @@ class ControlPlane:
         rollbacks: Counter,
     ) -> None:
         self._guard = RolloutGuard(MergedTraffic(families), registry, settings, rollbacks)
-        self._loop = asyncio.new_event_loop()
-        self._task = self._loop.create_task(self._guard.run())
-        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
+        self._thread = LoopThread("control-plane", self._guard.run)
 
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
-        self._loop.close()
-
     def stop(self) -> None:
         """Cancel the guard and wait for its thread."""
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._task.cancel)
-            self._thread.join()
+        self._thread.stop()

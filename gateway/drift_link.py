@@ -64,6 +64,7 @@ from modelgate.gateway.core.errors import InferenceError
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.statistics import merged_statistics
 from modelgate.gateway.core.types import ModelStatistics
+from modelgate.gateway.loop_thread import LoopThread
 from modelgate.gateway.settings import ServerSettings
 from modelgate.monitor.drift import DriftEvent
 from modelgate.monitor.monitor import DriftMonitor, RawBatch
@@ -246,8 +247,8 @@ class DriftPlane:
         )
         self._alerts = DriftAlerts(self._notifier, self._url)
         self.monitor.on_change = self._on_change
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="drift-plane", daemon=True)
+        self._thread = LoopThread("drift-plane", self._run)
+        self._loop = self._thread.loop
         self._published: dict[Key, dict[str, Any]] = {}
         self._sending = threading.Lock()  # the supervisor's thread sends to workers too
 
@@ -261,29 +262,20 @@ class DriftPlane:
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        tasks = [loop.create_task(self.monitor.run()), loop.create_task(self._publish())]
+    async def _run(self) -> None:
+        tasks = [asyncio.create_task(self.monitor.run()), asyncio.create_task(self._publish())]
         if self._notifier is not None:
-            tasks.append(loop.create_task(self._notifier.run()))
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(asyncio.gather(*tasks))
-        loop.run_until_complete(self.monitor.close())
-        if self._notifier is not None:
-            loop.run_until_complete(self._notifier.close())
-        loop.close()
+            tasks.append(asyncio.create_task(self._notifier.run()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await self.monitor.close()
+            if self._notifier is not None:
+                await self._notifier.close()
 
     def stop(self) -> None:
         """Stop monitoring and delivering; wait for the thread."""
-        if self._thread.is_alive():
-
-            def cancel() -> None:
-                for task in asyncio.all_tasks(self._loop):
-                    task.cancel()
-
-            self._loop.call_soon_threadsafe(cancel)
-            self._thread.join()
+        self._thread.stop()
 
     # -- from the supervisor's thread -----------------------------------------------------
 

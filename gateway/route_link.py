@@ -21,14 +21,20 @@ So under a supervisor (gateway/supervisor.py) the registry is followed once:
 
 A worker that (re)starts is sent the current records first; it commits as soon as it has
 prepared them, and is not ready before (nothing routed: the readiness of a gateway that
-has not read the registry yet). A version that failed to load is retried by the worker
-itself and joins that worker's routes when it loads (as in a lone gateway).
+has not read the registry yet). Until then it answers requests with the registry's last
+error, as the supervisor saw it: ("registry", error), sent again on every change.
+
+A version that failed to load is retried in step too. A worker's "prepared" says whether a
+version failed (("prepared", generation, failed)); the supervisor then waits with the
+backoff of a lone gateway (2, 4, 8 ... up to RETRY_MAX seconds) and sends every worker
+the same records again as a new round ("<generation> retry <n>"), which each worker
+prepares by loading its failed versions again: what loads is routed at that round's one
+switch moment, on every worker together, never as each worker's own retry finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -39,8 +45,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from modelgate.gateway.core.deployments import Deployments
+from modelgate.gateway.core.deployments import RETRY_MAX, Deployments
 from modelgate.gateway.core.registry_watch import RegistryWatch
+from modelgate.gateway.loop_thread import LoopThread
 from modelgate.registry.client import RegistryClient
 from modelgate.registry.types import ModelVersion
 
@@ -61,6 +68,7 @@ class _Worker:
     staged_at: float = 0.0
     prepared: str | None = None  # the last generation it prepared
     switched: str | None = None  # the last generation it was told to switch to
+    told_error: str = ""  # the registry error it was told last
 
 
 class RouteSync:
@@ -69,15 +77,26 @@ class RouteSync:
     """
 
     def __init__(self) -> None:
+        self._generation: str | None = None  # the registry's, last read
+        # What workers are sent: the records of `_generation`, labelled by the round.
         self._latest: tuple[str, list[ModelVersion]] | None = None
         self._workers: dict[int, _Worker] = {}
         self._first_prepared: float | None = None  # of the current generation, by any worker
+        self._retries = 0  # rounds sent again for versions that failed to load
+        self._retry_at: float | None = None  # when the next round is due, if one is
+        self._error = ""  # the registry's last read error ("" while it reads)
 
     def read(self, generation: str, records: list[ModelVersion]) -> None:
         """The registry's records at `generation` (every stage)."""
-        if self._latest is None or self._latest[0] != generation:
+        if self._generation != generation:
+            self._generation = generation
             self._latest = (generation, records)
             self._first_prepared = None
+            self._retries, self._retry_at = 0, None
+
+    def registry_failed(self, error: str) -> None:
+        """The registry's read error ("" once it reads again); workers are told it."""
+        self._error = error
 
     def joined(self, worker: int) -> None:
         """Worker `worker` listens (started, or started again): it starts from nothing."""
@@ -87,8 +106,9 @@ class RouteSync:
         """Worker `worker` died: nobody waits for it."""
         self._workers.pop(worker, None)
 
-    def prepared(self, worker: int, generation: str, now: float) -> None:
-        """Worker `worker` has loaded (or failed to load) every version of `generation`."""
+    def prepared(self, worker: int, generation: str, now: float, failed: bool = False) -> None:
+        """Worker `worker` has loaded (or failed to load) every version of `generation`;
+        `failed`: one of them failed (so a retry round is due after the backoff)."""
         state = self._workers.get(worker)
         if state is None:
             return
@@ -96,13 +116,38 @@ class RouteSync:
         current = self._latest is not None and generation == self._latest[0]
         if current and self._first_prepared is None:
             self._first_prepared = now
+        if current and failed and self._retry_at is None:
+            self._retry_at = now + min(RETRY_MAX, 2.0 ** (self._retries + 1))
+
+    def _retry(self, now: float) -> None:
+        """Start the next retry round, if one is due and every worker switched to the last."""
+        if self._retry_at is None or now < self._retry_at or self._latest is None:
+            return
+        label = self._latest[0]
+        if not self._workers or any(s.switched != label for s in self._workers.values()):
+            return
+        self._retries += 1
+        self._retry_at = None
+        self._latest = (f"{self._generation} retry {self._retries}", self._latest[1])
+        self._first_prepared = None
+        log.info(
+            "loading the versions that failed to load again on every worker (registry "
+            "generation %s, retry %d)",
+            self._generation,
+            self._retries,
+        )
 
     def due(self, now: float) -> list[tuple[int, Message]]:
         """The messages to send now, to which worker."""
-        if self._latest is None:
-            return []
-        generation, records = self._latest
         sends: list[tuple[int, Message]] = []
+        for worker, state in self._workers.items():
+            if state.told_error != self._error:
+                sends.append((worker, ("registry", self._error)))
+                state.told_error = self._error
+        self._retry(now)
+        if self._latest is None:
+            return sends
+        generation, records = self._latest
         for worker, state in self._workers.items():
             if state.staged != generation:
                 sends.append((worker, ("routes", generation, records)))
@@ -140,38 +185,31 @@ class RouteSync:
 
 class RegistryFollower:
     """The supervisor's one registry follower, on a thread with its own event loop; each
-    new generation's records are sent on `out` (the supervisor waits on its other end)."""
+    new generation's records are sent on `out` (the supervisor waits on its other end) as
+    ("records", generation, records), and each new read error as ("error", error)."""
 
     def __init__(
         self, registry: RegistryClient, interval: float, polls: Counter, out: Connection
     ) -> None:
         self._watch = RegistryWatch(registry, interval, polls)
         self._out = out
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="registry-follower", daemon=True)
+        self._thread = LoopThread("registry-follower", self._follow)
 
     def start(self) -> None:
         self._thread.start()
 
     def _send(self, generation: str, records: list[ModelVersion]) -> None:
-        self._out.send((generation, records))
+        self._out.send(("records", generation, records))
 
-    def _run(self) -> None:
-        task = self._loop.create_task(self._watch.run(self._send))
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(task)
-        self._loop.close()
+    def _failed(self, error: str) -> None:
+        self._out.send(("error", error))
+
+    async def _follow(self) -> None:
+        await self._watch.run(self._send, trouble=self._failed)
 
     def stop(self) -> None:
         """Stop following and wait for the thread."""
-        if self._thread.is_alive():
-
-            def cancel() -> None:
-                for task in asyncio.all_tasks(self._loop):
-                    task.cancel()
-
-            self._loop.call_soon_threadsafe(cancel)
-            self._thread.join()
+        self._thread.stop()
 
 
 class RouteReceiver:
@@ -182,8 +220,7 @@ class RouteReceiver:
     without blocking.
     """
 
-    KINDS = ("routes", "switch")  # the supervisor's messages it takes
-    RETRY_SECONDS = 1.0  # how often failed versions are checked for another try
+    KINDS = ("routes", "switch", "registry")  # the supervisor's messages it takes
 
     def __init__(self, tell: Callable[[Message], None]) -> None:
         self._tell = tell
@@ -211,16 +248,13 @@ class RouteReceiver:
             self._early.clear()
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(inbox.get(), self.RETRY_SECONDS)
-                except TimeoutError:
-                    if self._staged is not None and deployments.retry_due():
-                        deployments.prepare(self._staged[1])
-                    continue
+                message = await inbox.get()
                 if message[0] == "routes":
                     self._prepare(deployments, message[1], message[2])
                 elif message[0] == "switch":
                     self._switch(deployments, message[1], message[2])
+                elif message[0] == "registry":
+                    deployments.registry_failed(message[1])
         finally:
             if self._preparing is not None:
                 self._preparing.cancel()
@@ -229,14 +263,14 @@ class RouteReceiver:
         self, deployments: Deployments, generation: str, records: list[ModelVersion]
     ) -> None:
         self._staged = (generation, records)
-        deployments.prepare(records)
+        deployments.prepare(records, retry=True)  # the supervisor paces the retries
         if self._preparing is not None:
             self._preparing.cancel()
         self._preparing = asyncio.create_task(self._report(deployments, generation))
 
     async def _report(self, deployments: Deployments, generation: str) -> None:
         await deployments.prepared()
-        self._tell(("prepared", generation))
+        self._tell(("prepared", generation, deployments.failed()))
 
     def _switch(self, deployments: Deployments, generation: str, at: float) -> None:
         def commit() -> None:

@@ -206,7 +206,11 @@ class Supervisor:
                     self._start(slot)
             wait(self._waitables(), timeout=_TICK)
             while self._records.poll():
-                self._routes.read(*self._records.recv())
+                message = self._records.recv()
+                if message[0] == "records":
+                    self._routes.read(*message[1:])
+                else:
+                    self._routes.registry_failed(message[1])
             for slot in self._slots:
                 self._read(slot)
                 dead = slot.process is not None and slot.process.exitcode is not None
@@ -262,7 +266,7 @@ class Supervisor:
                 slot.started_once = True
                 self._routes.joined(slot.index)
             elif message[0] == "prepared":
-                self._routes.prepared(slot.index, message[1], time.monotonic())
+                self._routes.prepared(slot.index, message[1], time.monotonic(), message[2])
             elif message[0] == "stats?":
                 self._stats.ask(slot.index, message, list(self._channels()), time.monotonic())
             elif message[0] == "stats":

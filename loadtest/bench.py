@@ -264,7 +264,7 @@ def run_once(
     return points, measure_ceilings(built, profile)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line described in the module docstring."""
     cli = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     cli.add_argument("--perf-analyzer", type=Path, default=perf.DEFAULT_PATH)
@@ -305,14 +305,12 @@ def print_report(
         print(report.markdown_table(points))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark `--repeat` times and report medians; 2 if perf_analyzer is missing."""
-    args = parse_args(argv)
-    try:
-        analyzer = perf.find_perf_analyzer(args.perf_analyzer)
-    except perf.LoadGeneratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    started = perf.command_line(parse_args, argv)
+    if started is None:
         return 2
+    args, analyzer = started
     profile = QUICK if args.quick else FULL
     plans = build_plan(args.quick, args.only, args.protocols)
     models = sorted({p.model for p in plans} | ({args.only} if args.only else set()))

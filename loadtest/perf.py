@@ -7,12 +7,15 @@ and leaves the rest of a small machine to the server under test. It lives in its
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import resource
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +89,19 @@ class LoadResult:
     p99_us: float
     cpu_seconds: float  # perf_analyzer's own user+system time
     wall_seconds: float
+
+
+def command_line(
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace], argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, PerfAnalyzer] | None:
+    """A benchmark's arguments and the perf_analyzer its `--perf-analyzer` names; None
+    once the missing binary was reported on stderr (the benchmark then exits 2)."""
+    args = parse_args(argv)
+    try:
+        return args, find_perf_analyzer(args.perf_analyzer)
+    except LoadGeneratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def write_input_data(path: Path, rows: int = 16) -> None:

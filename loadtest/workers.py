@@ -435,12 +435,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every server `--repeat` times and report medians; 2 if perf_analyzer is missing."""
-    args = parse_args(argv)
-    try:
-        analyzer = perf.find_perf_analyzer(args.perf_analyzer)
-    except perf.LoadGeneratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    started = perf.command_line(parse_args, argv)
+    if started is None:
         return 2
+    args, analyzer = started
     header: dict[str, Any] = {
         **report.machine(),
         "revision": report.revision(),

@@ -98,6 +98,56 @@ def test_a_newer_generation_while_preparing_is_sent_and_switched_to_instead() ->
     assert _kinds(sync.due(11.5)) == [(0, "switch", "3"), (1, "switch", "3")]
 
 
+def test_a_failed_load_is_retried_on_every_worker_in_one_round_after_the_backoff() -> None:
+    sync = RouteSync()
+    sync.read("1", RECORDS)
+    sync.joined(0)
+    sync.joined(1)
+    sync.due(10.0)
+    sync.prepared(0, "1", 10.0, failed=True)
+    sync.prepared(1, "1", 10.1, failed=True)
+    sync.due(10.1)  # both switch (serving what loaded); the failed version waits
+    assert sync.due(11.9) == []
+    sends = sync.due(12.0)  # 2 s after the first failure, as a lone gateway's backoff
+    assert _kinds(sends) == [(0, "routes", "1 retry 1"), (1, "routes", "1 retry 1")]
+    sync.prepared(0, "1 retry 1", 12.5)
+    assert sync.due(12.5) == []  # worker 1 still loads: the loaded version waits for it
+    sync.prepared(1, "1 retry 1", 12.7)
+    sends = sync.due(12.7)
+    assert _kinds(sends) == [(0, "switch", "1 retry 1"), (1, "switch", "1 retry 1")]
+    assert {m[2] for _, m in sends} == {12.7 + SWITCH_LEAD}
+    assert sync.due(100.0) == []  # nothing failed: no more rounds
+
+
+def test_retries_back_off_and_a_new_generation_starts_afresh() -> None:
+    sync = RouteSync()
+    _serving(sync, [0], 10.0)
+    sync.prepared(0, "1", 10.0, failed=True)
+    assert _kinds(sync.due(12.0)) == [(0, "routes", "1 retry 1")]
+    sync.prepared(0, "1 retry 1", 12.1, failed=True)
+    sync.due(12.1)
+    assert sync.due(16.0) == []  # the second retry waits 4 s
+    assert _kinds(sync.due(16.1)) == [(0, "routes", "1 retry 2")]
+    sync.read("2", RECORDS)  # a new generation is prepared with every failed version again
+    assert _kinds(sync.due(16.2)) == [(0, "routes", "2")]
+    sync.prepared(0, "2", 16.3, failed=True)
+    sync.due(16.3)
+    assert _kinds(sync.due(18.3)) == [(0, "routes", "2 retry 1")]
+
+
+def test_workers_are_told_the_registry_error_each_time_it_changes() -> None:
+    sync = RouteSync()
+    sync.joined(0)
+    assert sync.due(1.0) == []
+    sync.registry_failed("registry http://***@127.0.0.1:9 is unreachable")
+    assert sync.due(1.1) == [(0, ("registry", "registry http://***@127.0.0.1:9 is unreachable"))]
+    assert sync.due(1.2) == []
+    sync.joined(1)  # a worker that starts during the outage is told too
+    assert sync.due(1.3) == [(1, ("registry", "registry http://***@127.0.0.1:9 is unreachable"))]
+    sync.registry_failed("")
+    assert sorted(sync.due(1.4)) == [(0, ("registry", "")), (1, ("registry", ""))]
+
+
 async def _until(check: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -122,7 +172,7 @@ async def test_a_worker_loads_what_is_pushed_and_routes_it_only_at_the_switch(
     try:
         deployments = gw.deployments
         receiver.receive(("routes", "g1", store.list_versions("clf")))
-        await _until(lambda: ("prepared", "g1") in told)
+        await _until(lambda: ("prepared", "g1", False) in told)
         # Loaded, but nothing is routed before the switch: not ready, the name not known.
         assert [(d.version, d.ready) for d in deployments.all()] == [("1", True)]
         assert not gw.deployments.synced
@@ -133,7 +183,7 @@ async def test_a_worker_loads_what_is_pushed_and_routes_it_only_at_the_switch(
 
         store.transition("clf", 2, Stage.CANARY, traffic=30.0, actor="t")
         receiver.receive(("routes", "g2", store.list_versions("clf")))
-        await _until(lambda: ("prepared", "g2") in told)
+        await _until(lambda: ("prepared", "g2", False) in told)
         status = {s.version: s for s in deployments.status("clf")}
         assert status["2"].state == "READY" and status["2"].traffic is None  # not yet
         assert status["1"].traffic == 100.0

@@ -13,6 +13,8 @@ one keeps serving.
 
 A change of stages comes in two steps: `prepare(records)` loads and warms up what entered
 while routing stays as it is, `commit()` reroutes to the new stages and drains what left.
+A version loaded by a `prepare` takes traffic from the next `commit` on, never before;
+a version still loading at the `commit` joins its stage when it is READY.
 A lone gateway follows the registry itself (`follow`, `core.registry_watch`) and commits
 each read at once (`apply`). Under a supervisor (`--workers N`) the supervisor follows the
 registry once and pushes the records to every worker; each worker prepares, says so, and
@@ -65,7 +67,7 @@ log = logging.getLogger(__name__)
 # Seconds a leaving version keeps taking requests that chose it just before the switch
 # (a gRPC server on its own loop may be between routing and queueing).
 DRAIN_GRACE = 0.25
-_RETRY_MAX = 300.0  # longest wait before retrying a version that failed to load
+RETRY_MAX = 300.0  # longest wait before retrying a version that failed to load
 
 
 class ModelState(enum.Enum):
@@ -131,6 +133,9 @@ class Deployments:
         self._desired: dict[str, dict[str, ModelVersion]] = {}
         # Prepared but not committed yet (see `prepare`): the same shape as `_desired`.
         self._staged: dict[str, dict[str, ModelVersion]] = {}
+        # Loads started by a `prepare` not committed yet: routed from the `commit` on.
+        self._pending: set[Deployment] = set()
+        self._pushed_error = ""  # the registry's error as a supervisor saw it, if it follows
         self._synced = False  # until stages were committed once, no name is unknown
         self._read = asyncio.Event()  # set with `_synced`, for those who wait for it
         polls = metrics.registry_polls
@@ -221,7 +226,8 @@ class Deployments:
 
     def _unknown(self, name: str) -> InferenceError:
         if not self._synced:
-            why = f": {self._registry_watch.error}" if self._registry_watch.error else ""
+            error = self._pushed_error or self._registry_watch.error
+            why = f": {error}" if error else ""
             return InferenceError(
                 ErrorCode.UNAVAILABLE,
                 f"server is starting: the model registry is not read yet{why}",
@@ -280,9 +286,11 @@ class Deployments:
         self.prepare(records)
         self.commit()
 
-    def prepare(self, records: Iterable[ModelVersion]) -> None:
+    def prepare(self, records: Iterable[ModelVersion], *, retry: bool = False) -> None:
         """Load and warm up what the records serve and is not loaded yet, in the background;
-        routing stays as it is until `commit`. Replaces an earlier prepare not committed."""
+        routing stays as it is until `commit`. Replaces an earlier prepare not committed.
+        A version that failed to load is tried again once its backoff passed, or at once
+        with `retry` (a supervisor paces the retries of all its workers together)."""
         staged: dict[str, dict[str, ModelVersion]] = {}
         refused: set[str] = set()
         for record in records:
@@ -294,6 +302,7 @@ class Deployments:
             staged.setdefault(record.name, {})[str(record.version)] = record
         self._refuse_names(refused)
         self._staged = staged
+        self._pending = {d for d in self._pending if self._current(d)}
         now = time.monotonic()
         for name, versions in staged.items():
             for version, record in versions.items():
@@ -302,9 +311,9 @@ class Deployments:
                     current is None
                     or current.state in (ModelState.DRAINING, ModelState.UNLOADED)
                     or current.record.sha256 != record.sha256
-                    or (current.state is ModelState.FAILED and now >= current.retry_at)
+                    or (current.state is ModelState.FAILED and (retry or now >= current.retry_at))
                 ):
-                    self._start_load(record, current)
+                    self._pending.add(self._start_load(record, current))
                 # Otherwise the record's stage and traffic take effect at `commit`.
 
     async def prepared(self) -> None:
@@ -319,6 +328,19 @@ class Deployments:
                 return
             await asyncio.wait(loading)
 
+    def failed(self) -> bool:
+        """Whether a version of the last `prepare` failed to load."""
+        return any(
+            d is not None and d.state is ModelState.FAILED
+            for name, versions in self._staged.items()
+            for d in (self._all.get(name, {}).get(v) for v in versions)
+        )
+
+    def registry_failed(self, error: str) -> None:
+        """The registry's last read error as the supervisor that follows it for this
+        gateway saw it ("" once it read again): said to requests while nothing is routed."""
+        self._pushed_error = error
+
     def commit(self) -> None:
         """Serve the stages of the last `prepare`: reroute every model now (a version
         still loading joins its stage when it is READY), drain what left."""
@@ -328,6 +350,7 @@ class Deployments:
                 if current is not None and current.record.sha256 == record.sha256:
                     current.record = record
         self._desired = self._staged
+        self._pending.clear()
         self._synced = True
         self._read.set()
         self._reroute()
@@ -397,18 +420,18 @@ class Deployments:
                 if version in versions:
                     retained.add(versions[version])
             production = by_stage.get(Stage.PRODUCTION, [])
-            primary = next((d for d in production if d.ready), None)
+            primary = next((d for d in production if self._routable(d)), None)
             previous = self._routes.get(name)
             if primary is None and production and previous is not None:
                 # The new production version is loading or failed: keep the old one serving.
                 kept = previous.primary
-                if kept is not None and kept.ready:
+                if kept is not None and self._routable(kept):
                     primary = kept
                     retained.add(kept)
             canaries = [
                 (d, d.version, float(d.record.traffic or 0.0))
                 for d in by_stage.get(Stage.CANARY, [])
-                if d.ready and self._fits(d, primary, misfits)
+                if self._routable(d) and self._fits(d, primary, misfits)
             ]
             # Canaries take their shares of production's traffic: with no production
             # version, unaddressed requests have nowhere to go (503), canaries included.
@@ -420,7 +443,7 @@ class Deployments:
             shadows = tuple(
                 (d, float(d.record.traffic if d.record.traffic is not None else 100.0))
                 for d in by_stage.get(Stage.SHADOW, [])
-                if d.ready and self._fits(d, primary, misfits)
+                if self._routable(d) and self._fits(d, primary, misfits)
             )
             live = {v: d for v, d in versions.items() if d.state is not ModelState.UNLOADED}
             if live or wanted:
@@ -439,6 +462,10 @@ class Deployments:
             ):
                 self._retiring.add(deployment)
                 self._spawn(self._retire(deployment))
+
+    def _routable(self, deployment: Deployment) -> bool:
+        """READY, and not loaded by a `prepare` still waiting for its `commit`."""
+        return deployment.ready and deployment not in self._pending
 
     def _fits(
         self,
@@ -503,7 +530,7 @@ class Deployments:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _start_load(self, record: ModelVersion, previous: Deployment | None) -> None:
+    def _start_load(self, record: ModelVersion, previous: Deployment | None) -> Deployment:
         version = str(record.version)
         deployment = Deployment(
             record.name, version, record, self._metrics.for_version(record.name, version)
@@ -517,6 +544,7 @@ class Deployments:
         task = self._spawn(self._load(deployment, replaced))
         self._loading[deployment] = task
         task.add_done_callback(lambda _: self._loading.pop(deployment, None))
+        return deployment
 
     def _current(self, deployment: Deployment) -> bool:
         """Whether `deployment` is still the copy of its version the gateway keeps."""
@@ -535,7 +563,7 @@ class Deployments:
             deployment.state = ModelState.FAILED
             deployment.error = str(exc)
             deployment.failures += 1
-            deployment.retry_at = time.monotonic() + min(_RETRY_MAX, 2.0**deployment.failures)
+            deployment.retry_at = time.monotonic() + min(RETRY_MAX, 2.0**deployment.failures)
             self._metrics.model_load_failures.labels(deployment.name, deployment.version).inc()
             log.error("model %s v%s failed to load: %s", deployment.name, deployment.version, exc)
             self._reroute()
@@ -655,7 +683,7 @@ def _report(name: str, production: list[Deployment], primary: Deployment | None)
     if not production:
         return ModelReport(name, ModelHealth.NO_PRODUCTION)
     deployment = production[0]
-    if deployment.state is ModelState.FAILED or deployment.failures:
+    if deployment.state is ModelState.FAILED or deployment.error:  # failed, or retrying
         return ModelReport(name, ModelHealth.FAILED, deployment.version, deployment.error)
     return ModelReport(name, ModelHealth.LOADING, deployment.version)
 

@@ -5,7 +5,9 @@ a supervisor (`--workers N`) once, in the supervisor (gateway/route_link.py), wh
 the records to every worker. A failing registry is retried with exponential backoff and
 jitter while the gateway serves what it has; the log says only what changes: the first
 failure of a streak and the recovery, never one line per failed poll (the
-`modelgate_registry_polls` counter counts every one).
+`modelgate_registry_polls` counter counts every one). The error is kept as one line with
+any credentials of a URL masked (`error`): requests and workers are told it while nothing
+is routed yet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable
 
 from prometheus_client import Counter
@@ -24,6 +27,8 @@ from modelgate.registry.types import ModelVersion
 log = logging.getLogger(__name__)
 
 POLL_BACKOFF_MAX = 30.0  # longest wait between registry reads while they fail
+_ERROR_CHARS = 300  # of an error as it is repeated to clients
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")  # user:password@ in a URL
 
 # Takes the registry's generation and its records (every stage).
 Apply = Callable[[str, list[ModelVersion]], None]
@@ -49,9 +54,15 @@ class RegistryWatch:
         self._generation = generation  # only once applied: a failed apply is retried
         self.read = True
 
-    async def run(self, apply: Apply, again: Callable[[], bool] = lambda: False) -> None:
+    async def run(
+        self,
+        apply: Apply,
+        again: Callable[[], bool] = lambda: False,
+        trouble: Callable[[str], None] = lambda error: None,
+    ) -> None:
         """Read the registry, then poll its generation and apply on change, until
-        cancelled; before the first read succeeds nothing is applied."""
+        cancelled; before the first read succeeds nothing is applied. `trouble` hears each
+        new `error`, and "" when the registry reads again."""
         delay = 0.0  # the first read at once
         failures = 0
         while True:
@@ -67,7 +78,10 @@ class RegistryWatch:
             except Exception as exc:  # the registry's problem must never stop serving
                 self._polls.labels("error").inc()
                 delay = min(max(delay * 2, self._interval), POLL_BACKOFF_MAX)
-                self.error = str(exc)
+                error = _said(exc)
+                if error != self.error:
+                    self.error = error
+                    trouble(error)
                 if failures == 0:
                     self._log_failure(exc)
                 failures += 1
@@ -75,7 +89,10 @@ class RegistryWatch:
             self._polls.labels("ok").inc()
             if failures:
                 log.info("registry readable again after %d failed attempt(s)", failures)
-            failures, delay, self.error = 0, self._interval, ""
+            if self.error:
+                self.error = ""
+                trouble("")
+            failures, delay = 0, self._interval
 
     def _log_failure(self, exc: Exception) -> None:
         level = logging.WARNING if isinstance(exc, UnavailableError) else logging.ERROR
@@ -87,6 +104,13 @@ class RegistryWatch:
             level,
             "%s: %s (retrying with backoff up to %g s; logged again when it recovers)",
             what,
-            exc,
+            self.error,
             POLL_BACKOFF_MAX,
         )
+
+
+def _said(exc: Exception) -> str:
+    """An error as it is repeated: its first line, a URL's credentials masked, bounded."""
+    lines = str(exc).strip().splitlines()
+    text = _USERINFO.sub("***@", lines[0] if lines else type(exc).__name__)
+    return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS] + "..."
