@@ -396,6 +396,10 @@ class VersionMonitor:
         self.sketcher = Sketcher(profile)
         self._scorer = WindowScorer(self.sketcher.features, self.sketcher.bin_slices)
         self.reports: deque[WindowReport] = deque(maxlen=settings.keep_reports)
+        # Each report as JSON, made once when its window closes: the drift report is asked
+        # for several times a second (the supervisor publishes it to its workers), and
+        # making the JSON of every kept window each time cost 80 ms of CPU a second.
+        self._reports_json: deque[dict[str, Any]] = deque(maxlen=settings.keep_reports)
         self.drifting = False
         self.streak = 0  # consecutive windows agreeing with a change of state
         self.windows = 0
@@ -462,8 +466,14 @@ class VersionMonitor:
             unprofiled_values=window.unprofiled,
         )
         self.reports.append(report)
+        self._reports_json.append(report.to_json())
         return [] if change is None else [DriftEvent(self.model, self.version, change, report)]
 
     def recent(self) -> Sequence[WindowReport]:
         """The last reports, newest first."""
         return list(reversed(self.reports))
+
+    def recent_json(self) -> list[dict[str, Any]]:
+        """The last reports as JSON (`WindowReport.to_json`), newest first; shared, not to
+        be changed by the caller."""
+        return list(reversed(self._reports_json))

@@ -537,7 +537,7 @@ class DriftMonitor:
                 "false_alarm_rate": state.settings.false_alarm_rate,
                 "thresholds": state.settings.thresholds(),
             },
-            "windows": [r.to_json() for r in window.recent()] if window else [],
+            "windows": window.recent_json() if window else [],
         }
 
     def _states(self) -> list[_Version]:
