@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 
+from conftest import running
 from modelgate.gateway.server import Gateway
 from modelgate.gateway.settings import ServerSettings
 from modelgate.registry.store import RegistryStore
@@ -220,10 +221,7 @@ async def test_each_timeout_holds_when_the_other_is_much_longer(
             body_timeout=body_seconds,
             keep_alive_timeout=60.0,
         )
-        gateway = Gateway(limited, store)
-        await gateway.start()
-        try:
-            await gateway.wait_loaded()
+        async with running(limited, store) as gateway:
             assert gateway.addresses is not None
             host, port = gateway.addresses.http.rsplit(":", 1)
             reader, writer = await asyncio.open_connection(host, int(port))
@@ -238,8 +236,6 @@ async def test_each_timeout_holds_when_the_other_is_much_longer(
             assert asyncio.get_running_loop().time() - started < 10
             assert await _closed(reader)
             writer.close()
-        finally:
-            await gateway.stop()
 
 
 async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_503(

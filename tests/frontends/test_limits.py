@@ -429,6 +429,15 @@ async def _slow_body_refusals(gateway: Gateway) -> float:
     return sample(await scrape(gateway), "modelgate_requests_refused_total", reason="slow_body")
 
 
+def _assert_over_share(answered: list[tuple[bytes, dict[bytes, bytes], bytes]], count: int) -> None:
+    """`count` answers, each the 503 for a client over its share of arriving bodies."""
+    assert len(answered) == count
+    for status, headers, body in answered:
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert headers[b"retry-after"] == b"1"
+        assert "body is still arriving" in json.loads(body)["error"]
+
+
 def _classifier_request(x: np.ndarray) -> bytes:
     body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.tolist()}]}  # fmt: skip
@@ -454,27 +463,15 @@ async def test_one_client_with_slow_bodies_cannot_take_every_place(
             with contextlib.suppress(TimeoutError):
                 answered.append(await asyncio.wait_for(_read_answer(reader), 1))
         # All but the client's share answered at once, 503 with Retry-After.
-        assert len(answered) == 6
-        for status, headers, body in answered:
-            assert status == b"HTTP/1.1 503 Service Unavailable"
-            assert headers[b"retry-after"] == b"1"
-            assert "body is still arriving" in json.loads(body)["error"]
+        _assert_over_share(answered, 6)
         assert await _slow_body_refusals(gateway) == 6  # a reason of their own
 
         # Another client (another address) is served, slow bodies of its own too.
         others = [await _slow_body(address, "127.0.0.2") for _ in range(2)]
         x = rng.normal(size=(1, 8)).astype(np.float32)
-        body = {
-            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": x.tolist()}]
-        }
         host, port = address.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.3", 0))
-        data = json.dumps(body).encode()
-        writer.write(
-            b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
-            + f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
+        writer.write(_classifier_request(x))
         status, _, answer = await _read_answer(reader)
         assert status == b"HTTP/1.1 200 OK", answer
 
@@ -483,11 +480,7 @@ async def test_one_client_with_slow_bodies_cannot_take_every_place(
             slow_writer.close()
         await asyncio.sleep(0.5)
         for _ in range(3):
-            writer.write(
-                b"POST /v2/models/classifier/infer HTTP/1.1\r\nhost: test\r\n"
-                + f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
-                + data
-            )
+            writer.write(_classifier_request(x))
             assert (await _read_answer(reader))[0] == b"HTTP/1.1 200 OK"
         writer.close()
 
@@ -519,11 +512,7 @@ async def test_pipelined_slow_bodies_count_in_the_client_share(
             with contextlib.suppress(TimeoutError):
                 answered.append(await asyncio.wait_for(_read_answer(reader), 1))
         # All but the client's share answered at once, 503 with Retry-After.
-        assert len(answered) == 6
-        for status, headers, body in answered:
-            assert status == b"HTTP/1.1 503 Service Unavailable"
-            assert headers[b"retry-after"] == b"1"
-            assert "body is still arriving" in json.loads(body)["error"]
+        _assert_over_share(answered, 6)
         assert await _slow_body_refusals(gateway) == 6
 
         # Another client is served: the first one's bodies hold 2 places, not all 8.
