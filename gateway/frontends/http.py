@@ -279,10 +279,19 @@ def is_inference(method: str, path: str) -> bool:
 
 # Clients call the same few paths again and again (one model's infer path), and each request
 # is routed twice (admission in the connection protocol, then here): the routes of recent
-# paths are remembered. Bounded, so a client sending ever new paths only evicts them.
-@functools.lru_cache(maxsize=1024)
+# short paths are remembered. Bounded in count and in size (a client sending ever new or
+# long paths only evicts them; 1,024 paths of a 64 KiB head each would pin 64 MiB).
+REMEMBERED_PATH_CHARS = 256
+
+
 def _endpoint(path: str) -> tuple[str, str | None, str | None]:
     """(endpoint, model, version) of a request path; 404 for a path that names none."""
+    if len(path) > REMEMBERED_PATH_CHARS:
+        return _route(path)
+    return _remembered_route(path)
+
+
+def _route(path: str) -> tuple[str, str | None, str | None]:
     parts = path.strip("/").split("/")
     n = len(parts)
     if parts[0] == "v2":
@@ -309,6 +318,9 @@ def _endpoint(path: str) -> tuple[str, str | None, str | None]:
         if name and verb == "predict":
             return "v1_predict", name, None
     raise HttpError(404, f"no such endpoint: {path}")
+
+
+_remembered_route = functools.lru_cache(maxsize=1024)(_route)
 
 
 def _model_path(parts: list[str]) -> tuple[str, str | None, str]:

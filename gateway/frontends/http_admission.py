@@ -35,7 +35,7 @@ import httptools
 import orjson
 
 from modelgate.gateway.core.admission import RETRY_AFTER_SECONDS, Admission
-from modelgate.gateway.frontends.http import Send, is_inference
+from modelgate.gateway.frontends.http import REMEMBERED_PATH_CHARS, Send, is_inference
 from modelgate.gateway.frontends.http_wire import Receive
 from modelgate.http_limits import BoundedHttpProtocol, PreparedAnswer
 
@@ -136,15 +136,23 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
             self._body_from = None
 
 
-# Remembered like the application's routes (the same few URLs again and again), bounded.
-@functools.lru_cache(maxsize=1024)
 def _names_inference(url: bytes) -> bool:
     """Whether a POST to the request target `url` is an inference request, its path read
-    as uvicorn reads it for the application."""
+    as uvicorn reads it for the application. Remembered like the application's routes
+    (the same few URLs again and again), for short URLs only: see `REMEMBERED_PATH_CHARS`."""
+    if len(url) > REMEMBERED_PATH_CHARS:
+        return _inference_target(url)
+    return _remembered_inference_target(url)
+
+
+def _inference_target(url: bytes) -> bool:
     path = httptools.parse_url(url).path.decode("ascii")
     if "%" in path:
         path = urllib.parse.unquote(path)
     return is_inference("POST", path)
+
+
+_remembered_inference_target = functools.lru_cache(maxsize=1024)(_inference_target)
 
 
 def refusing_app(message: str) -> Callable[[dict[str, Any], Receive, Send], Any]:

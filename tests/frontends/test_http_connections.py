@@ -327,3 +327,20 @@ async def test_pipelined_answers_come_whole_and_in_order_head_requests_too(
         writer.close()
     finally:
         await gateway.stop()
+
+
+def test_only_short_paths_are_remembered() -> None:
+    # The route caches are bounded in size too: long paths (up to a 64 KiB head each) are
+    # routed afresh every time, so 1,024 of them cannot pin 64 MiB.
+    from modelgate.gateway.frontends import http, http_admission
+
+    long_path = "/v2/models/" + "m" * 4000 + "/infer"
+    before = http._remembered_route.cache_info().currsize
+    assert http._endpoint(long_path)[0] == "infer"
+    assert http_admission._names_inference(long_path.encode())
+    assert http._remembered_route.cache_info().currsize == before
+    assert http._endpoint("/v2/models/short/infer")[0] == "infer"
+    assert http._remembered_route.cache_info().currsize <= before + 1
+    remembered = http_admission._remembered_inference_target.cache_info().currsize
+    assert http_admission._names_inference(long_path.encode())
+    assert http_admission._remembered_inference_target.cache_info().currsize == remembered
