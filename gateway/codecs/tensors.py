@@ -52,9 +52,9 @@ def _numbers(
     try:
         if dtype.kind in "iu":
             return _integers(name, datatype, dtype, leaves).reshape(shape)
-        # JSON numbers are doubles: one beyond FP32's range would become infinite.
-        with np.errstate(over="raise"):
-            return _floats(name, datatype, leaves).astype(dtype).reshape(shape)
+        if dtype.kind == "f":
+            return _floats(name, datatype, shape, leaves)
+        return _doubles(name, datatype, leaves).astype(dtype).reshape(shape)  # BOOL
     except (OverflowError, FloatingPointError):
         raise invalid(f"input {name!r}: value out of range for {datatype}") from None
 
@@ -66,7 +66,23 @@ def _numbers(
 # 9). It is cheaper than NumPy's inference too, which it replaces for the common data.
 
 
-def _floats(name: str, datatype: str, leaves: list[Any]) -> np.ndarray:
+# Floating-point values are packed at their datatype's own precision, straight into the
+# array: struct's standard sizes ("<f") refuse a double beyond FP32's range (OverflowError),
+# where a cast would make it infinite (JSON numbers are doubles).
+_FLOAT_FORMATS = {"FP32": "<{}f", "FP64": "<{}d"}
+
+
+def _floats(name: str, datatype: str, shape: tuple[int, ...], leaves: list[Any]) -> np.ndarray:
+    """`leaves` as an FP32 or FP64 array of `shape`, a JSON null as NaN."""
+    try:
+        raw = struct.pack(_FLOAT_FORMATS[datatype].format(len(leaves)), *leaves)
+    except struct.error:  # a null, an integer beyond any double, or not a number
+        with np.errstate(over="raise"):
+            return _doubles(name, datatype, leaves).astype(numpy_dtype(datatype)).reshape(shape)
+    return np.ndarray(shape, WIRE_DTYPES[datatype], raw)
+
+
+def _doubles(name: str, datatype: str, leaves: list[Any]) -> np.ndarray:
     """`leaves` as doubles, a JSON null as NaN: a missing value (JSON has no NaN), so the
     drift monitor sees JSON callers' missing values."""
     try:
@@ -116,6 +132,8 @@ def _leaves(name: str, data: Any) -> tuple[list[Any], tuple[int, ...]]:
     """The values of a regular (rectangular) nesting of lists in order, and its shape;
     one nesting level at a time in C loops (`map`, `chain`), no work per element in Python
     and no recursion; deeper than a tensor can be is refused."""
+    if type(data) is list and (not data or type(data[0]) is not list):
+        return data, (len(data),)  # flat, as most clients send: the values as they are
     shape: list[int] = []
     level = [data]
     for _ in range(MAX_DIMS + 1):
