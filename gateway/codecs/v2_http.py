@@ -30,6 +30,7 @@ from modelgate.gateway.core.types import (
 from modelgate.gateway.core.validation import timeout_seconds
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_FP16 = np.dtype(np.float16)  # a dtype: comparing with the type converts it on every call
 
 
 @dataclass(slots=True)
@@ -185,15 +186,15 @@ def encode_infer_response(
 
 def json_data(array: np.ndarray) -> Any:
     """Flat, row-major values that orjson serialises (natively for numeric arrays)."""
-    kind = array.dtype.kind
-    if kind in "OSU":
+    dtype = array.dtype
+    if dtype.kind in "OSU":
         return [
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
             for x in array.reshape(-1)
         ]
-    if array.dtype == np.float16:
+    if dtype == _FP16:  # orjson serialises no half floats
         array = array.astype(np.float32)
-    return np.ascontiguousarray(array).reshape(-1)
+    return array.ravel()  # a view when already row-major, else a row-major copy
 
 
 def encode_json(doc: Any) -> bytes:
