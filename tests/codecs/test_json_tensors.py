@@ -46,6 +46,8 @@ def test_a_long_string_among_numbers_is_refused_without_a_string_array(
         ("UINT8", [1, 256], "out of range for UINT8"),
         ("UINT64", [2**64, 0], "out of range for UINT64"),
         ("FP32", [1e300, 0], "out of range for FP32"),
+        ("FP32", [0, -1e39], "out of range for FP32"),
+        ("FP32", [0, 10**400], "out of range for FP32"),
     ],
 )
 def test_what_is_not_a_number_of_the_datatype_is_refused(
@@ -59,6 +61,13 @@ def test_what_is_not_a_number_of_the_datatype_is_refused(
     ("datatype", "data", "expected"),
     [
         ("FP32", [[1, 2.5]], np.array([[1, 2.5]], np.float32)),
+        # The largest FP32 values, and doubles that round to them, are in range.
+        (
+            "FP32",
+            [[3.4028235e38, -3.4028235e38]],
+            np.array([[3.4028235e38, -3.4028235e38]], np.float32),
+        ),
+        ("FP64", [[1e300, None]], np.array([[1e300, np.nan]])),
         ("UINT64", [[2**64 - 1, 0]], np.array([[2**64 - 1, 0]], np.uint64)),
         ("INT8", [[-128, 127]], np.array([[-128, 127]], np.int8)),
         ("BOOL", [[True, False]], np.array([[True, False]])),
