@@ -9,7 +9,7 @@ limit) rejects the overflow. In src/core/server/server.cc (`RealRequestMatcher::
 MatchRequest`) that rejection is RESOURCE_EXHAUSTED "Too many pending requests for this
 server"; with grpcio 1.85.3 the client receives CANCELLED instead, and channelz counts the
 call as started but never as ended (so `channelz_calls`, which the drain relies on, counts
-every such call as still in the server).
+every such call as still in the server; the drain's gate must see past them).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from modelgate.gateway.frontends.grpc_drain import channelz_calls, channelz_id
+from modelgate.gateway.frontends.grpc_drain import CallGate, channelz_calls, channelz_id
 
 _METHOD = "/backlog.Probe/Call"
 _CALLS = 200
@@ -84,3 +84,17 @@ async def test_channelz_counts_core_rejected_calls_as_still_in_the_server(
     assert in_server is not None, "channelz unreadable"
     # Every call has ended, yet each one core rejected still counts as started, not ended.
     assert in_server == statuses["CANCELLED"] > 0, (in_server, statuses)
+
+
+async def test_a_drain_after_core_rejected_calls_does_not_wait_out_its_grace(
+    slow_server: tuple[str, int],
+) -> None:
+    """Core's rejected calls stay counted in channelz; the drain's gate, with nothing in
+    flight, must still see core as empty instead of holding refusals until its deadline."""
+    address, server_id = slow_server
+    statuses = await asyncio.to_thread(_flood, address)
+    assert statuses["CANCELLED"] > 0, statuses
+    gate = CallGate(capacity=4)
+    gate.server_id = server_id
+    await asyncio.wait_for(gate.close(time.monotonic() + 60), 10)
+    await gate.release()
