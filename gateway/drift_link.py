@@ -54,6 +54,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -369,12 +370,16 @@ class DriftPlane:
 
     def send(self, worker: int, message: Message) -> None:
         """Send a worker a message (from any thread); nothing when it is not there."""
+        self._send_pickled(worker, _pickled(message))
+
+    def _send_pickled(self, worker: int, message: bytes) -> None:
+        """Send a worker a message pickled once for all (`Connection.recv` reads it)."""
         channel = self._channels().get(worker)
         if channel is None:
             return
         try:
             with self._sending:
-                channel.send(message)
+                channel.send_bytes(message)
         except (OSError, ValueError) as exc:  # it is ending; a restarted one hears again
             log.debug("worker %d: %s", worker, exc)
 
@@ -390,12 +395,19 @@ class DriftPlane:
                     reports[(model, version)] = {**report, "workers": len(watchers)}
             channels = self._channels()
             changed = reports != self._published
+            pickled: bytes | None = None  # once for every worker
             for worker, channel in channels.items():
                 if changed or channel not in told:
-                    self.send(worker, ("reports", reports))
+                    pickled = pickled or _pickled(("reports", reports))
+                    self._send_pickled(worker, pickled)
             told = set(channels.values())
             self._published = reports
             await asyncio.sleep(PUBLISH_SECONDS)
+
+
+def _pickled(message: Message) -> bytes:
+    """`message` as `Connection.send` would write it."""
+    return bytes(ForkingPickler.dumps(message))
 
 
 class StatisticsRequests:

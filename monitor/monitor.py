@@ -9,6 +9,14 @@ batches stacked, in one vectorised pass. Every few dozen batches, the producer s
 queued ones itself (`_compact`), so that a poll interval's worth of small per-request
 objects is never held at once.
 
+A sketch (and, in a worker, sending it on) costs about the same whatever its rows, so under
+light traffic, where batches hold one row, the consumer does not sketch at every poll: a
+version's tapped batches wait until a sketch's worth of them is queued or the oldest has
+waited `hold_seconds`, then go into one sketch. Every row is still sketched (windows fill
+at the full traffic rate), at most `hold_seconds` (plus a poll) after it was served; the
+queue's bound and its counted drops are unchanged: the batches never wait for more than
+half of it.
+
 A version registered without a reference profile learns one: until `learn_rows` live rows
 have arrived, `sketcher_for` answers None and producers offer `RawBatch`es (copies) instead
 of sketches; the monitor profiles them with `build_profile`, in a worker thread, then hands
@@ -117,6 +125,7 @@ class _Version:
     tapped: deque[_Tapped] = field(default_factory=deque)
     compacted: deque[_Tapped] = field(default_factory=deque)
     compacted_batches: int = 0  # tapped batches in `compacted` (under the monitor's lock)
+    held_since: float | None = None  # when the consumer first saw tapped batches waiting
 
 
 class DriftMonitor:
@@ -125,7 +134,8 @@ class DriftMonitor:
     `settings` apply to every model unless `overrides` names it; the queue's size is
     `settings.queue_size`. `on_change` is called (and awaited if it returns an awaitable) on
     the consumer task for every `DriftEvent`; its failures are logged and do not stop the
-    monitor. `clock` times the windows (monotonic; tests inject their own).
+    monitor. `clock` times the windows (monotonic; tests inject their own). Tapped batches
+    wait up to `hold_seconds` (real time) to be sketched together (module docstring).
 
     With a `sink`, this monitor only sketches: its sketches go to the sink, windows are
     judged elsewhere, `report` answers what that judge last published (`publish`), and its
@@ -143,6 +153,7 @@ class DriftMonitor:
         on_change: OnChange | None = None,
         clock: Callable[[], float] = time.monotonic,
         poll_seconds: float = 0.05,
+        hold_seconds: float = 0.25,
         resume: Callable[[str, str], bool] | None = None,
         sink: SketchSink | None = None,
     ) -> None:
@@ -156,6 +167,7 @@ class DriftMonitor:
         self._sink = sink
         self._published: Mapping[tuple[str, str], dict[str, Any]] = {}
         self._poll = poll_seconds
+        self._hold = hold_seconds
         self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
         self._capacity = settings.queue_size
         self._lock = threading.Lock()
@@ -319,13 +331,18 @@ class DriftMonitor:
         """The one consumer task: drain, fold, close windows by time; until cancelled."""
         while True:
             try:
-                await self.drain()
+                await self._drain(hold=True)
             except Exception:  # one bad fold must not end monitoring for good
                 log.exception("drift monitor: draining the queue failed")
             await asyncio.sleep(self._poll)
 
     async def drain(self) -> None:
         """Fold everything queued so far, then close windows whose time is up."""
+        await self._drain(hold=False)
+
+    async def _drain(self, *, hold: bool) -> None:
+        """`drain`; with `hold`, a version's tapped batches stay queued until a sketch's
+        worth of them waits or they have waited `hold_seconds`."""
         now = self._clock()
         queue = self._queue
         items = [queue.popleft() for _ in range(len(queue))]  # producers may append meanwhile
@@ -340,6 +357,8 @@ class DriftMonitor:
             else:  # a learning copy that came up after its profile was built
                 await self._fold_batch(state, item, now)
         for state in list(self._versions.values()):
+            if hold and self._holding(state):
+                continue
             with self._lock:
                 taken = _taken(state.compacted, len(state.compacted))
                 state.compacted_batches = 0
@@ -352,12 +371,29 @@ class DriftMonitor:
             if state.window is not None:
                 await self._emit(state.window.tick(now))
 
+    def _holding(self, state: _Version) -> bool:
+        """Whether the version's tapped batches wait for more: fewer than a sketch's worth
+        (a batch holds a row at least) and than half the queue's bound (holding must not
+        make it drop), and for less than `hold_seconds`."""
+        waiting = len(state.tapped) + state.compacted_batches
+        enough = max(1, min(_sketch_rows(state.settings), self._capacity // 2))
+        if waiting == 0:
+            state.held_since = None
+            return True
+        now = time.monotonic()
+        if state.held_since is None:
+            state.held_since = now
+        if waiting < enough and now - state.held_since < self._hold:
+            return True
+        state.held_since = None
+        return False
+
     async def _fold_batch(self, state: _Version, batch: RawBatch, now: float) -> None:
         """Sketch `batch` in chunks of a twentieth of a window, at most `_SKETCH_ROWS` rows
         (so that windows still close near their row count), and fold each sketch in."""
         sketcher = state.sketcher
         assert sketcher is not None
-        chunk = min(_SKETCH_ROWS, max(1, state.settings.window_rows // 20))
+        chunk = _sketch_rows(state.settings)
         for start in range(0, max(_rows(batch), 1), chunk):
             end = start + chunk
             try:
@@ -546,6 +582,12 @@ class DriftMonitor:
 
 _SKETCH_ROWS = 512
 _COMPACT_EVERY = 32  # tapped batches a producer stacks into one
+
+
+def _sketch_rows(settings: DriftSettings) -> int:
+    """Rows in one sketch at most: a twentieth of a window, so that windows still close near
+    their row count, and at most `_SKETCH_ROWS`."""
+    return min(_SKETCH_ROWS, max(1, settings.window_rows // 20))
 
 
 def _taken(queue: deque[_Tapped], most: int) -> list[_Tapped]:

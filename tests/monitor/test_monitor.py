@@ -175,6 +175,37 @@ async def test_tapped_batches_stacked_early_still_count_against_the_queue(
     assert tap(inputs, [outputs["label"]])  # room again after the drain
 
 
+async def test_one_row_batches_fill_the_window_at_the_traffic_rate_in_few_sketches(
+    profile: ReferenceProfile, rng: np.random.Generator
+) -> None:
+    """Light traffic, one row a batch: the consumer sketches many batches at a time, not one
+    sketch a poll; every row still reaches the window, none is dropped, and the last ones
+    are folded without more traffic coming."""
+    registry = CollectorRegistry()
+    settings = DriftSettings(queue_size=64, window_rows=5000)
+    monitor = DriftMonitor(settings, registry, poll_seconds=0.01, hold_seconds=0.2)
+    monitor.register("m", "1", profile)
+    tap = monitor.tap("m", "1", ["label"])
+    task = asyncio.create_task(monitor.run())
+    try:
+        served = 300
+        for _ in range(served):  # over about a second: a hundred polls
+            inputs, outputs = _rows(rng, 1)
+            assert tap(inputs, [outputs["label"]])  # holding never fills the queue
+            await asyncio.sleep(0.003)
+        deadline = time.monotonic() + 20
+        while (report := monitor.report("m", "1")) is not None and report["rows_seen"] < served:
+            assert time.monotonic() < deadline, "tapped rows were never folded"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert report is not None
+    assert (report["rows_seen"], report["sketches_dropped"]) == (served, 0)
+    # A sketch whenever half the queue (32 batches) or 0.2 s waited, not one every poll.
+    assert report["sketches"] <= served // 32 + 10
+
+
 async def test_taps_from_threads_while_the_consumer_drains_lose_nothing(
     profile: ReferenceProfile, rng: np.random.Generator
 ) -> None:
