@@ -39,7 +39,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import orjson
 import uvicorn
@@ -106,6 +106,48 @@ class IdleConnections:
             del self._idle[connection]
             return connection
         return None
+
+
+class OneWriteAnswer:
+    """The transport of one request cycle, on which an answer's head waits for its body and
+    both go out in one write.
+
+    uvicorn writes an answer's head and its body apart. On loopback each write is a system
+    call that sends a segment and wakes the reader: for a small answer, the head's write was
+    the largest single cost of the event loop's time (docs/performance.md). Used only where
+    the cycle's first write is the head and a body write follows (the body's write, empty
+    included, is always made but for HEAD requests; an `Expect: 100-continue` request's
+    interim answer is written by `receive` before the head). Closing sends what is held
+    first, as uvicorn does after a head when the application fails before its body.
+    """
+
+    __slots__ = ("_head", "_sent_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head = b""
+        self._sent_head = False
+
+    def write(self, data: bytes) -> None:
+        if self._sent_head:
+            self._transport.write(data)
+        elif not self._head:
+            self._head = data
+        else:
+            self._sent_head = True
+            self._transport.write(self._head + data)
+
+    def close(self) -> None:
+        if self._head and not self._sent_head:
+            self._sent_head = True
+            self._transport.write(self._head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport as it is
+        return getattr(self._transport, name)
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -207,6 +249,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         early = self.early_answer() if self._nothing_unanswered() else None
         if early is None:
             super().on_headers_complete()
+            if self.scope["method"] != "HEAD" and not self.expect_100_continue:
+                # Duck-typed: what a cycle uses of a transport, `write` and `close` changed.
+                self.cycle.transport = cast(asyncio.Transport, OneWriteAnswer(self.transport))
         else:
             self._answer_early(early)
         if self._refused:  # answered and closing: the rest of the input is not parsed

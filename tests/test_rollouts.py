@@ -380,12 +380,17 @@ async def test_the_guard_archives_a_disagreeing_shadow(
     async with running(settings, store) as gw, client(gw) as http:
         store.transition("clf", 3, Stage.SHADOW, traffic=100, actor="t")
         await _eventually(lambda: bool(gw.deployments.shadows("clf")))
-        for i in range(40):
-            await http.post("/v2/models/clf/infer", json=_body(rows=4, seed=i))
 
         def archived() -> bool:
             return store.get("clf", 3).stage is Stage.ARCHIVED
 
+        # Steady traffic until the guard acts: it judges from its first look at a version
+        # (once a second), so a burst served entirely before that look is not counted.
+        for i in range(1500):
+            await http.post("/v2/models/clf/infer", json=_body(rows=4, seed=i))
+            if archived():
+                break
+            await asyncio.sleep(0.01)
         await _eventually(archived, timeout=15)
         last = store.history("clf")[-1]
         assert (last.version, last.to_stage, last.actor) == (3, Stage.ARCHIVED, "modelgate-guard")

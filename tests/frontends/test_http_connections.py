@@ -344,3 +344,76 @@ def test_only_short_paths_are_remembered() -> None:
     remembered = http_admission._remembered_inference_target.cache_info().currsize
     assert http_admission._names_inference(long_path.encode())
     assert http_admission._remembered_inference_target.cache_info().currsize == remembered
+
+
+class _Recorder:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra {name}"
+
+
+def test_an_answer_head_and_body_go_out_in_one_write() -> None:
+    from modelgate.http_limits import OneWriteAnswer
+
+    recorder = _Recorder()
+    transport = OneWriteAnswer(recorder)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert recorder.writes == []  # the head waits for its body
+    transport.write(b"{}")
+    transport.write(b"more")
+    assert recorder.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]
+    assert transport.get_extra_info("peername") == "extra peername"
+
+    empty = _Recorder()
+    transport = OneWriteAnswer(empty)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    transport.write(b"")  # uvicorn writes an empty body too
+    assert empty.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+    # The application failed after its head: closing sends the head, as before.
+    failed = _Recorder()
+    transport = OneWriteAnswer(failed)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n")
+    transport.close()
+    assert failed.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"] and failed.closed
+
+
+async def test_get_post_head_and_continue_answers_are_whole_on_one_keep_alive_connection(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    # Answers whose head waits for their body, and those that do not (HEAD, an interim
+    # 100 Continue), one after the other on the same connection: none stalls.
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+        for _ in range(2):
+            writer.write(LIVE)
+            assert (await _answer(reader))[0] == 200
+            writer.write(LIVE.replace(b"GET", b"HEAD"))
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert answer.startswith(b"HTTP/1.1 405")
+            writer.write(index + b"Expect: 100-continue\r\n\r\n")
+            continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert continued.startswith(b"HTTP/1.1 100")
+            writer.write(b"{}")
+            assert (await _answer(reader))[0] == 200
+            writer.write(index + b"\r\n{}")
+            assert (await _answer(reader))[0] == 200
+        writer.close()
+    finally:
+        await gateway.stop()
