@@ -5,9 +5,9 @@ Drift: the workers sketch, the supervisor judges.
 A worker's drift monitor only sketches its batches; its sketches travel to the supervisor
 over the worker's channel (`DriftUplink`). The supervisor runs one drift monitor for all of
 them (`DriftPlane`): one window per model version, filled by every worker's rows, and the
-webhook outbox, so one drift is one event. The supervisor publishes its reports to every
-worker, and each worker's `GET .../drift` answers with them: the same view whichever worker
-takes the call.
+webhook outbox, so one drift is one event. A worker's `GET .../drift` asks the supervisor
+for its report: the same view whichever worker takes the call, and nothing sent while nobody
+asks.
 
 A version is monitored while at least one live worker watches it: a worker watches from
 the moment it registers the version (it serves it, traffic or not) until it forgets it
@@ -31,10 +31,11 @@ and a sender thread writes them to the channel.
 Messages, worker to supervisor: ("listening", metrics address), ("watch", model, version,
 profile JSON or None, learned, feature names) when it registers a version, ("url", model,
 version, webhook URL) before the version's first sketch or rows, ("sketches", [(model,
-version, sketch bytes or (inputs, outputs) to learn from), ...]), ("forget", model, version).
-Supervisor to worker: ("reports", {(model, version): report}), ("adopt", model, version,
-profile JSON): the reference the supervisor judges the version by, when the worker has none
-or another one. The same channel carries the stage changes the supervisor pushes
+version, sketch bytes or (inputs, outputs) to learn from), ...]), ("forget", model, version),
+("drift?", id, model, version) for `GET .../drift`. Supervisor to worker: ("drift!", id,
+report, or None when it does not watch the version), ("adopt", model, version, profile
+JSON): the reference the supervisor judges the version by, when the worker has none or
+another one. The same channel carries the stage changes the supervisor pushes
 (gateway/route_link.py): ("routes", ...), ("switch", ...) and the worker's ("prepared", ...).
 
 Statistics (the statistics extension answers for all workers): the worker that takes the
@@ -54,7 +55,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 Message = tuple[Any, ...]
 Key = tuple[str, str]
 
-PUBLISH_SECONDS = 0.25  # how stale a worker's drift report may be, at most
 STATS_SECONDS = 1.0  # how long the supervisor waits for the workers' statistics
 
 
@@ -101,7 +100,7 @@ class DriftUplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._service: InferenceService | None = None
         self._asked = itertools.count()
-        self._waiting: dict[int, asyncio.Future[list[ModelStatistics]]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}  # questions to the supervisor
         threading.Thread(target=self._run, name="drift-uplink", daemon=True).start()
 
     def attach(self, monitor: DriftMonitor, url_for: Callable[[str, str], str]) -> None:
@@ -113,18 +112,30 @@ class DriftUplink:
         workers, and it asks for theirs."""
         self._service, self._loop = service, asyncio.get_running_loop()
         service.peer_statistics = self._peer_statistics
+        service.judged_report = self.judged_report
 
     async def _peer_statistics(
         self, model: str | None, version: str | None
     ) -> list[ModelStatistics]:
+        stats: list[ModelStatistics] = await self._ask("stats?", model, version, [])
+        return stats  # [] when the supervisor is stopping: this worker's own counts
+
+    async def judged_report(self, model: str, version: str) -> dict[str, Any] | None:
+        """The supervisor's drift report of a version, the same for every worker; None when
+        it does not watch the version (yet) or is stopping."""
+        report: dict[str, Any] | None = await self._ask("drift?", model, version, None)
+        return report
+
+    async def _ask(self, kind: str, model: str | None, version: str | None, late: Any) -> Any:
+        """The supervisor's answer to a question, or `late` after 2 * STATS_SECONDS."""
         asked = next(self._asked)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[asked] = answer
-        self.enqueue(("stats?", asked, model, version))
+        self.enqueue((kind, asked, model, version))
         try:
             return await asyncio.wait_for(answer, 2 * STATS_SECONDS)
-        except TimeoutError:  # the supervisor is stopping: this worker's own counts
-            return []
+        except TimeoutError:
+            return late
         finally:
             self._waiting.pop(asked, None)
 
@@ -136,10 +147,10 @@ class DriftUplink:
             stats = []
         self.enqueue(("stats", key, stats))
 
-    def _answered(self, asked: int, stats: list[ModelStatistics]) -> None:
+    def _answered(self, asked: int, result: Any) -> None:
         answer = self._waiting.get(asked)
         if answer is not None and not answer.done():
-            answer.set_result(stats)
+            answer.set_result(result)
 
     def enqueue(self, message: Message) -> None:
         """Queue a message for the sender thread (never blocks: for the event loop)."""
@@ -212,10 +223,8 @@ class DriftUplink:
             return
         if message[0] == "stats?":
             loop.call_soon_threadsafe(self._answer, *message[1:])
-        elif message[0] == "stats!":
+        elif message[0] in ("stats!", "drift!"):
             loop.call_soon_threadsafe(self._answered, *message[1:])
-        elif message[0] == "reports":
-            monitor.publish(message[1])
         elif message[0] == "adopt":
             _, model, version, profile = message
             reference = ReferenceProfile.from_json(profile)
@@ -250,7 +259,6 @@ class DriftPlane:
         self.monitor.on_change = self._on_change
         self._thread = LoopThread("drift-plane", self._run)
         self._loop = self._thread.loop
-        self._published: dict[Key, dict[str, Any]] = {}
         self._sending = threading.Lock()  # the supervisor's thread sends to workers too
 
     def _was_drifting(self, model: str, version: str) -> bool:
@@ -264,7 +272,7 @@ class DriftPlane:
         self._thread.start()
 
     async def _run(self) -> None:
-        tasks = [asyncio.create_task(self.monitor.run()), asyncio.create_task(self._publish())]
+        tasks = [asyncio.create_task(self.monitor.run())]
         if self._notifier is not None:
             tasks.append(asyncio.create_task(self._notifier.run()))
         try:
@@ -308,6 +316,17 @@ class DriftPlane:
         elif kind == "forget":
             _, model, version = message
             self._unwatch(worker, (model, version))
+        elif kind == "drift?":
+            _, asked, model, version = message
+            self.send(worker, ("drift!", asked, self._report(model, version)))
+
+    def _report(self, model: str, version: str) -> dict[str, Any] | None:
+        """The version's drift report, with how many workers watch it."""
+        watchers = self._watchers.get((model, version))
+        report = self.monitor.report(model, version)
+        if watchers is None or report is None:
+            return None
+        return {**report, "workers": len(watchers)}
 
     def _watch(
         self,
@@ -370,44 +389,14 @@ class DriftPlane:
 
     def send(self, worker: int, message: Message) -> None:
         """Send a worker a message (from any thread); nothing when it is not there."""
-        self._send_pickled(worker, _pickled(message))
-
-    def _send_pickled(self, worker: int, message: bytes) -> None:
-        """Send a worker a message pickled once for all (`Connection.recv` reads it)."""
         channel = self._channels().get(worker)
         if channel is None:
             return
         try:
             with self._sending:
-                channel.send_bytes(message)
+                channel.send(message)
         except (OSError, ValueError) as exc:  # it is ending; a restarted one hears again
             log.debug("worker %d: %s", worker, exc)
-
-    async def _publish(self) -> None:
-        """Every worker's drift reports, whenever they change (at most every
-        PUBLISH_SECONDS; a worker that starts gets them at once)."""
-        told: set[Connection] = set()
-        while True:
-            reports = {}
-            for (model, version), watchers in self._watchers.items():
-                report = self.monitor.report(model, version)
-                if report is not None:
-                    reports[(model, version)] = {**report, "workers": len(watchers)}
-            channels = self._channels()
-            changed = reports != self._published
-            pickled: bytes | None = None  # once for every worker
-            for worker, channel in channels.items():
-                if changed or channel not in told:
-                    pickled = pickled or _pickled(("reports", reports))
-                    self._send_pickled(worker, pickled)
-            told = set(channels.values())
-            self._published = reports
-            await asyncio.sleep(PUBLISH_SECONDS)
-
-
-def _pickled(message: Message) -> bytes:
-    """`message` as `Connection.send` would write it."""
-    return bytes(ForkingPickler.dumps(message))
 
 
 class StatisticsRequests:

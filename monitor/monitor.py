@@ -138,10 +138,10 @@ class DriftMonitor:
     wait up to `hold_seconds` (real time) to be sketched together (module docstring).
 
     With a `sink`, this monitor only sketches: its sketches go to the sink, windows are
-    judged elsewhere, `report` answers what that judge last published (`publish`), and its
-    metrics are only the sketches it dropped. A version without a reference forwards its
-    rows to the sink (at most `learn_rows`) until the judge hands it the reference it
-    learned from every process's rows (`adopt`).
+    judged elsewhere (the judge reports on them), `report` says only what this process
+    sketched and dropped, and its metrics are only the sketches it dropped. A version
+    without a reference forwards its rows to the sink (at most `learn_rows`) until the
+    judge hands it the reference it learned from every process's rows (`adopt`).
     """
 
     def __init__(
@@ -165,7 +165,6 @@ class DriftMonitor:
         self.resume = resume
         self._clock = clock
         self._sink = sink
-        self._published: Mapping[tuple[str, str], dict[str, Any]] = {}
         self._poll = poll_seconds
         self._hold = hold_seconds
         self._queue: deque[tuple[str, str, Sketch | RawBatch | bytes]] = deque()
@@ -225,10 +224,6 @@ class DriftMonitor:
             return
         self._install(state, profile)
         state.source, state.learning = "learned", None
-
-    def publish(self, reports: Mapping[tuple[str, str], dict[str, Any]]) -> None:
-        """The reports of the monitor that judges this one's sketches (see `sink`)."""
-        self._published = reports  # one assignment: readers see the old or the new whole
 
     def sketcher_for(self, model: str, version: str) -> Sketcher | None:
         """The version's sketcher, or None while it learns its reference (or is unknown)."""
@@ -535,9 +530,6 @@ class DriftMonitor:
         state = self._versions.get((model, version))
         if state is None:
             return None
-        published = self._published.get((model, version))
-        if published is not None:
-            return published
         window, learning = state.window, state.learning
         reference: dict[str, Any] = {"source": state.source}
         if learning is not None:

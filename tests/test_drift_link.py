@@ -83,7 +83,7 @@ class _Worker:
     """A worker's monitor that sketches (and its uplink), on the test's event loop."""
 
     def __init__(self, channel: Connection, seed: int) -> None:
-        uplink = DriftUplink(channel, DRIFT.queue_size)
+        self.uplink = uplink = DriftUplink(channel, DRIFT.queue_size)
         self.monitor = DriftMonitor(DRIFT, CollectorRegistry(), poll_seconds=0.01, sink=uplink)
         uplink.attach(self.monitor, lambda model, version: "")
         threading.Thread(target=_read, args=(channel, uplink.receive), daemon=True).start()
@@ -130,11 +130,11 @@ async def test_the_supervisor_learns_one_reference_from_learn_rows_of_all_worker
         report = judge.monitor.report("m", "1")
         assert report is not None and len(report["windows"]) == 1
 
-        # And each worker answers with the supervisor's report, which both feed.
-        def published(worker: _Worker) -> dict[str, object]:
-            return worker.monitor.report("m", "1") or {}
-
-        await _until(lambda: all(published(w) == {**report, "workers": 2} for w in workers))
+        # And each worker answers with the supervisor's report, which both feed; asked of
+        # a version the supervisor does not watch, with None.
+        for worker in workers:
+            assert await worker.uplink.judged_report("m", "1") == {**report, "workers": 2}
+            assert await worker.uplink.judged_report("m", "2") is None
     finally:
         for worker in workers:
             await worker.stop()
@@ -154,32 +154,38 @@ async def test_a_version_is_monitored_while_a_live_worker_watches_it(
         workers[0].serve(300)  # only one of them serves traffic
         await _until(lambda: (judge.monitor.report("m", "1") or {}).get("rows_seen") == 300)
 
-        def watching() -> int | None:
-            report = workers[1].monitor.report("m", "1")
-            return None if report is None else report.get("workers")
+        async def watching(count: int | None) -> None:
+            """Until worker 1 is told that `count` workers watch the version."""
+            deadline = time.monotonic() + 20
+            while True:
+                report = await workers[1].uplink.judged_report("m", "1")
+                if (None if report is None else report["workers"]) == count:
+                    return
+                assert time.monotonic() < deadline, f"not {count} watching in time"
+                await asyncio.sleep(0.02)
 
-        await _until(lambda: watching() == 2)
+        await watching(2)
         judge.lost(0)  # worker 0 died: worker 1 still serves the version, history and all
-        await _until(lambda: watching() == 1)
+        await watching(1)
         assert (judge.monitor.report("m", "1") or {}).get("rows_seen") == 300
 
         await workers[0].stop()  # its replacement, on the same channel, joins the windows
         workers[0] = _Worker(supervisor.connect(0), 30)
         workers[0].monitor.register("m", "1", profile)
-        await _until(lambda: watching() == 2)
+        await watching(2)
         workers[0].serve(200)
         await _until(lambda: (judge.monitor.report("m", "1") or {}).get("rows_seen") == 500)
 
         judge.lost(0)
         judge.lost(1)  # nobody serves it any more: monitoring stops
         await _until(lambda: judge.monitor.report("m", "1") is None)
-        await _until(lambda: watching() is None)
+        await watching(None)
 
         for worker in workers:  # loaded again, then retired everywhere
             worker.monitor.register("m", "1", profile)
-        await _until(lambda: watching() == 2)
+        await watching(2)
         workers[0].monitor.unregister("m", "1")
-        await _until(lambda: watching() == 1)
+        await watching(1)
         workers[1].monitor.unregister("m", "1")
         await _until(lambda: judge.monitor.report("m", "1") is None)
     finally:

@@ -185,11 +185,10 @@ async def test_bad_values_are_counted_and_monitoring_can_be_off(
             response = await http.post("/v2/models/clf/infer", json={"inputs": [nulls]})
             assert response.status_code == 200, response.text
 
-            def counted() -> bool:
-                report = gw.service.drift_report("clf", None)
-                return bool(report["rows_seen"] >= 6)
-
-            await _until(counted)
+            deadline = time.monotonic() + 20
+            while (await gw.service.drift_report("clf", None))["rows_seen"] < 6:
+                assert time.monotonic() < deadline, "rows not counted in time"
+                await asyncio.sleep(0.05)
             samples = await scrape(gw)
             for feature, kind in (("input[0]", "missing"), ("input[1]", "pos_inf"),
                                   ("input[2]", "above_max"), ("input[3]", "missing")):  # fmt: skip

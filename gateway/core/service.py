@@ -30,6 +30,9 @@ from modelgate.monitor.monitor import DriftMonitor
 
 # What the other serving processes count for (model or all, version or all).
 PeerStatistics = Callable[[str | None, str | None], Awaitable[list[ModelStatistics]]]
+# The drift report of the monitor that judges this process's sketches (model, version);
+# None when it does not watch the version.
+JudgedReport = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 PLATFORM = "onnxruntime_onnx"
 # Protocol extensions both front ends advertise in server metadata (Triton's names).
@@ -85,6 +88,8 @@ class InferenceService:
         self._accepting = True
         # The other serving processes' statistics, when this is one of several.
         self.peer_statistics: PeerStatistics | None = None
+        # Where drift is judged, when not here: the supervisor's monitor (one of several).
+        self.judged_report: JudgedReport | None = None
 
     # --- health -------------------------------------------------------------------------------
 
@@ -135,13 +140,17 @@ class InferenceService:
             name, PLATFORM, max_batch, _without_batch(model.inputs), _without_batch(model.outputs)
         )
 
-    def drift_report(self, name: str, version: str | None) -> dict[str, Any]:
+    async def drift_report(self, name: str, version: str | None) -> dict[str, Any]:
         """The drift monitor's view of a version (without one: the production version): its
-        reference, rows seen, and the last windows' per-feature scores and thresholds."""
+        reference, rows seen, and the last windows' per-feature scores and thresholds. With
+        `judged_report` set, the view of the monitor that judges every process's traffic."""
         deployment = self._deployments.get(name, version)
         report = None
         if self._monitor is not None:
             report = self._monitor.report(name, deployment.version)
+        if report is not None and self.judged_report is not None:
+            # This process watches the version; the judge may not have heard so yet.
+            report = await self.judged_report(name, deployment.version) or report
         if report is None:
             raise InferenceError(
                 ErrorCode.NOT_FOUND,

@@ -184,6 +184,10 @@ class HttpFrontend:
         if endpoint == "stats":
             stats = await service.statistics(model, version)
             return 200, v2_http.encode_json(v2_http.statistics_json(stats)), _JSON
+        if endpoint == "drift":
+            assert model is not None
+            report = await service.drift_report(model, version)
+            return 200, v2_http.encode_json(report), _JSON
         return self._get(endpoint, model, version)
 
     def _get(self, endpoint: str, model: str | None, version: str | None) -> Answer:
@@ -206,10 +210,9 @@ class HttpFrontend:
                 doc = {"name": model, "ready": service.model_ready(model, None)}
             elif endpoint == "metadata":
                 doc = v2_http.metadata_json(service.model_metadata(model, version))
-            elif endpoint == "config":
-                doc = v2_http.config_json(service.model_config(model, version))
             else:
-                doc = service.drift_report(model, version)
+                assert endpoint == "config", endpoint
+                doc = v2_http.config_json(service.model_config(model, version))
         return 200, v2_http.encode_json(doc), _JSON
 
     async def _infer(
