@@ -101,6 +101,7 @@ class DriftUplink:
         self._service: InferenceService | None = None
         self._asked = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}  # questions to the supervisor
+        self._asking: dict[Key, asyncio.Future[Any]] = {}  # drift reports asked for
         threading.Thread(target=self._run, name="drift-uplink", daemon=True).start()
 
     def attach(self, monitor: DriftMonitor, url_for: Callable[[str, str], str]) -> None:
@@ -122,9 +123,17 @@ class DriftUplink:
 
     async def judged_report(self, model: str, version: str) -> dict[str, Any] | None:
         """The supervisor's drift report of a version, the same for every worker; None when
-        it does not watch the version (yet) or is stopping."""
-        report: dict[str, Any] | None = await self._ask("drift?", model, version, None)
-        return report
+        it does not watch the version (yet) or is stopping. Callers asking while a question
+        about the version is out share its answer: a flood of `GET .../drift` costs the
+        supervisor one report per round trip, and the worker one waiting question."""
+        key = (model, version)
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = asyncio.ensure_future(self._ask("drift?", model, version, None))
+            self._asking[key] = asking
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+        report: dict[str, Any] | None = await asyncio.shield(asking)  # one caller gone
+        return report  # (a client that hangs up) does not end the others' question
 
     async def _ask(self, kind: str, model: str | None, version: str | None, late: Any) -> Any:
         """The supervisor's answer to a question, or `late` after 2 * STATS_SECONDS."""

@@ -8,6 +8,7 @@ import asyncio
 import multiprocessing
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
@@ -44,6 +45,7 @@ class _Supervisor:
 
     def __init__(self) -> None:
         self.ours: dict[int, Connection] = {}
+        self.heard: Counter[str] = Counter()  # the kinds of the workers' messages
         self._ends: list[Connection] = []
         settings = ServerSettings(models=ModelServingSettings(drift=DRIFT))
         self.plane = DriftPlane(settings, CollectorRegistry(), None, lambda: dict(self.ours))
@@ -55,9 +57,13 @@ class _Supervisor:
         self.ours[i] = ours
         self._ends += [ours, theirs]
         threading.Thread(
-            target=_read, args=(ours, lambda m: self.plane.receive(i, m)), daemon=True
+            target=_read, args=(ours, lambda m: self._receive(i, m)), daemon=True
         ).start()
         return theirs
+
+    def _receive(self, worker: int, message: tuple[object, ...]) -> None:
+        self.heard[str(message[0])] += 1
+        self.plane.receive(worker, message)
 
     def close(self) -> None:
         self.plane.stop()
@@ -135,6 +141,14 @@ async def test_the_supervisor_learns_one_reference_from_learn_rows_of_all_worker
         for worker in workers:
             assert await worker.uplink.judged_report("m", "1") == {**report, "workers": 2}
             assert await worker.uplink.judged_report("m", "2") is None
+
+        # Many callers at once (a flood of GET .../drift) share one question.
+        asked = supervisor.heard["drift?"]
+        answers = await asyncio.gather(
+            *(workers[0].uplink.judged_report("m", "1") for _ in range(100))
+        )
+        assert all(answer == {**report, "workers": 2} for answer in answers)
+        assert supervisor.heard["drift?"] == asked + 1
     finally:
         for worker in workers:
             await worker.stop()
