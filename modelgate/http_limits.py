@@ -87,6 +87,47 @@ class _HeadRefused(Exception):
     closing (431, or an early answer on a connection that does not stay open)."""
 
 
+_IDLE_LOOKS = 8  # idle connections looked at, at most, for one to close for a newcomer
+_DRAIN_BYTES = 65536  # read, at most, from a refused newcomer before closing it
+
+
+def _peer_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A duplicate of the transport's socket (the event loop's own may not offer `recv`:
+    uvloop's does not); the caller closes it. None when it is gone."""
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return None
+    try:
+        return socket.fromfd(raw.fileno(), raw.family, raw.type)
+    except OSError:
+        return None
+
+
+def _arriving(transport: asyncio.BaseTransport) -> bool:
+    """Whether bytes the event loop has not read yet wait on the connection."""
+    sock = _peer_socket(transport)
+    if sock is None:
+        return False
+    with sock:
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing (EAGAIN), or broken: closing it loses nothing
+            return False
+
+
+def _drain(transport: asyncio.BaseTransport) -> None:
+    """Read and drop what a connection about to close has sent (`_DRAIN_BYTES` at most):
+    closed with unread bytes, it would send a reset, which may destroy the answer just
+    written to it before the client reads it."""
+    sock = _peer_socket(transport)
+    if sock is None:
+        return
+    with sock, contextlib.suppress(OSError):
+        left = _DRAIN_BYTES
+        while left > 0 and (data := sock.recv(min(left, 16384), socket.MSG_DONTWAIT)):
+            left -= len(data)
+
+
 class IdleConnections:
     """The idle connections of one server, longest idle first."""
 
@@ -100,12 +141,24 @@ class IdleConnections:
     def discard(self, connection: BoundedHttpProtocol) -> None:
         self._idle.pop(connection, None)
 
-    def pop_oldest(self) -> BoundedHttpProtocol | None:
-        """The connection idle the longest, no longer listed; None when none is idle."""
-        for connection in self._idle:
+    def close_oldest(self) -> bool:
+        """Close the connection idle the longest for a newcomer; False when none is idle.
+
+        "Idle" is what the event loop has read: behind on reading (under overload), it may
+        list a connection whose next request is already in the kernel's buffer. Closed, that
+        request would be lost (the unread bytes make the close a reset); such a connection is
+        busy, so it is taken off the list (it comes back when answered) and the next one is
+        looked at, `_IDLE_LOOKS` at most, so that a newcomer never costs a scan of them all.
+        """
+        for _ in range(_IDLE_LOOKS):
+            connection = next(iter(self._idle), None)
+            if connection is None:
+                return False
             del self._idle[connection]
-            return connection
-        return None
+            if not _arriving(connection.transport):
+                connection.transport.close()
+                return True
+        return False
 
 
 class OneWriteAnswer:
@@ -173,23 +226,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        if len(self.connections) > self.limits.connections:
-            oldest = self.idle.pop_oldest()
-            if oldest is None:
-                self._refuse_connection()
-                return
-            oldest.transport.close()
+        if len(self.connections) > self.limits.connections and not self.idle.close_oldest():
+            self._refuse_connection()
+            return
         self.idle.add(self)
         self._arm_head_timer()  # a connection that never sends a head is closed too
 
     def _refuse_connection(self) -> None:
         """Over the limit with every connection busy: 503 and closed at once (no linger, so
-        a flood of them holds no descriptors; a client that already sent may see a reset).
-        """
+        a flood of them holds no descriptors). What the client sent already is read and
+        dropped first, so that the close is no reset racing the 503; bytes it sends later
+        may still meet one."""
         self._refused = True
         self.connections.discard(self)  # not counted while it closes
         limit = self.limits.connections
         message = f"over {limit} connections; retry"
+        _drain(self.transport)
         self.transport.write(answer("503 Service Unavailable", message, "retry-after: 1\r\n"))
         self.transport.close()
 
@@ -439,11 +491,7 @@ class TlsAccept:
         a handshake, or once the connection idle the longest is closed for it."""
         if len(self._connections) + len(self._handshakes) < self._limits.connections:
             return True
-        oldest = self._idle.pop_oldest()
-        if oldest is None:
-            return False
-        oldest.transport.close()
-        return True
+        return self._idle.close_oldest()
 
     async def _handshake(self, conn: socket.socket) -> None:
         # On success the protocol is connected (and counted by uvicorn) before this returns.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 
 from conftest import running
 from modelgate.gateway.server import Gateway
@@ -279,6 +280,79 @@ async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_5
             writer.write(b"{}")
             assert (await _answer(reader))[0] == 200
             writer.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_connection_whose_next_request_waits_unread_is_not_closed_as_idle(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """Behind on reading (overload), the event loop still lists as idle a connection whose
+    next request waits in the kernel: closing it for a newcomer would reset that request."""
+    settings = dataclasses.replace(settings, max_connections=2, keep_alive_timeout=60.0)
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None and gateway._http is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        clients = []
+        for _ in range(2):  # idle keep-alive connections, the first idle the longest
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(LIVE)
+            assert (await _answer(reader))[0] == 200
+            clients.append((reader, writer))
+        (first_reader, first_writer), (second_reader, second_writer) = clients
+        # The loop "behind": it reads nothing more from the first, whose request arrives.
+        oldest = next(iter(gateway._http.config.http.idle._idle))
+        oldest.transport.pause_reading()
+        first_writer.write(LIVE)
+        await asyncio.sleep(0.05)
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(LIVE)
+        assert (await _answer(reader))[0] == 200
+        assert await _closed(second_reader)  # the idle one made room
+        oldest.transport.resume_reading()
+        assert (await _answer(first_reader))[0] == 200  # the waiting request is served
+        for w in (first_writer, second_writer, writer):
+            w.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_newcomer_refused_for_the_connection_limit_reads_its_503_not_a_reset(
+    settings: ServerSettings, store: RegistryStore
+) -> None:
+    """What it sent before the refusal is read and dropped, so the close is no reset."""
+    settings = dataclasses.replace(settings, max_connections=1, keep_alive_timeout=60.0)
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+        writer.write(index + b"Expect: 100-continue\r\n\r\n")  # busy: its body is awaited
+        continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert continued.startswith(b"HTTP/1.1 100")
+
+        # Connected and sent before the server's loop runs again (no await in between): its
+        # request waits in the kernel when the server refuses the connection.
+        newcomer = socket.create_connection((host, int(port)), timeout=10)
+        newcomer.sendall(LIVE * 50)
+
+        def received() -> bytes:
+            with newcomer:
+                data = b""
+                while chunk := newcomer.recv(65536):
+                    data += chunk
+                return data
+
+        answer = await asyncio.to_thread(received)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        writer.write(b"{}")
+        assert (await _answer(reader))[0] == 200
+        writer.close()
     finally:
         await gateway.stop()
 
