@@ -142,12 +142,16 @@ def gateway(
     flags: Sequence[str] = (),
     model: str = "light",
     queue_budget: bool = True,
+    cpus: Sequence[int] = (),
 ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     """A gateway serving `model` (registered by `prepare_models`) with the benchmark's flags
     plus `flags` (a flag given again wins), ready; its host:port per protocol. Always stopped.
-    `queue_budget` False for a tool that drives it with perf_analyzer (see `server_argv`)."""
+    `queue_budget` False for a tool that drives it with perf_analyzer (see `server_argv`).
+    `cpus`: the only CPUs it may run on (util-linux's `taskset`, so every thread is bound)."""
     plan = ServerPlan(model, "gateway", "on", ())
     argv = [*server_argv(plan, stores, queue_budget), *flags]
+    if cpus:
+        argv = ["taskset", "--cpu-list", ",".join(map(str, cpus)), *argv]
     with running(argv, log, cwd=REPO) as server:
         yield server, wait_ready(plan, server)
 

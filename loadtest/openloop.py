@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import resource
 import time
 from collections import Counter, deque
@@ -213,8 +214,11 @@ def _expire(
             break
 
 
-def _worker(pipe: Connection) -> None:
-    """A worker process: run jobs from the pipe until told to quit (None) or orphaned."""
+def _worker(pipe: Connection, cpus: tuple[int, ...]) -> None:
+    """A worker process: run jobs from the pipe until told to quit (None) or orphaned; on
+    `cpus` only, when given."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     while True:
         try:
             job = pipe.recv()
@@ -254,6 +258,7 @@ class Generators:
     early, `results` waits for every worker's `Outcomes`."""
 
     count: int
+    cpus: tuple[int, ...] = ()  # the only CPUs the workers may run on; () for any
     _pipes: list[Connection] = field(default_factory=list)
     _processes: list[Any] = field(default_factory=list)
 
@@ -261,7 +266,7 @@ class Generators:
         context = multiprocessing.get_context("spawn")
         for _ in range(self.count):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs,), daemon=True)
+            process = context.Process(target=_worker, args=(theirs, self.cpus), daemon=True)
             process.start()
             theirs.close()
             self._pipes.append(ours)

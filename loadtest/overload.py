@@ -34,6 +34,12 @@ Per phase it reports:
     python -m loadtest.overload [--protocols http,grpc] [--loads 1,2,5] [--seconds 10]
                                 [--timeout 10] [--workers 2] [--markdown]
     python -m loadtest.overload --gateway-args "--max-queue 256"   # the same, other settings
+    python -m loadtest.overload --server-cpus 0 --generator-cpus 1  # each on its own core
+
+On a machine with few cores the generator competes with the server: above 1x it may take
+more CPU than the server, whose goodput then measures the split of the machine (see
+docs/hardening.md). Pinning both gives the server the same core(s) throughout, capacity
+included.
 
 A full run (both protocols, three loads) takes about 3 minutes. JSON goes to
 loadtest/results/overload-<timestamp>.json.
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import shlex
 import statistics
 import sys
@@ -88,6 +95,8 @@ class Settings:
     pipeline: int
     poisson: bool
     gateway_args: tuple[str, ...]
+    server_cpus: tuple[int, ...] = ()  # () for any
+    generator_cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +210,8 @@ class Run:
     def _gateway(self) -> AbstractContextManager[tuple[ServerProcess, dict[str, str]]]:
         self._servers += 1
         log = self.workdir / f"gateway-{self._servers}.log"
-        return bench.gateway(self.stores, log, self.settings.gateway_args)
+        settings = self.settings
+        return bench.gateway(self.stores, log, settings.gateway_args, cpus=settings.server_cpus)
 
     def _closed_jobs(self, protocol: str, address: str, users: int, seconds: float) -> list[Job]:
         start = time.monotonic() + 0.3
@@ -413,6 +423,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     cli.add_argument("--pipeline", type=int, default=1, help="HTTP requests in a row per conn.")
     cli.add_argument("--even", action="store_true", help="constant rate instead of Poisson")
     cli.add_argument("--gateway-args", default="", help="extra `modelgate serve` flags")
+    cli.add_argument(
+        "--server-cpus", default="", help="CPUs the gateway may use, e.g. 0 (default: any)"
+    )
+    cli.add_argument(
+        "--generator-cpus", default="", help="CPUs the generators may use, e.g. 1 (default: any)"
+    )
     cli.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     cli.add_argument("--out", type=Path, help="JSON results file")
     args = cli.parse_args(argv)
@@ -421,6 +437,18 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         loads = tuple(float(x) for x in args.loads.split(","))
     except ValueError:
         cli.error(f"--loads takes numbers separated by commas, not {args.loads!r}")
+    usable = os.sched_getaffinity(0)
+    cpus: dict[str, tuple[int, ...]] = {}
+    for flag, given in (
+        ("--server-cpus", args.server_cpus),
+        ("--generator-cpus", args.generator_cpus),
+    ):
+        try:
+            cpus[flag] = tuple(int(x) for x in given.split(",")) if given else ()
+        except ValueError:
+            cli.error(f"{flag} takes CPU numbers separated by commas, not {given!r}")
+        if not set(cpus[flag]) <= usable:
+            cli.error(f"{flag}: this process may use CPUs {sorted(usable)} only, not {given}")
     if not protocols or not set(protocols) <= {"http", "grpc"}:
         cli.error("--protocols takes http and/or grpc")
     positive = (args.seconds, args.capacity_seconds, args.timeout, args.recovery_limit, *loads)
@@ -436,6 +464,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         args.timeout, args.recovery_limit, args.rss_after, args.workers, args.connections,
         args.grpc_channels, args.pipeline,
         not args.even, tuple(shlex.split(args.gateway_args)),
+        cpus["--server-cpus"], cpus["--generator-cpus"],
     )  # fmt: skip
     return settings, args
 
@@ -446,7 +475,7 @@ async def measure(
     """Per protocol: its capacity, then a phase per load, in the order given."""
     capacities: list[Capacity] = []
     phases: list[Phase] = []
-    with Generators(settings.workers) as gens:
+    with Generators(settings.workers, settings.generator_cpus) as gens:
         run = Run(settings, stores, workdir, gens)
         for protocol in settings.protocols:
             capacity = await run.capacity(protocol)
@@ -463,6 +492,10 @@ async def measure(
     return capacities, phases
 
 
+def _cpu_list(cpus: tuple[int, ...]) -> str:
+    return ",".join(map(str, cpus)) if cpus else "any"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure capacities, then every (protocol, load) phase; print and save the results."""
     settings, args = parse_args(argv)
@@ -475,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         f" connections x {settings.pipeline} in a row, {settings.grpc_channels} gRPC connections",
         "gateway": "light model, loadtest defaults "
         + (shlex.join(settings.gateway_args) if settings.gateway_args else "(no extra flags)"),
+        "cpus": f"gateway {_cpu_list(settings.server_cpus)}, generators "
+        f"{_cpu_list(settings.generator_cpus)}",
     }
     with tempfile.TemporaryDirectory(prefix="modelgate-overload-") as tmp:
         workdir = Path(tmp)

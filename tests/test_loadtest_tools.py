@@ -45,8 +45,10 @@ _OVERLOAD = [
     "--connections",
     "16",
 ]
+_CPUS = sorted(os.sched_getaffinity(0))
+_PINNED = ["--server-cpus", str(_CPUS[0]), "--generator-cpus", str(_CPUS[-1])]
 RUNS = {  # name: (module, arguments); the two protocols of overload run apart, side by side
-    "overload-http": ("overload", [*_OVERLOAD, "--protocols", "http"]),
+    "overload-http": ("overload", [*_OVERLOAD, "--protocols", "http", *_PINNED]),
     "overload-grpc": ("overload", [*_OVERLOAD, "--protocols", "grpc"]),
     "drain": ("drain", [
         "--rounds", "1", "--lead", "1", "--tail", "0.2", "--http-rate", "100",
@@ -115,6 +117,24 @@ def test_overload_reports_its_phase(ran: dict[str, Ran], protocol: str) -> None:
         ended = p["ok"] + p["refused"] + p["timeout"] + p["lost"] + p["error"]
         assert ended == p["scheduled"] > 0, p
         assert p["rss_peak_mb"] > 0, p
+
+
+def test_overload_pins_the_gateway_and_the_generators_to_the_cpus_named(
+    ran: dict[str, Ran],
+) -> None:
+    header = ran["overload-http"].results["header"]
+    assert header["cpus"] == f"gateway {_CPUS[0]}, generators {_CPUS[-1]}"
+    assert ran["overload-grpc"].results["header"]["cpus"] == "gateway any, generators any"
+
+
+def test_overload_refuses_cpus_it_may_not_use_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.overload", "--server-cpus", str(max(_CPUS) + 64)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert "--server-cpus: this process may use CPUs" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_drain_counts_every_request_and_fails_on_losses(ran: dict[str, Ran]) -> None:
