@@ -56,12 +56,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
 from modelgate.gateway.alerting import DriftAlerts, notifier_for
-from modelgate.gateway.core.errors import InferenceError
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.core.service import InferenceService
 from modelgate.gateway.core.statistics import merged_statistics
 from modelgate.gateway.core.types import ModelStatistics
@@ -78,6 +78,7 @@ Message = tuple[Any, ...]
 Key = tuple[str, str]
 
 STATS_SECONDS = 1.0  # how long the supervisor waits for the workers' statistics
+_UNANSWERED = object()  # a question the supervisor did not answer in time
 
 
 class DriftUplink:
@@ -123,17 +124,23 @@ class DriftUplink:
 
     async def judged_report(self, model: str, version: str) -> dict[str, Any] | None:
         """The supervisor's drift report of a version, the same for every worker; None when
-        it does not watch the version (yet) or is stopping. Callers asking while a question
-        about the version is out share its answer: a flood of `GET .../drift` costs the
-        supervisor one report per round trip, and the worker one waiting question."""
+        it does not watch the version (yet); UNAVAILABLE when it does not answer in time.
+        Callers asking while a question about the version is out share its answer: a flood
+        of `GET .../drift` costs the supervisor one report per round trip, and the worker
+        one waiting question."""
         key = (model, version)
         asking = self._asking.get(key)
         if asking is None:
-            asking = asyncio.ensure_future(self._ask("drift?", model, version, None))
+            asking = asyncio.ensure_future(self._ask("drift?", model, version, _UNANSWERED))
             self._asking[key] = asking
             asking.add_done_callback(lambda _: self._asking.pop(key, None))
-        report: dict[str, Any] | None = await asyncio.shield(asking)  # one caller gone
-        return report  # (a client that hangs up) does not end the others' question
+        report = await asyncio.shield(asking)  # one caller gone (a client that hangs up)
+        if report is _UNANSWERED:  # does not end the others' question
+            raise InferenceError(
+                ErrorCode.UNAVAILABLE,
+                "the drift monitor (in the supervising process) did not answer in time; retry",
+            )
+        return cast(dict[str, Any] | None, report)
 
     async def _ask(self, kind: str, model: str | None, version: str | None, late: Any) -> Any:
         """The supervisor's answer to a question, or `late` after 2 * STATS_SECONDS."""

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from modelgate.gateway import drift_link
+from modelgate.gateway.core.errors import ErrorCode, InferenceError
 from modelgate.gateway.drift_link import DriftPlane, DriftUplink
 from modelgate.gateway.settings import ModelServingSettings, ServerSettings
 from modelgate.monitor.drift import DriftSettings
@@ -205,6 +207,19 @@ async def test_a_version_is_monitored_while_a_live_worker_watches_it(
     finally:
         for worker in workers:
             await worker.stop()
+
+
+async def test_a_report_the_supervisor_does_not_answer_in_time_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(drift_link, "STATS_SECONDS", 0.1)
+    ours, theirs = multiprocessing.Pipe()  # nobody answers on `ours`
+    with ours, theirs:
+        uplink = DriftUplink(theirs, DRIFT.queue_size)
+        with pytest.raises(InferenceError) as raised:
+            await uplink.judged_report("m", "1")
+        assert raised.value.code is ErrorCode.UNAVAILABLE
+        assert ours.recv()[0] == "drift?"  # it was asked
 
 
 async def test_a_full_uplink_drops_and_counts_and_never_waits(rng: np.random.Generator) -> None:
