@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+from collections.abc import AsyncIterator
 
 from conftest import running
 from modelgate.gateway.server import Gateway
@@ -17,6 +18,7 @@ from modelgate.gateway.settings import ServerSettings
 from modelgate.registry.store import RegistryStore
 
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: gw\r\n\r\n"
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -50,6 +52,34 @@ async def _listener_closed(gateway: Gateway) -> None:
         writer.close()
         await asyncio.sleep(0.01)
     raise AssertionError("the listener never closed")
+
+
+@contextlib.asynccontextmanager
+async def _limited(
+    settings: ServerSettings, store: RegistryStore, connections: int
+) -> AsyncIterator[tuple[Gateway, str, int]]:
+    """A started gateway keeping at most `connections` HTTP connections open (keep-alive
+    long enough not to close any on its own); yields it with its HTTP host and port."""
+    settings = dataclasses.replace(settings, max_connections=connections, keep_alive_timeout=60.0)
+    gateway = Gateway(settings, store)
+    await gateway.start()
+    try:
+        assert gateway.addresses is not None
+        host, port = gateway.addresses.http.rsplit(":", 1)
+        yield gateway, host, int(port)
+    finally:
+        await gateway.stop()
+
+
+async def _idle_connections(host: str, port: int, count: int) -> list[Connection]:
+    """`count` keep-alive connections, each answered once; the first has been idle the longest."""
+    clients = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(LIVE)
+        assert (await _answer(reader))[0] == 200
+        clients.append((reader, writer))
+    return clients
 
 
 async def test_draining_http_closes_keep_alive_and_answers_late_requests_503(
@@ -242,22 +272,11 @@ async def test_each_timeout_holds_when_the_other_is_much_longer(
 async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_503(
     settings: ServerSettings, store: RegistryStore
 ) -> None:
-    settings = dataclasses.replace(settings, max_connections=3, keep_alive_timeout=60.0)
-    gateway = Gateway(settings, store)
-    await gateway.start()
-    try:
-        assert gateway.addresses is not None
-        host, port = gateway.addresses.http.rsplit(":", 1)
-        connect = lambda: asyncio.open_connection(host, int(port))  # noqa: E731
-        clients = []
-        for _ in range(3):  # idle keep-alive connections, idle the longest first
-            reader, writer = await connect()
-            writer.write(LIVE)
-            assert (await _answer(reader))[0] == 200
-            clients.append((reader, writer))
+    async with _limited(settings, store, 3) as (_, host, port):
+        clients = await _idle_connections(host, port, 3)
 
         # A fourth connection: the one idle the longest is closed, the others stay.
-        reader, writer = await connect()
+        reader, writer = await asyncio.open_connection(host, port)
         writer.write(LIVE)
         assert (await _answer(reader))[0] == 200
         assert await _closed(clients[0][0])
@@ -266,12 +285,9 @@ async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_5
 
         # Every connection busy (a request waiting for its body): a newcomer gets 503 and
         # is closed, and the busy ones are served.
-        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
         for reader, writer in clients:
-            writer.write(index + b"Expect: 100-continue\r\n\r\n")
-            continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            assert continued.startswith(b"HTTP/1.1 100")
-        reader, writer = await connect()
+            await _awaiting_body(reader, writer)
+        reader, writer = await asyncio.open_connection(host, port)
         status, head = await _answer(reader)
         assert status == 503 and b"connection: close" in head and b"retry-after: 1" in head
         assert await _closed(reader)
@@ -280,8 +296,6 @@ async def test_beyond_max_connections_the_longest_idle_goes_then_newcomers_get_5
             writer.write(b"{}")
             assert (await _answer(reader))[0] == 200
             writer.close()
-    finally:
-        await gateway.stop()
 
 
 async def test_a_connection_whose_next_request_waits_unread_is_not_closed_as_idle(
@@ -289,26 +303,18 @@ async def test_a_connection_whose_next_request_waits_unread_is_not_closed_as_idl
 ) -> None:
     """Behind on reading (overload), the event loop still lists as idle a connection whose
     next request waits in the kernel: closing it for a newcomer would reset that request."""
-    settings = dataclasses.replace(settings, max_connections=2, keep_alive_timeout=60.0)
-    gateway = Gateway(settings, store)
-    await gateway.start()
-    try:
-        assert gateway.addresses is not None and gateway._http is not None
-        host, port = gateway.addresses.http.rsplit(":", 1)
-        clients = []
-        for _ in range(2):  # idle keep-alive connections, the first idle the longest
-            reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(LIVE)
-            assert (await _answer(reader))[0] == 200
-            clients.append((reader, writer))
-        (first_reader, first_writer), (second_reader, second_writer) = clients
+    async with _limited(settings, store, 2) as (gateway, host, port):
+        assert gateway._http is not None
+        (first_reader, first_writer), (second_reader, second_writer) = await _idle_connections(
+            host, port, 2
+        )
         # The loop "behind": it reads nothing more from the first, whose request arrives.
         oldest = next(iter(gateway._http.config.http.idle._idle))
         oldest.transport.pause_reading()
         first_writer.write(LIVE)
         await asyncio.sleep(0.05)
 
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host, port)
         writer.write(LIVE)
         assert (await _answer(reader))[0] == 200
         assert await _closed(second_reader)  # the idle one made room
@@ -316,29 +322,19 @@ async def test_a_connection_whose_next_request_waits_unread_is_not_closed_as_idl
         assert (await _answer(first_reader))[0] == 200  # the waiting request is served
         for w in (first_writer, second_writer, writer):
             w.close()
-    finally:
-        await gateway.stop()
 
 
 async def test_a_newcomer_refused_for_the_connection_limit_reads_its_503_not_a_reset(
     settings: ServerSettings, store: RegistryStore
 ) -> None:
     """What it sent before the refusal is read and dropped, so the close is no reset."""
-    settings = dataclasses.replace(settings, max_connections=1, keep_alive_timeout=60.0)
-    gateway = Gateway(settings, store)
-    await gateway.start()
-    try:
-        assert gateway.addresses is not None
-        host, port = gateway.addresses.http.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
-        writer.write(index + b"Expect: 100-continue\r\n\r\n")  # busy: its body is awaited
-        continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert continued.startswith(b"HTTP/1.1 100")
+    async with _limited(settings, store, 1) as (_, host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        await _awaiting_body(reader, writer)
 
         # Connected and sent before the server's loop runs again (no await in between): its
         # request waits in the kernel when the server refuses the connection.
-        newcomer = socket.create_connection((host, int(port)), timeout=10)
+        newcomer = socket.create_connection((host, port), timeout=10)
         newcomer.sendall(LIVE * 50)
 
         def received() -> bytes:
@@ -353,8 +349,14 @@ async def test_a_newcomer_refused_for_the_connection_limit_reads_its_503_not_a_r
         writer.write(b"{}")
         assert (await _answer(reader))[0] == 200
         writer.close()
-    finally:
-        await gateway.stop()
+
+
+async def _awaiting_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Make the connection busy: a request whose (2-byte) body the server now awaits."""
+    index = b"POST /v2/repository/index HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+    writer.write(index + b"Expect: 100-continue\r\n\r\n")
+    continued = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert continued.startswith(b"HTTP/1.1 100")
 
 
 async def test_a_connection_answered_before_its_body_came_still_closes_when_idle(
