@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -44,6 +45,10 @@ from typing import Any, ClassVar, TypeVar, cast
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelgate.errorlog import log_refused
+
+_log = logging.getLogger(__name__)
 
 # How long a connection refused 431/408 may go on sending (discarded) before it is closed.
 _REFUSED_LINGER = 1.0
@@ -71,15 +76,18 @@ def answer(status: str, message: str, extra: str = "", close: bool = True) -> by
 
 @dataclass(frozen=True, slots=True)
 class PreparedAnswer:
-    """An error answer encoded once, for a connection kept open and for one closing after it."""
+    """An error answer encoded once, for a connection kept open and for one closing after it;
+    `closes`: the connection closes after it whatever the client asked."""
 
     keep_open: bytes
     closing: bytes
+    closes: bool = False
 
     @classmethod
-    def of(cls, status: str, message: str, extra: str = "") -> PreparedAnswer:
+    def of(cls, status: str, message: str, extra: str = "", closes: bool = False) -> PreparedAnswer:
         """The answer `status` with the JSON error `message` and the `extra` header lines."""
-        return cls(answer(status, message, extra, close=False), answer(status, message, extra))
+        keep_open = answer(status, message, extra, close=False)
+        return cls(keep_open, answer(status, message, extra), closes)
 
 
 class _HeadRefused(Exception):
@@ -172,6 +180,10 @@ class OneWriteAnswer:
     included, is always made but for HEAD requests; an `Expect: 100-continue` request's
     interim answer is written by `receive` before the head). Closing sends what is held
     first, as uvicorn does after a head when the application fails before its body.
+
+    Nothing is written once the connection is closing. An answer can come after its client
+    has gone: uvicorn marks only the newest request read on a connection as disconnected,
+    not an older pipelined one being served, and uvloop raises on a closed transport.
     """
 
     __slots__ = ("_head", "_sent_head", "_transport")
@@ -182,6 +194,8 @@ class OneWriteAnswer:
         self._sent_head = False
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            return
         if self._sent_head:
             self._transport.write(data)
         elif not self._head:
@@ -191,6 +205,8 @@ class OneWriteAnswer:
             self._transport.write(self._head + data)
 
     def close(self) -> None:
+        if self._transport.is_closing():
+            return
         if self._head and not self._sent_head:
             self._sent_head = True
             self._transport.write(self._head)
@@ -203,11 +219,38 @@ class OneWriteAnswer:
         return getattr(self._transport, name)
 
 
+class _WithoutWarnings(logging.LoggerAdapter):
+    """A logger as it is, but for its warnings, which are dropped."""
+
+    @property
+    def level(self) -> int:  # uvicorn reads its logger's level
+        return self.logger.level
+
+    def warning(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_UVICORN_LOG = logging.getLogger("uvicorn.error")
+_UVICORN_LOG_WITHOUT_WARNINGS = _WithoutWarnings(_UVICORN_LOG, {})
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above; `bounded` binds them."""
 
     limits: ClassVar[ReadLimits]
     idle: ClassVar[IdleConnections]
+
+    # uvicorn logs a warning ("Invalid HTTP request received.") whenever its parser stops on
+    # an exception. Once this protocol has answered and is closing, it stops the parser on
+    # purpose (`_HeadRefused`): that is no invalid request, and a client must not be able to
+    # make each of its refused requests a warning line (modelgate/errorlog.py).
+    @property
+    def logger(self) -> Any:
+        return _UVICORN_LOG_WITHOUT_WARNINGS if self._refused else _UVICORN_LOG
+
+    @logger.setter
+    def logger(self, value: Any) -> None:
+        pass  # uvicorn sets its own, the same `_UVICORN_LOG`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -334,7 +377,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         parser = self.parser
-        if parser.get_http_version() == "1.0" or not parser.should_keep_alive():
+        if early.closes or parser.get_http_version() == "1.0" or not parser.should_keep_alive():
             self._close_with(early.closing)
             return
         self.transport.write(early.keep_open)
@@ -428,6 +471,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: str, message: str) -> None:
         """Answer `status` and close: the rest of what this connection sends is ignored."""
+        log_refused(_log, "HTTP connection", status, message)
         self._close_with(answer(status, message))
 
     def _close_with(self, data: bytes) -> None:
@@ -544,25 +588,35 @@ class LoopServer(uvicorn.Server):
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             raise RuntimeError("the application's startup failed")
-        config = self.config
-        protocol: Any = config.http_protocol_class  # uvicorn types it as a bare Protocol
-        factory: Callable[[], Any] = functools.partial(
-            protocol, config=config, server_state=self.server_state, app_state=self.lifespan.state
+        self.servers = await self.accepting(sockets)
+        self.started = True
+
+    def connection_factory(self) -> Callable[[], Any]:
+        """What makes the protocol of a connection accepted (uvicorn's way)."""
+        protocol: Any = self.config.http_protocol_class  # uvicorn types it as a bare Protocol
+        return functools.partial(
+            protocol,
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
         )
-        loop = asyncio.get_running_loop()
+
+    async def accepting(self, sockets: list[socket.socket]) -> list[Any]:
+        """Accept the connections of listening `sockets` from now on; returns what accepts
+        them, an `asyncio.Server` (or, over TLS, a `TlsAccept`) per socket."""
+        config = self.config
+        factory = self.connection_factory()
         if config.ssl is not None:
+            protocol: Any = config.http_protocol_class
             connections = self.server_state.connections
-            accepting: list[Any] = [  # an `asyncio.Server` in what uvicorn uses of one
+            return [
                 TlsAccept(sock, factory, config.ssl, protocol.limits, protocol.idle, connections)
                 for sock in sockets
             ]
-            self.servers = accepting
-        else:
-            self.servers = [
-                await loop.create_server(factory, sock=sock, backlog=config.backlog)
-                for sock in sockets
-            ]
-        self.started = True
+        loop = asyncio.get_running_loop()
+        return [
+            await loop.create_server(factory, sock=sock, backlog=config.backlog) for sock in sockets
+        ]
 
 
 async def start_serving(server: uvicorn.Server, listener: socket.socket) -> asyncio.Task[None]:
