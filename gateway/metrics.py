@@ -248,6 +248,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.http_shedding = Counter(
+            "modelgate_http_shedding",
+            "Times the HTTP port stopped accepting connections because every max_inflight "
+            "place was taken (shed_connections); the kernel refuses new connections until "
+            "half the places are free.",
+            registry=r,
+        )
+        self.http_shedding_seconds = Counter(
+            "modelgate_http_shedding_seconds",
+            "Seconds the HTTP port accepted no connections (shed_connections).",
+            registry=r,
+        )
         self.guard_rollbacks = Counter(
             "modelgate_guard_rollbacks",
             "Versions the rollout guard archived, by the rule that tripped.",

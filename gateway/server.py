@@ -34,6 +34,7 @@ from modelgate.gateway.frontends.http import HttpFrontend
 from modelgate.gateway.frontends.http_connections import (
     DrainingServer,
     HttpDrain,
+    SheddingMetrics,
     protocol_for,
     read_limits,
 )
@@ -193,7 +194,13 @@ class Gateway:
         )
         config.load()
         config.ssl = self.security.http_context()  # uvicorn serves the context found here
-        self._http = DrainingServer(config, sock)
+        shedding = SheddingMetrics(self.metrics.http_shedding, self.metrics.http_shedding_seconds)
+        self._http = DrainingServer(
+            config,
+            sock,
+            shed_for=self.service.admission if s.shed_connections else None,
+            metrics=shedding,
+        )
         http_port = sock.getsockname()[1]
         self._http_task = await start_serving(self._http, sock)
         self.addresses = Addresses(

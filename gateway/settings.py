@@ -345,6 +345,16 @@ class ServerSettings:
         "a request is refused at once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED)",
         minimum=1,
     )
+    # Refusing a request costs the event loop about a third of serving one (its read, parse
+    # and write); past 1.5x its capacity a process spends more on refusals than on serving.
+    # Refused by the kernel instead, a connection costs the process nothing; off by default
+    # because a connection caught between the accept queue and the port's closing is reset:
+    # docs/hardening.md, "Shedding connections".
+    shed_connections: bool = setting(
+        False,
+        "HTTP at max_inflight: a refused request's connection closes, and the port accepts "
+        "no connections (the kernel refuses them) until half the places are free",
+    )
     grpc_workers: str = setting(
         "shared",
         "gRPC on the HTTP server's event loop (shared), or on its own loop in a thread",

@@ -46,7 +46,7 @@ class Outcome(IntEnum):
 
     PENDING = 0
     OK = 1  # HTTP 200, gRPC OK
-    REFUSED = 2  # HTTP 503/429, RESOURCE_EXHAUSTED, UNAVAILABLE, or the connection refused
+    REFUSED = 2  # HTTP 503/429, RESOURCE_EXHAUSTED, UNAVAILABLE, or no connection (nothing sent)
     TIMEOUT = 3  # the client's deadline passed first (then it gave up on the request)
     LOST = 4  # the connection closed or was reset with the request unanswered; CANCELLED
     ERROR = 5  # any other status
@@ -261,7 +261,8 @@ class HttpPool:
             )
         except OSError as exc:
             self._open -= 1
-            refused = isinstance(exc, ConnectionRefusedError)
+            # Refused or reset while connecting: the request was never sent.
+            refused = isinstance(exc, (ConnectionRefusedError, ConnectionResetError))
             outcome = Outcome.REFUSED if refused else Outcome.LOST
             self._record.finish(index, outcome, f"connect: {exc.strerror or exc}")
             self._after_finish(index)

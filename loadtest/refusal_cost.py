@@ -6,9 +6,10 @@ of the loop is left for serving. CPU time of the loop's thread (/proc) is steadi
 shared machine than a throughput.
 
 For each repeat, two gateways one after the other (the light model): one serving, and one
-started with `--max-inflight 1` whose only place is held by a request whose body never
-completes, so that every other inference request is refused. Against each, `--connections`
-keep-alive connections send V2 JSON requests pipelined `--depth` at a time for `--seconds`.
+started with `--max-inflight 1` (and `--shed-connections off`) whose only place is held by
+a request whose body never completes, so that every other inference request is refused.
+Against each, `--connections` keep-alive connections send V2 JSON requests pipelined
+`--depth` at a time for `--seconds`.
 Reported: answers by status, answers per second, and the loop's CPU microseconds per
 answer; the median over `--repeat`.
 
@@ -32,7 +33,10 @@ from loadtest import bench, report
 from loadtest.clients import http_requests
 from loadtest.procs import cpu_seconds
 
-CASES = {"served": [], "refused": ["--max-inflight", "1", "--body-timeout", "3600"]}
+# Refused: every request answered 503 on its kept-open connection (`--shed-connections off`;
+# shedding would close each and have the kernel refuse the next: no per-request cost left).
+REFUSED = ["--max-inflight", "1", "--body-timeout", "3600", "--shed-connections", "off"]
+CASES = {"served": [], "refused": REFUSED}
 HEADERS = ("case", "answers", "answers/s", "loop CPU us per answer (median)", "each repeat")
 
 

@@ -25,9 +25,32 @@ def listen(
     """A non-blocking TCP socket listening on host:port (0 picks a free port); `shared`: with
     SO_REUSEPORT, beside the other serving processes of one server (see `reserve`).
 
+    The socket is bound to its port by number, port 0 included (a free port is found
+    first): Linux lets go of a port the kernel picked once its socket stops listening, and
+    the gateway's HTTP socket stops listening for a while under overload
+    (gateway/frontends/http_connections.py), then listens again on the same port.
+
     Raises BindError naming `setting` and, as the way out, `flag`.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    attempts = _FREE_PORT_ATTEMPTS if port == 0 else 1
+    while True:
+        try:
+            chosen = _free_port(family, host) if port == 0 else port
+            return _listening(family, host, chosen, backlog=backlog, shared=shared)
+        except (OSError, OverflowError) as exc:
+            attempts -= 1
+            if attempts and isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                continue  # another process took the free port first
+            raise bind_error(host, port, setting=setting, flag=flag, cause=exc) from None
+
+
+_FREE_PORT_ATTEMPTS = 5
+
+
+def _listening(
+    family: socket.AddressFamily, host: str, port: int, *, backlog: int, shared: bool
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,11 +58,19 @@ def listen(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
-    except (OSError, OverflowError) as exc:
+    except BaseException:
         sock.close()
-        raise bind_error(host, port, setting=setting, flag=flag, cause=exc) from None
+        raise
     sock.setblocking(False)
     return sock
+
+
+def _free_port(family: socket.AddressFamily, host: str) -> int:
+    """A port free on `host` now (the kernel's pick)."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def reserve(host: str, port: int, *, setting: str, flag: str) -> socket.socket:

@@ -168,20 +168,17 @@ def test_probes_and_ports_are_ones_the_gateway_serves(
     assert _port(container, "metrics") == settings.metrics_port
     annotations = _one("Deployment", "modelgate")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == settings.metrics_port
-    paths = set()
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert _port(container, get["port"]) == settings.http_port, probe
-        paths.add(get["path"])
-        answer = module_http.get(get["path"])  # a real gateway, loaded and ready
-        assert answer.status_code == 200, (probe, get["path"], answer.text)
-    assert paths == {"/v2/health/ready", "/v2/health/live"}
-    # The commented gRPC probe variant asks the standard health service, which the gateway has.
+    # Both probes on the gRPC port: under overload the HTTP port sheds connections.
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    assert _port(container, readiness["grpc"]["port"]) == settings.grpc_port
+    assert _port(container, liveness["tcpSocket"]["port"]) == settings.grpc_port
+    # The readiness probe asks the standard health service (service ""), which a loaded and
+    # ready gateway answers SERVING.
+    assert readiness["grpc"].get("service", "") == ""
     health = health_pb2_grpc.HealthStub(module_channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    text = (DEPLOY / "gateway-deployment.yaml").read_text()
-    assert f"#     port: {settings.grpc_port}" in text
+    assert module_http.get("/v2/health/live").status_code == 200
 
 
 def test_the_custom_metric_variant_names_real_metrics() -> None:
@@ -253,16 +250,13 @@ def test_the_topology_runs_here_and_a_stage_change_reaches_every_replica(
                         ["register", "m", str(model)]):  # fmt: skip
             subprocess.run([*cli, *command], check=True, capture_output=True, timeout=120)
 
-        container = _container("Deployment", "modelgate")
         gateways = []
         for replica in range(2):
             argv, env = _gateway_command(url, tmp_path / f"outbox-{replica}.db")
             processes.append(ServerProcess(argv, tmp_path / f"gateway-{replica}.log", env=env))
-            found = processes[-1].wait_for_line(r"modelgate listening http=(\S+)", 60)
+            found = processes[-1].wait_for_line(r"modelgate listening http=(\S+) grpc=(\S+)", 60)
             gateways.append(f"http://{found.group(1)}")
-        for gateway in gateways:
-            for probe in ("readinessProbe", "livenessProbe"):
-                processes[-1].wait_http_ok(gateway + container[probe]["httpGet"]["path"], 60)
+            _wait_serving(found.group(2))  # what the readiness probe asks
 
         subprocess.run([*cli, "transition", "m", "2", "production"], check=True,
                        capture_output=True, timeout=120)  # fmt: skip
@@ -280,6 +274,22 @@ def test_the_topology_runs_here_and_a_stage_change_reaches_every_replica(
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def _wait_serving(address: str) -> None:
+    """Until the gRPC health service at `address` answers SERVING (a bound, 60 s)."""
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, f"{address} never SERVING"
+            time.sleep(0.2)
 
 
 def test_the_dockerfile_installs_what_the_readme_installs() -> None:

@@ -26,10 +26,11 @@ rules only refuse sooner.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import httptools
 import orjson
@@ -44,6 +45,12 @@ CLIENT_SHARE_OF_BODIES = 0.25
 
 _RETRY = f"retry-after: {RETRY_AFTER_SECONDS}\r\n"
 _UNAVAILABLE = "503 Service Unavailable"
+
+
+class Shedding(Protocol):
+    """A server that sheds load at capacity by not accepting connections for a while."""
+
+    def shed(self) -> None: ...
 
 
 class ArrivingBodies:
@@ -87,6 +94,14 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
     at_capacity: ClassVar[PreparedAnswer]
     over_share: ClassVar[PreparedAnswer]
     over_share_app: ClassVar[Callable[..., Any]]  # the same answer for a pipelined request
+    shedder: ClassVar[Shedding | None] = None  # see `shedding`
+
+    @classmethod
+    def shedding(cls, server: Shedding) -> None:
+        """From now on, a request refused at capacity closes its connection and tells
+        `server`, which stops accepting connections for a while (http_connections.py)."""
+        cls.at_capacity = dataclasses.replace(cls.at_capacity, closes=True)
+        cls.shedder = server
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,6 +111,8 @@ class AdmittingHttpProtocol(BoundedHttpProtocol):
         if self.parser.get_method() != b"POST" or not _names_inference(self.url):
             return None
         if self.admission.refuses():
+            if self.shedder is not None:
+                self.shedder.shed()
             return self.at_capacity
         client = self.client[0] if self.client else ""
         if not self.bodies.begin(client):

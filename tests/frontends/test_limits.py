@@ -211,8 +211,10 @@ async def test_a_model_that_failed_to_load_is_503_and_the_others_serve(
 
 
 def _limited(settings: ServerSettings, store: RegistryStore) -> ServerSettings:
+    """Two places, each HTTP refusal answered on a connection kept open (no shedding:
+    tests/frontends/test_http_shedding.py)."""
     limited = _settings(settings, store, max_batch_size=1, max_queue=16)
-    return dataclasses.replace(limited, max_inflight=2)
+    return dataclasses.replace(limited, max_inflight=2, shed_connections=False)
 
 
 async def _refused(gateway: Gateway) -> float:
