@@ -227,30 +227,27 @@ class DrainingServer(LoopServer):
         if self._admission.inflight > self._admission.limit // 2:
             loop.call_later(SHED_CHECK_SECONDS, self._accept_when_free)
             return
-        try:
-            # The connections this server closed wait out TIME_WAIT on the port: listening
-            # again binds the port again, which they allow only with SO_REUSEADDR.
-            self._spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._spare.listen(self._backlog)
-        except OSError as exc:  # not foreseen: say so, and try again
-            log.error("the HTTP port cannot listen again after shedding: %s", exc)
-            loop.call_later(1.0, self._accept_when_free)
-            return
         self._accepting_again = loop.create_task(self._accept_again())
 
     async def _accept_again(self) -> None:
-        try:
-            self.servers = await self.accepting([self._spare.dup()])
-        except OSError as exc:  # out of descriptors: connections wait in the accept queue
-            log.error("the HTTP port cannot accept again after shedding: %s", exc)
-            await asyncio.sleep(1.0)
-            if not self._stopping:
-                self._accepting_again = asyncio.get_running_loop().create_task(self._accept_again())
-            return
-        self.shedding = False
+        """Listen and accept again; what nobody foresaw (out of descriptors) is said in one
+        line, and tried again each second."""
+        while not self._stopping:
+            try:
+                # The connections this server closed wait out TIME_WAIT on the port:
+                # listening binds the port again, which they allow only with SO_REUSEADDR.
+                self._spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self._spare.listen(self._backlog)
+                self.servers = await self.accepting([self._spare.dup()])
+            except OSError as exc:
+                log.error("the HTTP port cannot accept again after shedding: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.shedding = False
+            if self._metrics is not None:
+                self._metrics.seconds.inc(asyncio.get_running_loop().time() - self._shedding_since)
+            break
         self._accepting_again = None
-        if self._metrics is not None:
-            self._metrics.seconds.inc(asyncio.get_running_loop().time() - self._shedding_since)
 
     def _take_accept_queue(self) -> list[socket.socket]:
         """The connections the kernel has accepted and this server has not yet taken."""
