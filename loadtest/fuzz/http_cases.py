@@ -41,7 +41,7 @@ def http_extras(
     elif roll < 0.07:
         coding = rng.choice(("gzip", "deflate", "gzip", "br", "gzip, gzip", "identity"))
         if rng.random() < 0.7 and coding in ("gzip", "deflate"):
-            body = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+            body = gzip.compress(body, mtime=0) if coding == "gzip" else zlib.compress(body)
         headers.append(("Content-Encoding", coding))
         ops.append("content-encoding")
     elif roll < 0.10:
