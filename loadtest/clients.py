@@ -387,9 +387,10 @@ class HttpProbe:
     """Single V2 infer requests, one at a time, each timed from its send: on one kept-alive
     connection, or on a new connection each (`fresh`, as a newly arriving client)."""
 
-    def __init__(self, address: str, fresh: bool = False) -> None:
+    def __init__(self, address: str, fresh: bool = False, model: str = MODEL) -> None:
         self._address = address
         self._fresh = fresh
+        self._model = model
         self._record = Record([])
         self._pool: HttpPool | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -403,7 +404,9 @@ class HttpProbe:
         if self._pool is None or self._fresh:
             if self._pool is not None:
                 await self._pool.close()
-            self._pool = HttpPool(self._address, self._record, http_requests(self._address), 1, 1)
+            self._pool = HttpPool(
+                self._address, self._record, http_requests(self._address, model=self._model), 1, 1
+            )
             self._pool.on_finish = self._done
         record = self._record
         index = record.add(time.monotonic())
@@ -424,10 +427,10 @@ class GrpcProbe:
     """Single ModelInfer calls, one at a time, each timed: on one channel, or on a new channel
     (a new connection) each (`fresh`)."""
 
-    def __init__(self, address: str, fresh: bool = False) -> None:
+    def __init__(self, address: str, fresh: bool = False, model: str = MODEL) -> None:
         self._address = address
         self._fresh = fresh
-        self._request = grpc_requests()[0]
+        self._request = grpc_requests(model=model)[0]
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self, timeout: float) -> tuple[Outcome, float]:
@@ -452,6 +455,7 @@ class GrpcProbe:
 Probe = HttpProbe | GrpcProbe
 
 
-def probe_for(protocol: str, address: str, fresh: bool = False) -> Probe:
-    """The probe of `protocol` ("http" or "grpc") against `address`."""
-    return HttpProbe(address, fresh) if protocol == "http" else GrpcProbe(address, fresh)
+def probe_for(protocol: str, address: str, fresh: bool = False, model: str = MODEL) -> Probe:
+    """The probe of `protocol` ("http" or "grpc") against `address`, asking `model`."""
+    probe = HttpProbe if protocol == "http" else GrpcProbe
+    return probe(address, fresh, model)

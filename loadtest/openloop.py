@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 import uvloop
 
-from loadtest.clients import GrpcCalls, HttpPool, Outcome, Record, grpc_requests, http_requests
+from loadtest.clients import (
+    MODEL,
+    GrpcCalls,
+    HttpPool,
+    Outcome,
+    Record,
+    grpc_requests,
+    http_requests,
+)
 
 _TICK = 0.01  # seconds between timeout sweeps while nothing is due
 
@@ -52,6 +60,7 @@ class Job:
     pipeline: int = 1  # HTTP: requests a connection may carry unanswered
     channels: int = 1  # gRPC: connections, taken in turn
     seed: int = 0
+    model: str = MODEL
 
 
 @dataclass
@@ -132,11 +141,13 @@ async def run_job(job: Job, stop: asyncio.Event | None = None) -> Outcomes:
     client: HttpPool | GrpcCalls
     if job.protocol == "http":
         client = HttpPool(
-            job.address, record, http_requests(job.address, job.seed), job.connections,
+            job.address, record, http_requests(job.address, job.seed, job.model), job.connections,
             job.pipeline if job.rate > 0 else 1,
         )  # fmt: skip
     else:
-        client = GrpcCalls(job.address, record, grpc_requests(job.seed), job.timeout, job.channels)
+        client = GrpcCalls(
+            job.address, record, grpc_requests(job.seed, job.model), job.timeout, job.channels
+        )
     inflight: deque[int] = deque()  # dispatched requests, oldest first
 
     def dispatch(index: int) -> None:

@@ -1,12 +1,13 @@
 """Overload: offered load at 1x, 2x and 5x of the measured capacity against goodput, refusals,
 latency of the accepted requests, server memory and recovery, over HTTP and gRPC.
 
-For each protocol the tool starts a gateway (the light model, registered as loadtest/bench.py
-does), warms it up and measures its closed-loop capacity: `--capacity-concurrency` users
-sending back to back for `--capacity-seconds`; capacity = answered requests per second. Then
-each load level gets a fresh gateway (so one level's leftovers do not colour the next) and an
-open-loop phase: Poisson arrivals at load x capacity for `--seconds`, every request with a
-client deadline of `--timeout` seconds from its scheduled time (see loadtest/openloop.py).
+For each protocol the tool starts a gateway (the light model, or `--model heavy`, registered
+as loadtest/bench.py does), warms it up and measures its closed-loop capacity:
+`--capacity-concurrency` users sending back to back for `--capacity-seconds`; capacity =
+answered requests per second. Then each load level gets a fresh gateway (so one level's
+leftovers do not colour the next) and an open-loop phase: Poisson arrivals at load x capacity
+for `--seconds`, every request with a client deadline of `--timeout` seconds from its
+scheduled time (see loadtest/openloop.py).
 
 Per phase it reports:
 - offered/s: the scheduled rate; sent/s: the rate the generator actually kept;
@@ -97,6 +98,7 @@ class Settings:
     gateway_args: tuple[str, ...]
     server_cpus: tuple[int, ...] = ()  # () for any
     generator_cpus: tuple[int, ...] = ()
+    model: str = "light"  # of loadtest/models.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +213,24 @@ class Run:
         self._servers += 1
         log = self.workdir / f"gateway-{self._servers}.log"
         settings = self.settings
-        return bench.gateway(self.stores, log, settings.gateway_args, cpus=settings.server_cpus)
+        return bench.gateway(
+            self.stores, log, settings.gateway_args, settings.model, cpus=settings.server_cpus
+        )
 
     def _closed_jobs(self, protocol: str, address: str, users: int, seconds: float) -> list[Job]:
         start = time.monotonic() + 0.3
         per_worker = shares(users, self.settings.workers)
         return [
-            Job(protocol, address, start, seconds, self.settings.timeout, concurrency=n, seed=i)
+            Job(
+                protocol,
+                address,
+                start,
+                seconds,
+                self.settings.timeout,
+                concurrency=n,
+                seed=i,
+                model=self.settings.model,
+            )
             for i, n in enumerate(per_worker)
             if n > 0
         ]
@@ -250,7 +263,7 @@ class Run:
         with self._gateway() as (server, urls):
             address = urls[protocol]
             await self._warm_up(protocol, address)
-            probe = probe_for(protocol, address)
+            probe = probe_for(protocol, address, model=self.settings.model)
             try:
                 return await self._measure(server, protocol, address, probe, load, capacity)
             finally:
@@ -274,7 +287,7 @@ class Run:
             Job(protocol, address, start, s.seconds, s.timeout, rate=rate / s.workers,
                 poisson=s.poisson, connections=max(1, s.connections // s.workers),
                 pipeline=s.pipeline, channels=max(1, s.grpc_channels // s.workers),
-                seed=100 + i)
+                seed=100 + i, model=s.model)
             for i in range(s.workers)
         ]  # fmt: skip
         rss_start = rss_bytes(server.pid)
@@ -422,6 +435,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     cli.add_argument("--grpc-channels", type=int, default=32, help="gRPC connections (all workers)")
     cli.add_argument("--pipeline", type=int, default=1, help="HTTP requests in a row per conn.")
     cli.add_argument("--even", action="store_true", help="constant rate instead of Poisson")
+    cli.add_argument(
+        "--model", choices=("light", "heavy"), default="light",
+        help="the served model (loadtest/models.py): light is I/O-bound, heavy compute-bound",
+    )  # fmt: skip
     cli.add_argument("--gateway-args", default="", help="extra `modelgate serve` flags")
     cli.add_argument(
         "--server-cpus", default="", help="CPUs the gateway may use, e.g. 0 (default: any)"
@@ -464,7 +481,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         args.timeout, args.recovery_limit, args.rss_after, args.workers, args.connections,
         args.grpc_channels, args.pipeline,
         not args.even, tuple(shlex.split(args.gateway_args)),
-        cpus["--server-cpus"], cpus["--generator-cpus"],
+        cpus["--server-cpus"], cpus["--generator-cpus"], args.model,
     )  # fmt: skip
     return settings, args
 
@@ -506,14 +523,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'Poisson' if settings.poisson else 'constant rate'}), deadline {settings.timeout:g} s,"
         f" {settings.workers} generator processes, HTTP pool {settings.connections}"
         f" connections x {settings.pipeline} in a row, {settings.grpc_channels} gRPC connections",
-        "gateway": "light model, loadtest defaults "
+        "gateway": f"{settings.model} model, loadtest defaults "
         + (shlex.join(settings.gateway_args) if settings.gateway_args else "(no extra flags)"),
         "cpus": f"gateway {_cpu_list(settings.server_cpus)}, generators "
         f"{_cpu_list(settings.generator_cpus)}",
     }
     with tempfile.TemporaryDirectory(prefix="modelgate-overload-") as tmp:
         workdir = Path(tmp)
-        _, stores = bench.prepare_models(workdir, ["light"])
+        _, stores = bench.prepare_models(workdir, [settings.model])
         capacities, phases = asyncio.run(measure(settings, stores, workdir))
     for c in capacities:
         header[f"capacity {c.protocol}"] = (
