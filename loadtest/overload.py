@@ -18,6 +18,9 @@ Per phase it reports:
 - p50/p99 of the accepted (OK) requests, from their scheduled time (the client's view, with
   any wait in the generator), the p99 from when each went on a connection (the server's
   share: kernel buffers, event loop, queue, compute), and p99 of the refusals;
+- queue p99: the bucket bound (ms) of the gateway's `modelgate_queue_wait_seconds` histogram
+  within which 99% of the phase's computed requests waited in the micro-batcher: what the
+  queue budget bounds, as the server saw it (scraped before and after the phase);
 - server RSS at its peak (polled every 0.1 s from /proc) and `--rss-after` (5) seconds after
   sending stopped;
 - recovery: from the end of sending until a probe request (one at a time, every 0.1 s)
@@ -57,12 +60,14 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import bench, report
 from loadtest.clients import Outcome, Probe, probe_for
@@ -144,6 +149,7 @@ class Phase:
     pool_waits: int
     connections: int
     sent_p99_ms: float = NAN  # accepted requests, from when each went on a connection
+    queue_p99_ms: float = NAN  # a bucket bound: the batcher queue's wait, the server's view
     details: dict[str, int] = field(default_factory=dict)
     recovery_probes: list[tuple[float, str, float]] = field(default_factory=list)
 
@@ -158,6 +164,31 @@ class Phase:
 def percentile_ms(seconds: np.ndarray, q: float) -> float:
     """The q-th percentile in milliseconds; NaN for no values."""
     return float(np.percentile(seconds, q)) * 1000 if seconds.size else NAN
+
+
+def queue_waits(metrics_address: str) -> dict[float, float]:
+    """The gateway's `modelgate_queue_wait_seconds` histogram, every model version together:
+    cumulative count per bucket bound (seconds)."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "modelgate_queue_wait_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    counts[bound] = counts.get(bound, 0.0) + sample.value
+    return counts
+
+
+def bucket_percentile_ms(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound, in ms, within which q% of the waits observed between two
+    scrapes fell (an upper bound on their q-th percentile); NaN for none observed."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return NAN
+    return next(b for b, c in zip(bounds, counts, strict=True) if c >= q / 100 * counts[-1]) * 1e3
 
 
 async def sleep_until(moment: float) -> None:
@@ -265,9 +296,13 @@ class Run:
             await self._warm_up(protocol, address)
             probe = probe_for(protocol, address, model=self.settings.model)
             try:
-                return await self._measure(server, protocol, address, probe, load, capacity)
+                waits = await asyncio.to_thread(queue_waits, urls["metrics"])
+                phase = await self._measure(server, protocol, address, probe, load, capacity)
             finally:
                 await probe.close()
+            waited = await asyncio.to_thread(queue_waits, urls["metrics"])
+        phase.queue_p99_ms = bucket_percentile_ms(waits, waited, 99)
+        return phase
 
     async def _measure(
         self,
@@ -369,7 +404,8 @@ def summarize(
 
 HEADERS = (
     "proto", "load", "offered/s", "sent/s", "goodput/s", "of capacity", "refused", "timeout",
-    "lost", "p50 ms", "p99 ms", "p99 from send ms", "refused p99 ms", "RSS peak MB",
+    "lost", "p50 ms", "p99 ms", "p99 from send ms", "queue p99 <= ms", "refused p99 ms",
+    "RSS peak MB",
     "RSS after MB", "recovery s",
     "server CPU %", "gen lag p99 ms", "gen CPU %", "waited for conn",
 )  # fmt: skip
@@ -378,6 +414,10 @@ LEFT = 2
 
 def _num(value: float, digits: int = 0) -> str:
     return "-" if value != value else f"{value:,.{digits}f}"  # NaN: not measured
+
+
+def _bound(value: float) -> str:
+    return "-" if value != value else f"{value:g}"  # a bucket bound: 0.25, 50, inf
 
 
 def _pct(value: float) -> str:
@@ -391,8 +431,8 @@ def cells(p: Phase, limit: float) -> list[str]:
         p.protocol, f"{p.load:g}x", _num(p.offered_per_second), sent,
         _num(p.goodput_per_second), _pct(p.goodput_share), _pct(p.share(p.refused)),
         _pct(p.share(p.timeout)), _pct(p.share(p.lost)), _num(p.p50_ms, 1), _num(p.p99_ms, 1),
-        _num(p.sent_p99_ms, 1), _num(p.refused_p99_ms, 1), _num(p.rss_peak_mb),
-        _num(p.rss_after_mb), recovered,
+        _num(p.sent_p99_ms, 1), _bound(p.queue_p99_ms), _num(p.refused_p99_ms, 1),
+        _num(p.rss_peak_mb), _num(p.rss_after_mb), recovered,
         _num(p.server_cpu_percent), _num(p.generator_lag_p99_ms, 1), _num(p.generator_cpu_percent),
         _pct(p.share(p.pool_waits)),
     ]  # fmt: skip

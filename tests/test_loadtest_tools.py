@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from loadtest.clients import Outcome, grpc_outcome, http_outcome
+from modelgate.gateway.metrics import LATENCY_BUCKETS
 
 REPO = Path(__file__).resolve().parent.parent
 _OVERLOAD = [
@@ -45,11 +46,12 @@ _OVERLOAD = [
     "--connections",
     "16",
 ]
+QUEUE_BOUNDS_MS = {bound * 1000 for bound in LATENCY_BUCKETS} | {float("inf")}
 _CPUS = sorted(os.sched_getaffinity(0))
 _PINNED = ["--server-cpus", str(_CPUS[0]), "--generator-cpus", str(_CPUS[-1])]
 RUNS = {  # name: (module, arguments); the two protocols of overload run apart, side by side
     "overload-http": ("overload", [*_OVERLOAD, "--protocols", "http", *_PINNED]),
-    "overload-grpc": ("overload", [*_OVERLOAD, "--protocols", "grpc"]),
+    "overload-grpc": ("overload", [*_OVERLOAD, "--protocols", "grpc", "--model", "heavy"]),
     "drain": ("drain", [
         "--rounds", "1", "--lead", "1", "--tail", "0.2", "--http-rate", "100",
         "--grpc-rate", "50", "--drain-delay", "0.2", "--drain-seconds", "2",
@@ -117,6 +119,10 @@ def test_overload_reports_its_phase(ran: dict[str, Ran], protocol: str) -> None:
         ended = p["ok"] + p["refused"] + p["timeout"] + p["lost"] + p["error"]
         assert ended == p["scheduled"] > 0, p
         assert p["rss_peak_mb"] > 0, p
+        # requests were computed (the phase's and the probes'), so the scrape saw their waits
+        assert p["queue_p99_ms"] in QUEUE_BOUNDS_MS, p
+    model = "heavy" if protocol == "grpc" else "light"
+    assert run.results["header"]["gateway"].startswith(f"{model} model"), run.results["header"]
 
 
 def test_overload_pins_the_gateway_and_the_generators_to_the_cpus_named(
