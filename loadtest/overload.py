@@ -70,7 +70,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import bench, report
-from loadtest.clients import Outcome, Probe, probe_for
+from loadtest.clients import MODEL, Outcome, Probe, probe_for
 from loadtest.openloop import Generators, Job, Outcomes, shares
 from loadtest.procs import PeakWatch, ServerProcess, rss_bytes
 
@@ -103,7 +103,7 @@ class Settings:
     gateway_args: tuple[str, ...]
     server_cpus: tuple[int, ...] = ()  # () for any
     generator_cpus: tuple[int, ...] = ()
-    model: str = "light"  # of loadtest/models.py
+    model: str = MODEL  # of loadtest/models.py
 
 
 @dataclass(frozen=True, slots=True)

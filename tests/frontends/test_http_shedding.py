@@ -142,10 +142,7 @@ async def test_connections_the_kernel_accepted_when_shedding_began_are_answered(
 async def test_a_gateway_stops_cleanly_while_shedding(
     two_places: ServerSettings, store: RegistryStore
 ) -> None:
-    gateway = Gateway(two_places, store)
-    await gateway.start()
-    try:
-        await gateway.wait_loaded()
+    async with running(two_places, store) as gateway:
         host, port = _address(gateway)
         held = await _holding_places(host, port, 2)
         await asyncio.sleep(0.05)
@@ -162,8 +159,6 @@ async def test_a_gateway_stops_cleanly_while_shedding(
             assert (await _answer(held_reader))[0] == 200
             held_writer.close()
         await asyncio.wait_for(stopping, 30)
-    finally:
-        await gateway.stop()
     # Places came free during the drain, but the port did not listen again.
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(host, port)
